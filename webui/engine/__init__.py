@@ -1,0 +1,1 @@
+"""Generation engine: pipelines, caching, device policy. Never imports gradio."""

@@ -1,0 +1,1 @@
+"""Model library: find, identify and safely read model files. Never imports gradio."""

@@ -1,0 +1,1 @@
+"""Test support: tiny random models written in every on-disk layout users have."""
