@@ -1,0 +1,70 @@
+"""Subcommands of `python -m webui`: models, make-tiny-models (generate and bench join later)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from webui.config import add_path_arguments
+
+
+def _human_size(size: int) -> str:
+    value = float(size)
+    for unit in ("B", "KB", "MB", "GB"):
+        if value < 1024 or unit == "GB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{value:.1f} GB"
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from webui.models.library import open_library
+
+    library = open_library(args.models_dir, args.extra_model_paths)
+    entries = library.scan()
+    if args.hash:
+        library.hash_all(entries)
+        entries = library.scan()
+    rows = [entry.to_json() for entry in entries]
+    if args.json:
+        json.dump(rows, sys.stdout, indent=2)
+        sys.stdout.write("\n")
+        return 0
+    if not rows:
+        print(f"No model files found under {args.models_dir} (see {args.models_dir}/README.md).")
+        return 0
+    for row in rows:
+        status = row["problem"] or f"{row['kind']}, {row['architecture']}"
+        print(f"{row['path']}  [{row['format']}, {_human_size(row['size'])}, hash {row['hash'] or '-'}]  {status}")
+    return 0
+
+
+def cmd_make_tiny_models(args: argparse.Namespace) -> int:
+    from webui.testing.tiny import write_tiny_models
+
+    files = write_tiny_models(args.dir)
+    print(f"Wrote {len(files)} tiny model files under {args.dir}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m webui", description="Local Stable Diffusion studio.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    models = sub.add_parser("models", help="list what the model library found")
+    add_path_arguments(models)
+    models.add_argument("--json", action="store_true", help="print JSON (one object per file)")
+    models.add_argument("--hash", action="store_true", help="compute missing hashes before printing")
+    models.set_defaults(func=cmd_models)
+
+    tiny = sub.add_parser("make-tiny-models", help="write tiny random test models in every file layout")
+    tiny.add_argument("dir", type=Path, help="models dir to write into")
+    tiny.set_defaults(func=cmd_make_tiny_models)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args)

@@ -1,0 +1,263 @@
+"""Load one pipeline component (UNet, VAE, text encoder) from any file layout, offline.
+
+Every path goes through diffusers' own single-file loaders with a config folder written
+from the family's bundled config adjusted to the file's shapes, so nothing asks the hub
+and real files and the tiny test models take the same code path.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from webui.models.derive import (
+    LDM_UNET_PREFIX,
+    Shapes,
+    bundled_config,
+    derive_clip_config,
+    derive_unet_config,
+    derive_vae_config,
+)
+from webui.models.kinds import Family, TextEncoderType
+
+
+class Role(str, Enum):
+    """A component's place in a pipeline; the value is its diffusers subfolder name."""
+
+    UNET = "unet"
+    VAE = "vae"
+    TEXT_ENCODER = "text_encoder"
+    TEXT_ENCODER_2 = "text_encoder_2"
+
+
+class ComponentLoadError(ValueError):
+    """A component could not be built from a file; the message names the file and the reason."""
+
+
+# Where each role lives inside an original (LDM) single-file checkpoint, per family.
+CHECKPOINT_PREFIXES: dict[Family, dict[Role, str]] = {
+    Family.SD1: {
+        Role.UNET: LDM_UNET_PREFIX,
+        Role.VAE: "first_stage_model.",
+        Role.TEXT_ENCODER: "cond_stage_model.transformer.",
+    },
+    Family.SD2: {
+        Role.UNET: LDM_UNET_PREFIX,
+        Role.VAE: "first_stage_model.",
+        Role.TEXT_ENCODER: "cond_stage_model.model.",
+    },
+    Family.SDXL: {
+        Role.UNET: LDM_UNET_PREFIX,
+        Role.VAE: "first_stage_model.",
+        Role.TEXT_ENCODER: "conditioner.embedders.0.transformer.",
+        Role.TEXT_ENCODER_2: "conditioner.embedders.1.model.",
+    },
+    Family.SDXL_REFINER: {
+        Role.UNET: LDM_UNET_PREFIX,
+        Role.VAE: "first_stage_model.",
+        Role.TEXT_ENCODER_2: "conditioner.embedders.0.model.",
+    },
+}
+
+ENCODER_BY_WIDTH = {768: TextEncoderType.CLIP_L, 1024: TextEncoderType.OPEN_CLIP_H, 1280: TextEncoderType.OPEN_CLIP_G}
+_OPEN_CLIP_ROOTS = (
+    "token_embedding.",
+    "positional_embedding",
+    "transformer.resblocks.",
+    "ln_final.",
+    "text_projection",
+)
+
+
+@dataclass(frozen=True)
+class ComponentSource:
+    """Where a component's weights are: a whole file, a prefix inside a checkpoint, or a diffusers subfolder."""
+
+    path: Path
+    prefix: str = ""  # keys inside a single-file checkpoint; "" = the whole file
+
+    def describe(self) -> str:
+        return f"{self.path}" + (f" ({self.prefix}*)" if self.prefix else "")
+
+
+def read_tensors(path: Path, prefix: str = "") -> dict[str, torch.Tensor]:
+    """Tensors whose key starts with `prefix`; safetensors reads only those bytes, pickles load safely."""
+    from webui.models.files import load_state_dict, sniff_format
+    from webui.models.kinds import FileFormat
+
+    if sniff_format(path) is FileFormat.SAFETENSORS:
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt", device="cpu") as handle:
+            return {key: handle.get_tensor(key) for key in handle.keys() if key.startswith(prefix)}
+    return {key: value for key, value in load_state_dict(path).items() if key.startswith(prefix)}
+
+
+@contextmanager
+def _config_folder(role: Role, config: dict[str, Any]) -> Iterator[str]:
+    """A throwaway local diffusers-layout folder holding one component's config."""
+    with tempfile.TemporaryDirectory(prefix="webui-config-") as folder:
+        sub = Path(folder) / role.value
+        sub.mkdir()
+        (sub / "config.json").write_text(json.dumps(config))
+        yield folder
+
+
+def _shapes(state: dict[str, torch.Tensor]) -> Shapes:
+    return {key: tuple(value.shape) for key, value in state.items()}
+
+
+def _normalise_unet(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    if any(key.startswith("input_blocks.") for key in state):  # LDM names without the checkpoint prefix
+        return {LDM_UNET_PREFIX + key: value for key, value in state.items()}
+    return state
+
+
+def _strip_to_open_clip_root(key: str) -> str | None:
+    for root in _OPEN_CLIP_ROOTS:
+        at = key.find(root)
+        if at == 0 or (at > 0 and key[at - 1] == "."):
+            return key[at:]
+    return None
+
+
+def _normalise_text_encoder(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], TextEncoderType]:
+    """Re-key any text-encoder layout into the LDM form diffusers' CLIP loader recognises."""
+    open_clip = any(key.endswith("positional_embedding") for key in state)
+    if open_clip:
+        rooted = {root: value for key, value in state.items() if (root := _strip_to_open_clip_root(key))}
+        width = rooted["token_embedding.weight"].shape[1]
+        kind = ENCODER_BY_WIDTH.get(width)
+        prefix = "conditioner.embedders.1.model." if kind is TextEncoderType.OPEN_CLIP_G else "cond_stage_model.model."
+        return {prefix + key: value for key, value in rooted.items()}, _known(kind, width)
+    hf: dict[str, torch.Tensor] = {}
+    for key, value in state.items():
+        at = key.find("text_model.")
+        if at >= 0:
+            key = key[at:]
+        elif key.startswith(("embeddings.", "encoder.", "final_layer_norm.")):
+            key = "text_model." + key
+        elif not key.endswith("text_projection.weight"):
+            continue  # position_ids buffers and the like
+        else:
+            key = "text_projection.weight"
+        hf["cond_stage_model.transformer." + key] = value
+    token = hf.get("cond_stage_model.transformer.text_model.embeddings.token_embedding.weight")
+    if token is None:
+        raise ComponentLoadError("no text-encoder weights (token embedding) found")
+    width = token.shape[1]
+    return hf, _known(ENCODER_BY_WIDTH.get(width), width)
+
+
+def _known(kind: TextEncoderType | None, width: int) -> TextEncoderType:
+    if kind is None:
+        raise ComponentLoadError(f"text encoder of width {width} is not CLIP-L (768), OpenCLIP-H (1024) or bigG (1280)")
+    return kind
+
+
+def load_component(
+    source: ComponentSource, role: Role, family: Family, dtype: torch.dtype = torch.float32
+) -> torch.nn.Module:
+    """Build one component on the CPU in `dtype`. Raises ComponentLoadError naming the file and the reason."""
+    try:
+        if source.path.is_dir():
+            return _load_from_diffusers_folder(source.path, role, dtype)
+        state = read_tensors(source.path, source.prefix)
+        if not state:
+            where = f" under {source.prefix!r}" if source.prefix else ""
+            raise ComponentLoadError(f"no {role.value} weights{where}")
+        if role is Role.UNET:
+            return _load_unet(state, family, dtype)
+        if role is Role.VAE:
+            return _load_vae(state, family, dtype)
+        return _load_text_encoder(state, role, family, dtype)
+    except ComponentLoadError as error:
+        raise ComponentLoadError(f"{source.describe()}: {error}") from error
+    except (ValueError, KeyError, RuntimeError, OSError) as error:
+        raise ComponentLoadError(f"{source.describe()}: cannot load the {role.value}: {error}") from error
+
+
+def _load_unet(state: dict[str, torch.Tensor], family: Family, dtype: torch.dtype) -> torch.nn.Module:
+    from diffusers import UNet2DConditionModel
+
+    state = _normalise_unet(state)
+    config = derive_unet_config(family, _shapes(state))
+    with _config_folder(Role.UNET, config) as folder:
+        return UNet2DConditionModel.from_single_file(
+            state, config=folder, subfolder="unet", local_files_only=True, torch_dtype=dtype
+        )
+
+
+def _load_vae(state: dict[str, torch.Tensor], family: Family, dtype: torch.dtype) -> torch.nn.Module:
+    from diffusers import AutoencoderKL
+
+    config = derive_vae_config(family, _shapes(state))
+    with _config_folder(Role.VAE, config) as folder:
+        return AutoencoderKL.from_single_file(
+            state, config=folder, subfolder="vae", local_files_only=True, torch_dtype=dtype
+        )
+
+
+def _load_text_encoder(
+    state: dict[str, torch.Tensor], role: Role, family: Family, dtype: torch.dtype
+) -> torch.nn.Module:
+    from diffusers.loaders.single_file_utils import create_diffusers_clip_model_from_ldm
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection
+
+    state, kind = _normalise_text_encoder(state)
+    expected = expected_text_encoder(family, role)
+    if kind is not expected:
+        raise ComponentLoadError(
+            f"this is a {kind.value} text encoder, but the {family.label} {role.value} must be {expected.value}"
+        )
+    base = bundled_config(family, role.value)
+    max_layers = base["num_hidden_layers"] if kind is TextEncoderType.OPEN_CLIP_H else None
+    config = derive_clip_config(base, _shapes(state), max_layers=max_layers)
+    cls = CLIPTextModelWithProjection if kind is TextEncoderType.OPEN_CLIP_G else CLIPTextModel
+    with _config_folder(role, config) as folder:
+        return create_diffusers_clip_model_from_ldm(
+            cls, state, subfolder=role.value, config=folder, torch_dtype=dtype, local_files_only=True
+        )
+
+
+def expected_text_encoder(family: Family, role: Role) -> TextEncoderType:
+    """Which encoder architecture a family needs in a text-encoder slot."""
+    table = {
+        (Family.SD1, Role.TEXT_ENCODER): TextEncoderType.CLIP_L,
+        (Family.SD2, Role.TEXT_ENCODER): TextEncoderType.OPEN_CLIP_H,
+        (Family.SDXL, Role.TEXT_ENCODER): TextEncoderType.CLIP_L,
+        (Family.SDXL, Role.TEXT_ENCODER_2): TextEncoderType.OPEN_CLIP_G,
+        (Family.SDXL_REFINER, Role.TEXT_ENCODER_2): TextEncoderType.OPEN_CLIP_G,
+    }
+    try:
+        return table[(family, role)]
+    except KeyError:
+        raise ComponentLoadError(f"{family.label} has no {role.value}") from None
+
+
+def _load_from_diffusers_folder(folder: Path, role: Role, dtype: torch.dtype) -> torch.nn.Module:
+    """A diffusers folder carries its own configs; they are authoritative for it."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection
+
+    index = json.loads((folder / "model_index.json").read_text())
+    library_class = index.get(role.value, [None, None])[1]
+    classes = {
+        "UNet2DConditionModel": UNet2DConditionModel,
+        "AutoencoderKL": AutoencoderKL,
+        "CLIPTextModel": CLIPTextModel,
+        "CLIPTextModelWithProjection": CLIPTextModelWithProjection,
+    }
+    if library_class not in classes:
+        raise ComponentLoadError(f"model_index.json has no loadable {role.value} (found {library_class!r})")
+    return classes[library_class].from_pretrained(
+        folder, subfolder=role.value, torch_dtype=dtype, local_files_only=True
+    )
