@@ -1,0 +1,45 @@
+"""Latents to pixels: VAE decode with the fp16 NaN/black fallback and tiling for large images."""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+
+from webui.engine.cache import CachedComponent
+from webui.engine.memory import module_bytes
+
+log = logging.getLogger(__name__)
+FP32_FLAG = "vae-fp32"
+
+
+def _bad(image: torch.Tensor) -> bool:
+    """NaN/inf anywhere, or an all-black image (what fp16 overflow in some VAEs gives)."""
+    return not torch.isfinite(image).all().item() or image.max().item() <= -0.999
+
+
+def decode_latents(vae_item: CachedComponent, latents: torch.Tensor, tile: bool = False) -> torch.Tensor:
+    """Decode to [-1, 1] images. A VAE that fails in half precision is upcast to fp32 once and remembered."""
+    vae = vae_item.module
+    if FP32_FLAG in vae_item.flags and vae.dtype != torch.float32:
+        vae.to(torch.float32)
+    if tile:
+        vae.enable_tiling()
+    try:
+        image = _decode(vae, latents)
+        if vae.dtype in (torch.float16, torch.bfloat16) and _bad(image):
+            log.warning("VAE %s gave NaN/black output in %s; decoding again in fp32", vae_item.key.label, vae.dtype)
+            vae.to(torch.float32)
+            vae_item.flags.add(FP32_FLAG)
+            vae_item.nbytes = module_bytes(vae)
+            image = _decode(vae, latents)
+    finally:
+        if tile:
+            vae.disable_tiling()
+    return image
+
+
+def _decode(vae: torch.nn.Module, latents: torch.Tensor) -> torch.Tensor:
+    scaled = latents.to(device=vae.device, dtype=vae.dtype) / vae.config.scaling_factor
+    with torch.inference_mode():
+        return vae.decode(scaled, return_dict=False)[0].float()

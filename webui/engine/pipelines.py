@@ -1,0 +1,286 @@
+"""Pipeline manager: turns a model choice into a ready diffusers pipeline assembled from cached components.
+
+A choice is a checkpoint plus optional per-role overrides (a UNet, VAE or text-encoder file, or
+another checkpoint whose component is used). Components come from the `ComponentCache`, so
+switching back to a model or swapping a VAE reads nothing that is cached; pipelines themselves
+are cheap wrappers, rebuilt on every switch. A failed load leaves the previous model in place.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from webui.engine.cache import ComponentCache, ComponentKey
+from webui.engine.device import DevicePolicy
+from webui.engine.memory import device_total_bytes, system_ram_bytes
+from webui.models.derive import bundled_config
+from webui.models.kinds import Family, Kind, Prediction
+from webui.models.loading import (
+    CHECKPOINT_PREFIXES,
+    ComponentLoadError,
+    ComponentSource,
+    Role,
+    load_component,
+)
+from webui.models.tokenizers import load_clip_tokenizer
+
+log = logging.getLogger(__name__)
+
+FAMILY_ROLES: dict[Family, tuple[Role, ...]] = {
+    Family.SD1: (Role.UNET, Role.VAE, Role.TEXT_ENCODER),
+    Family.SD2: (Role.UNET, Role.VAE, Role.TEXT_ENCODER),
+    Family.SDXL: (Role.UNET, Role.VAE, Role.TEXT_ENCODER, Role.TEXT_ENCODER_2),
+    Family.SDXL_REFINER: (Role.UNET, Role.VAE, Role.TEXT_ENCODER_2),
+}
+OPEN_CLIP_PAD = "!"
+CLIP_PAD = "<|endoftext|>"
+
+
+class ModelLoadError(ValueError):
+    """A model choice could not be loaded; the message names the file and the mismatch."""
+
+
+@dataclass(frozen=True)
+class ModelChoice:
+    """A checkpoint and optional replacements for its components (paths to files or checkpoints)."""
+
+    checkpoint: Path
+    unet: Path | None = None
+    vae: Path | None = None
+    text_encoder: Path | None = None
+    text_encoder_2: Path | None = None
+
+    def override(self, role: Role) -> Path | None:
+        return getattr(self, role.value)
+
+
+@dataclass
+class LoadedModel:
+    choice: ModelChoice
+    family: Family
+    pipeline: Any  # a diffusers pipeline; its scheduler is replaced per request
+    scheduler_config: dict[str, Any]
+    keys: dict[Role, ComponentKey]
+    sources: dict[Role, ComponentSource]
+    device: torch.device
+    dtype: torch.dtype
+    load_seconds: float
+    loaded_from_disk: list[Role] = field(default_factory=list)
+
+    def new_scheduler(self, cls: type | None = None, **overrides: Any) -> Any:
+        """A fresh scheduler instance for one request (schedulers hold per-run state)."""
+        cls = cls or type(self.pipeline.scheduler)
+        return cls.from_config({**self.scheduler_config, **overrides})
+
+
+def _identify(path: Path):  # noqa: ANN202 (webui.models.identify.Identity)
+    from webui.models.files import ModelFileError, read_header
+    from webui.models.identify import identify
+
+    try:
+        return identify(read_header(path))
+    except ModelFileError as error:
+        raise ModelLoadError(f"{path}: {error.problem}") from error
+
+
+def default_budgets(device: torch.device) -> dict[str, int]:
+    budgets = {"cpu": int(system_ram_bytes() * 0.5)}
+    if device.type == "cuda":
+        budgets["cuda"] = int(device_total_bytes(device) * 0.8)
+    return budgets
+
+
+class PipelineManager:
+    def __init__(
+        self,
+        models_dir: Path,
+        policy: DevicePolicy | None = None,
+        cache: ComponentCache | None = None,
+    ) -> None:
+        self.models_dir = Path(models_dir)
+        self.policy = policy or DevicePolicy()
+        self.device = self.policy.resolve_device()
+        self.dtype = self.policy.resolve_dtype(self.device)
+        self.cache = cache or ComponentCache(default_budgets(self.device))
+        self.current: LoadedModel | None = None
+        self._tokenizers: dict[tuple[str, str], Any] = {}
+        self._lock = threading.RLock()
+
+    # -- resolving a choice into component sources -------------------------------------------
+    def _source_for(self, role: Role, path: Path, family: Family) -> ComponentSource:
+        """A file holding just this component, or a checkpoint (or diffusers folder) to take it from."""
+        if path.is_dir():
+            return ComponentSource(path)
+        identity = _identify(path)
+        if identity.kind is Kind.CHECKPOINT:
+            prefixes = CHECKPOINT_PREFIXES.get(identity.family, {})
+            if role not in prefixes:
+                raise ModelLoadError(f"{path}: a {identity.family.label} checkpoint has no {role.value} to take")
+            return ComponentSource(path, prefixes[role])
+        expected = {Role.UNET: Kind.UNET, Role.VAE: Kind.VAE}.get(role, Kind.TEXT_ENCODER)
+        if identity.kind is not expected:
+            raise ModelLoadError(f"{path}: this is a {identity.kind.value} file, not a {role.value}")
+        if role is Role.UNET and identity.family is not family:
+            raise ModelLoadError(f"{path}: {identity.family.label} UNet does not fit a {family.label} pipeline")
+        return ComponentSource(path)
+
+    def _plan(self, choice: ModelChoice) -> tuple[Family, Prediction | None, dict[Role, ComponentSource]]:
+        base = _identify(choice.checkpoint)
+        if base.kind is not Kind.CHECKPOINT:
+            raise ModelLoadError(f"{choice.checkpoint}: this is a {base.kind.value} file, not a checkpoint")
+        family = base.family
+        if choice.unet is not None:
+            unet_identity = _identify(choice.unet) if not choice.unet.is_dir() else base
+            family = unet_identity.family
+        if not family.supported:
+            raise ModelLoadError(f"{choice.checkpoint}: {family.label} models are not supported yet")
+        sources: dict[Role, ComponentSource] = {}
+        for role in FAMILY_ROLES[family]:
+            override = choice.override(role)
+            if override is not None:
+                sources[role] = self._source_for(role, override, family)
+            elif choice.checkpoint.is_dir():
+                sources[role] = ComponentSource(choice.checkpoint)
+            else:
+                if base.family is not family:
+                    raise ModelLoadError(
+                        f"{choice.checkpoint}: its {base.family.label} {role.value} does not fit the "
+                        f"{family.label} UNet {choice.unet}; choose a {family.label} {role.value} too"
+                    )
+                sources[role] = ComponentSource(choice.checkpoint, CHECKPOINT_PREFIXES[family][role])
+        return family, base.prediction, sources
+
+    # -- loading ---------------------------------------------------------------------------------
+    def load(self, choice: ModelChoice) -> LoadedModel:
+        """Assemble the pipeline for `choice`; on any failure the previous model stays current."""
+        with self._lock:
+            started = time.perf_counter()
+            family, prediction, sources = self._plan(choice)
+            keys: dict[Role, ComponentKey] = {}
+            modules: dict[Role, torch.nn.Module] = {}
+            from_disk: list[Role] = []
+            for role, source in sources.items():
+                key = ComponentKey.of(source.path, source.prefix, role, family, self.dtype, self.device)
+                if key not in self.cache:
+                    from_disk.append(role)
+                try:
+                    item = self.cache.get_or_load(key, lambda s=source, r=role: self._load_one(s, r, family))
+                except ComponentLoadError as error:
+                    raise ModelLoadError(str(error)) from error
+                keys[role], modules[role] = key, item.module
+            self._check_fit(family, modules, sources)
+            pipeline, scheduler_config = self._assemble(family, prediction, choice.checkpoint, modules)
+            loaded = LoadedModel(
+                choice=choice,
+                family=family,
+                pipeline=pipeline,
+                scheduler_config=scheduler_config,
+                keys=keys,
+                sources=sources,
+                device=self.device,
+                dtype=self.dtype,
+                load_seconds=time.perf_counter() - started,
+                loaded_from_disk=from_disk,
+            )
+            self.cache.pin(keys.values())
+            self.current = loaded
+            return loaded
+
+    def _load_one(self, source: ComponentSource, role: Role, family: Family) -> torch.nn.Module:
+        module = load_component(source, role, family, self.dtype)
+        return module.to(self.device)
+
+    @staticmethod
+    def _check_fit(family: Family, modules: dict[Role, torch.nn.Module], sources: dict[Role, ComponentSource]) -> None:
+        unet = modules[Role.UNET]
+        widths = [modules[r].config.hidden_size for r in (Role.TEXT_ENCODER, Role.TEXT_ENCODER_2) if r in modules]
+        context = unet.config.cross_attention_dim
+        if family is not Family.SDXL_REFINER and sum(widths) != context:
+            raise ModelLoadError(
+                f"{sources[Role.UNET].describe()}: the UNet expects text features of width {context}, "
+                f"but the text encoder(s) give {'+'.join(map(str, widths))}"
+            )
+        vae = modules[Role.VAE]
+        if vae.config.latent_channels != unet.config.in_channels:
+            raise ModelLoadError(
+                f"{sources[Role.VAE].describe()}: the VAE has {vae.config.latent_channels} latent channels, "
+                f"the UNet takes {unet.config.in_channels}"
+            )
+
+    def _tokenizer(self, checkpoint: Path, subfolder: str, pad: str) -> Any:
+        from transformers import CLIPTokenizer
+
+        own = checkpoint / subfolder
+        key = (str(own) if own.is_dir() else str(self.models_dir), pad)
+        if key not in self._tokenizers:
+            if own.is_dir():
+                self._tokenizers[key] = CLIPTokenizer.from_pretrained(own, local_files_only=True)
+            else:
+                self._tokenizers[key] = load_clip_tokenizer(self.models_dir, pad_token=pad)
+        return self._tokenizers[key]
+
+    def _assemble(
+        self, family: Family, prediction: Prediction | None, checkpoint: Path, modules: dict[Role, torch.nn.Module]
+    ) -> tuple[Any, dict[str, Any]]:
+        import diffusers
+
+        if checkpoint.is_dir() and (checkpoint / "scheduler" / "scheduler_config.json").is_file():
+            scheduler_config = json.loads((checkpoint / "scheduler" / "scheduler_config.json").read_text())
+        else:
+            scheduler_config = bundled_config(family, "scheduler")
+            if prediction is not None:
+                scheduler_config["prediction_type"] = prediction.value
+        scheduler = getattr(diffusers, scheduler_config["_class_name"]).from_config(scheduler_config)
+        common = {"unet": modules[Role.UNET], "vae": modules[Role.VAE], "scheduler": scheduler}
+        if family in (Family.SD1, Family.SD2):
+            pad = CLIP_PAD if family is Family.SD1 else OPEN_CLIP_PAD
+            pipeline = diffusers.StableDiffusionPipeline(
+                text_encoder=modules[Role.TEXT_ENCODER],
+                tokenizer=self._tokenizer(checkpoint, "tokenizer", pad),
+                safety_checker=None,
+                feature_extractor=None,
+                requires_safety_checker=False,
+                **common,
+            )
+        elif family is Family.SDXL:
+            pipeline = diffusers.StableDiffusionXLPipeline(
+                text_encoder=modules[Role.TEXT_ENCODER],
+                text_encoder_2=modules[Role.TEXT_ENCODER_2],
+                tokenizer=self._tokenizer(checkpoint, "tokenizer", CLIP_PAD),
+                tokenizer_2=self._tokenizer(checkpoint, "tokenizer_2", OPEN_CLIP_PAD),
+                **common,
+            )
+        else:
+            pipeline = diffusers.StableDiffusionXLImg2ImgPipeline(
+                text_encoder=None,
+                tokenizer=None,
+                text_encoder_2=modules[Role.TEXT_ENCODER_2],
+                tokenizer_2=self._tokenizer(checkpoint, "tokenizer_2", OPEN_CLIP_PAD),
+                requires_aesthetics_score=True,
+                force_zeros_for_empty_prompt=False,
+                **common,
+            )
+        pipeline.set_progress_bar_config(disable=True)
+        if self.policy.wants_slicing(self.device):
+            pipeline.enable_attention_slicing()
+        return pipeline, scheduler_config
+
+    def status(self) -> dict[str, Any]:
+        """What is loaded and what it costs in memory (for the model bar)."""
+        current = self.current
+        return {
+            "current": None if current is None else str(current.choice.checkpoint),
+            "family": None if current is None else current.family.value,
+            "device": str(self.device),
+            "dtype": str(self.dtype).removeprefix("torch."),
+            "cached": [vars(s) for s in self.cache.stats()],
+            "cached_bytes": self.cache.total_bytes(),
+        }

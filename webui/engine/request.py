@@ -1,0 +1,69 @@
+"""The request and result dataclasses that cross from the front ends into the engine."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from webui.engine.pipelines import ModelChoice
+
+MIN_SIDE = 16
+MAX_SIDE = 4096
+MAX_STEPS = 150
+
+
+def _check_range(name: str, value: float, low: float, high: float) -> None:
+    if not low <= value <= high:
+        raise ValueError(f"{name}: {value} is out of range; allowed {low}..{high}")
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    """Everything set before pressing Generate. Validates itself; errors name the field and the allowed range."""
+
+    model: ModelChoice
+    prompt: str = ""
+    negative_prompt: str = ""
+    steps: int = 20
+    cfg_scale: float = 7.0
+    width: int = 512
+    height: int = 512
+    seed: int = -1
+    batch_size: int = 1
+    batch_count: int = 1
+    sampler: str | None = None  # None: the model's own scheduler
+    schedule: str = "Automatic"
+
+    def __post_init__(self) -> None:
+        _check_range("steps", self.steps, 1, MAX_STEPS)
+        _check_range("cfg_scale", self.cfg_scale, 0.0, 30.0)
+        for name in ("width", "height"):
+            value = getattr(self, name)
+            _check_range(name, value, MIN_SIDE, MAX_SIDE)
+            if value % 8:
+                raise ValueError(f"{name}: {value} is not a multiple of 8; use e.g. {value // 8 * 8 or 8}")
+        _check_range("seed", self.seed, -1, 2**32 - 1)
+        _check_range("batch_size", self.batch_size, 1, 8)
+        _check_range("batch_count", self.batch_count, 1, 100)
+
+
+@dataclass(frozen=True)
+class GeneratedImage:
+    path: Path
+    seed: int
+    infotext: str
+
+
+@dataclass(frozen=True)
+class GenerationResult:
+    images: tuple[GeneratedImage, ...]
+    timings: dict[str, float] = field(default_factory=dict)
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "images": [{"path": str(i.path), "seed": i.seed, "infotext": i.infotext} for i in self.images],
+            "timings": self.timings,
+            **self.info,
+        }

@@ -1,0 +1,121 @@
+"""The engine's front door: one request in, saved images with infotext out, one generation at a time."""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from webui import __version__
+from webui.engine.decode import decode_latents
+from webui.engine.infotext import format_infotext
+from webui.engine.outputs import day_folder, save_png
+from webui.engine.pipelines import LoadedModel, PipelineManager
+from webui.engine.request import GeneratedImage, GenerationRequest, GenerationResult
+from webui.models.loading import Role
+
+Hasher = Callable[[Path], str | None]
+# Our component overrides, written as extra infotext keys.
+OVERRIDE_KEYS = {Role.UNET: "UNet", Role.TEXT_ENCODER: "Text encoder", Role.TEXT_ENCODER_2: "Text encoder 2"}
+
+
+def _name(path: Path) -> str:
+    return path.name if path.is_dir() else path.stem
+
+
+class Engine:
+    def __init__(self, manager: PipelineManager, outputs_dir: Path, hasher: Hasher | None = None) -> None:
+        self.manager = manager
+        self.outputs_dir = Path(outputs_dir)
+        self.hasher = hasher or (lambda _path: None)
+        self.gpu_lock = threading.Lock()  # the one lock: one generation per device at a time
+
+    def seeds_for(self, request: GenerationRequest) -> list[int]:
+        first = request.seed if request.seed >= 0 else random.randrange(2**32)
+        return [(first + i) % 2**32 for i in range(request.batch_size * request.batch_count)]
+
+    def generate(self, request: GenerationRequest) -> GenerationResult:
+        with self.gpu_lock:
+            return self._generate(request)
+
+    def _generate(self, request: GenerationRequest) -> GenerationResult:
+        started = time.perf_counter()
+        loaded = self.manager.load(request.model)
+        timings = {"load": time.perf_counter() - started, "denoise": 0.0, "decode": 0.0, "save": 0.0}
+        seeds = self.seeds_for(request)
+        images: list[GeneratedImage] = []
+        folder = day_folder(self.outputs_dir, "txt2img")
+        params = self._params(request, loaded)
+        for batch in range(request.batch_count):
+            batch_seeds = seeds[batch * request.batch_size : (batch + 1) * request.batch_size]
+            t0 = time.perf_counter()
+            latents = self.denoise(loaded, request, batch_seeds)
+            t1 = time.perf_counter()
+            pixels = decode_latents(
+                self.manager.cache.get_or_load(loaded.keys[Role.VAE], _never),
+                latents,
+                tile=request.width * request.height >= self.manager.policy.vae_tiling_min_pixels,
+            )
+            pil_images = loaded.pipeline.image_processor.postprocess(pixels, output_type="pil")
+            t2 = time.perf_counter()
+            for seed, image in zip(batch_seeds, pil_images, strict=True):
+                infotext = format_infotext(request.prompt, request.negative_prompt, {**params, "Seed": seed} | _tail())
+                images.append(GeneratedImage(save_png(image, folder, seed, infotext), seed, infotext))
+            timings["denoise"] += t1 - t0
+            timings["decode"] += t2 - t1
+            timings["save"] += time.perf_counter() - t2
+        timings["total"] = time.perf_counter() - started
+        return GenerationResult(tuple(images), timings, {"family": loaded.family.value})
+
+    def denoise(self, loaded: LoadedModel, request: GenerationRequest, seeds: list[int]) -> torch.Tensor:
+        """Latents for one batch. Noise is drawn on the CPU from each image's own seed (same image on any device)."""
+        pipeline = loaded.pipeline
+        pipeline.scheduler = loaded.new_scheduler()
+        generators = [torch.Generator("cpu").manual_seed(seed) for seed in seeds]
+        count = len(seeds)
+        kwargs: dict[str, Any] = {}
+        return pipeline(
+            prompt=[request.prompt] * count,
+            negative_prompt=[request.negative_prompt] * count,
+            num_inference_steps=request.steps,
+            guidance_scale=request.cfg_scale,
+            width=request.width,
+            height=request.height,
+            generator=generators,
+            output_type="latent",
+            **kwargs,
+        ).images
+
+    def _params(self, request: GenerationRequest, loaded: LoadedModel) -> dict[str, Any]:
+        choice = loaded.choice
+        params: dict[str, Any] = {
+            "Steps": request.steps,
+            "Sampler": request.sampler or type(loaded.pipeline.scheduler).__name__,
+            "Schedule type": None if request.schedule == "Automatic" else request.schedule,
+            "CFG scale": request.cfg_scale,
+            "Seed": None,
+            "Size": f"{request.width}x{request.height}",
+            "Model hash": self.hasher(choice.checkpoint),
+            "Model": _name(choice.checkpoint),
+        }
+        if choice.vae is not None:
+            params["VAE hash"] = self.hasher(choice.vae)
+            params["VAE"] = choice.vae.name
+        for role, key in OVERRIDE_KEYS.items():
+            override = choice.override(role)
+            if override is not None:
+                params[key] = override.name
+        return params
+
+
+def _tail() -> dict[str, Any]:
+    return {"Version": f"webui {__version__}"}
+
+
+def _never() -> torch.nn.Module:
+    raise RuntimeError("the VAE of the loaded model is pinned in the cache and cannot be missing")
