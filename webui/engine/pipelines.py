@@ -52,7 +52,7 @@ class ModelLoadError(ValueError):
 class ModelChoice:
     """A checkpoint and optional replacements for its components (paths to files or checkpoints)."""
 
-    checkpoint: Path
+    checkpoint: Path | None
     unet: Path | None = None
     vae: Path | None = None
     text_encoder: Path | None = None
@@ -60,6 +60,17 @@ class ModelChoice:
 
     def override(self, role: Role) -> Path | None:
         return getattr(self, role.value)
+
+    @property
+    def name(self) -> str:
+        """The model's display name: the checkpoint's, or the UNet file's for a modular choice."""
+        path = self.checkpoint or self.unet
+        assert path is not None, "a ModelChoice names a checkpoint or a UNet"
+        return path.name if path.is_dir() else path.stem
+
+    def __post_init__(self) -> None:
+        if self.checkpoint is None and self.unet is None:
+            raise ValueError("model: choose a checkpoint, or a UNet file with its text encoder(s) and VAE")
 
 
 @dataclass
@@ -133,30 +144,36 @@ class PipelineManager:
         return ComponentSource(path)
 
     def _plan(self, choice: ModelChoice) -> tuple[Family, Prediction | None, dict[Role, ComponentSource]]:
-        base = _identify(choice.checkpoint)
-        if base.kind is not Kind.CHECKPOINT:
-            raise ModelLoadError(f"{choice.checkpoint}: this is a {base.kind.value} file, not a checkpoint")
-        family = base.family
-        if choice.unet is not None:
-            unet_identity = _identify(choice.unet) if not choice.unet.is_dir() else base
-            family = unet_identity.family
+        base = None
+        if choice.checkpoint is not None:
+            base = _identify(choice.checkpoint)
+            if base.kind is not Kind.CHECKPOINT:
+                raise ModelLoadError(f"{choice.checkpoint}: this is a {base.kind.value} file, not a checkpoint")
+        if choice.unet is not None and not choice.unet.is_dir():
+            family = _identify(choice.unet).family
+        elif base is not None:
+            family = base.family
+        else:
+            raise ModelLoadError("model: choose a checkpoint, or a UNet file together with its text encoder(s) and VAE")
         if not family.supported:
-            raise ModelLoadError(f"{choice.checkpoint}: {family.label} models are not supported yet")
+            raise ModelLoadError(f"{choice.checkpoint or choice.unet}: {family.label} models are not supported yet")
         sources: dict[Role, ComponentSource] = {}
         for role in FAMILY_ROLES[family]:
             override = choice.override(role)
             if override is not None:
                 sources[role] = self._source_for(role, override, family)
+            elif base is None or choice.checkpoint is None:
+                raise ModelLoadError(f"{role.value}: no checkpoint to take it from; choose a {family.label} one")
             elif choice.checkpoint.is_dir():
                 sources[role] = ComponentSource(choice.checkpoint)
+            elif base.family is not family:
+                raise ModelLoadError(
+                    f"{choice.checkpoint}: its {base.family.label} {role.value} does not fit the "
+                    f"{family.label} UNet {choice.unet}; choose a {family.label} {role.value} too"
+                )
             else:
-                if base.family is not family:
-                    raise ModelLoadError(
-                        f"{choice.checkpoint}: its {base.family.label} {role.value} does not fit the "
-                        f"{family.label} UNet {choice.unet}; choose a {family.label} {role.value} too"
-                    )
                 sources[role] = ComponentSource(choice.checkpoint, CHECKPOINT_PREFIXES[family][role])
-        return family, base.prediction, sources
+        return family, (base.prediction if base is not None else None), sources
 
     # -- loading ---------------------------------------------------------------------------------
     def load(self, choice: ModelChoice) -> LoadedModel:
@@ -228,10 +245,15 @@ class PipelineManager:
         return self._tokenizers[key]
 
     def _assemble(
-        self, family: Family, prediction: Prediction | None, checkpoint: Path, modules: dict[Role, torch.nn.Module]
+        self,
+        family: Family,
+        prediction: Prediction | None,
+        checkpoint: Path | None,
+        modules: dict[Role, torch.nn.Module],
     ) -> tuple[Any, dict[str, Any]]:
         import diffusers
 
+        checkpoint = checkpoint or self.models_dir / "__no_checkpoint__"
         if checkpoint.is_dir() and (checkpoint / "scheduler" / "scheduler_config.json").is_file():
             scheduler_config = json.loads((checkpoint / "scheduler" / "scheduler_config.json").read_text())
         else:
@@ -277,7 +299,7 @@ class PipelineManager:
         """What is loaded and what it costs in memory (for the model bar)."""
         current = self.current
         return {
-            "current": None if current is None else str(current.choice.checkpoint),
+            "current": None if current is None else current.choice.name,
             "family": None if current is None else current.family.value,
             "device": str(self.device),
             "dtype": str(self.dtype).removeprefix("torch."),

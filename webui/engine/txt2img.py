@@ -24,10 +24,6 @@ Hasher = Callable[[Path], str | None]
 OVERRIDE_KEYS = {Role.UNET: "UNet", Role.TEXT_ENCODER: "Text encoder", Role.TEXT_ENCODER_2: "Text encoder 2"}
 
 
-def _name(path: Path) -> str:
-    return path.name if path.is_dir() else path.stem
-
-
 class Engine:
     def __init__(self, manager: PipelineManager, outputs_dir: Path, hasher: Hasher | None = None) -> None:
         self.manager = manager
@@ -100,8 +96,8 @@ class Engine:
             "CFG scale": request.cfg_scale,
             "Seed": None,
             "Size": f"{request.width}x{request.height}",
-            "Model hash": self.hasher(choice.checkpoint),
-            "Model": _name(choice.checkpoint),
+            "Model hash": self.hasher(choice.checkpoint or choice.unet),
+            "Model": choice.name,
         }
         if choice.vae is not None:
             params["VAE hash"] = self.hasher(choice.vae)
