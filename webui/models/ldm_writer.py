@@ -85,7 +85,7 @@ VAE_PREFIX = "first_stage_model."
 
 
 def _resnet_rules(diffusers_prefix: str, ldm_prefix: str, names: Mapping[str, str]) -> list[tuple[str, str]]:
-    return [(f"{diffusers_prefix}{d}.", f"{ldm_prefix}{ldm}.") for d, ldm in names.items()]
+    return [(f"{diffusers_prefix}.{d}.", f"{ldm_prefix}.{ldm}.") for d, ldm in names.items()]
 
 
 def _rename(key: str, exact: Mapping[str, str], prefixes: Iterable[tuple[str, str]], what: str) -> str:
