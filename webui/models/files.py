@@ -10,7 +10,7 @@ import struct
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import torch
 
@@ -81,13 +81,17 @@ def _read_head(path: Path, count: int) -> bytes:
         with open(path, "rb") as handle:
             return handle.read(count)
     except FileNotFoundError:
-        raise ModelFileError(path, "the file does not exist (moved or deleted?); refresh the model list") from None
+        raise ModelFileError(
+            path, "the file does not exist (moved or deleted?); refresh the model list"
+        ) from None
     except PermissionError:
         raise ModelFileError(
             path, "permission denied: this user cannot read the file; fix its permissions (chmod a+r)"
         ) from None
     except OSError as error:
-        raise ModelFileError(path, f"the file cannot be read ({error.strerror or error}); check the disk") from None
+        raise ModelFileError(
+            path, f"the file cannot be read ({error.strerror or error}); check the disk"
+        ) from None
 
 
 def extension_problem(path: Path | str, fmt: FileFormat) -> str | None:
@@ -170,9 +174,8 @@ def _safetensors_header_json(path: Path) -> tuple[dict[str, Any], int]:
     return header, 8 + length
 
 
-def _read_safetensors_header(path: Path) -> TensorHeader:
-    from safetensors import SafetensorError, safe_open
-
+def _validate_safetensors(path: Path) -> None:
+    """The specific problem of a broken safetensors file, before safetensors' own generic one."""
     header, data_start = _safetensors_header_json(path)
     size = path.stat().st_size
     data_end = 0
@@ -186,6 +189,12 @@ def _read_safetensors_header(path: Path) -> TensorHeader:
             f"truncated file: the tensors need {data_start + data_end:,} bytes but the file has only "
             f"{size:,}; the download did not finish; download it again",
         )
+
+
+def _read_safetensors_header(path: Path) -> TensorHeader:
+    from safetensors import SafetensorError, safe_open
+
+    _validate_safetensors(path)
     try:
         with safe_open(str(path), framework="pt", device="cpu") as handle:
             shapes: dict[str, tuple[int, ...]] = {}
@@ -203,13 +212,11 @@ def _read_safetensors_header(path: Path) -> TensorHeader:
 def _torch_load(path: Path, *, mmap: bool, device: str = "cpu") -> Any:
     """torch.load restricted to tensors and plain containers; every failure becomes a ModelFileError."""
     try:
-        try:
-            return torch.load(path, map_location=device, weights_only=True, mmap=mmap)
-        except RuntimeError as error:
-            if mmap and "mmap" in str(error):  # legacy non-zip pickles cannot be memory-mapped
-                return torch.load(path, map_location=device, weights_only=True)
-            raise
+        with open(path, "rb") as handle:
+            return _weights_only_load(path, handle, mmap=mmap, device=device)
     except pickle.UnpicklingError as error:
+        if "Unsupported operand" in str(error):  # not a refusal: the byte stream itself is garbage
+            raise ModelFileError(path, "corrupt pickle (invalid opcode); download the file again") from None
         raise ModelFileError(path, _refusal_problem(path, error)) from None
     except EOFError:
         raise ModelFileError(
@@ -220,6 +227,24 @@ def _torch_load(path: Path, *, mmap: bool, device: str = "cpu") -> Any:
         raise ModelFileError(
             path, f"corrupt or truncated torch file ({first_line}); download it again"
         ) from None
+
+
+def _weights_only_load(path: Path, handle: BinaryIO, *, mmap: bool, device: str) -> Any:
+    # torch.load hands any path ending in ".safetensors" to safetensors, by name alone, so a pickle
+    # renamed .safetensors is opened through a name without that ending: the open descriptor on
+    # Linux (keeps mmap), else the file object (mmap needs a path, so its data is read).
+    target: str | BinaryIO = str(path)
+    if target.endswith(".safetensors"):
+        fd_path = f"/proc/self/fd/{handle.fileno()}"
+        target = fd_path if os.path.exists(fd_path) else handle
+        mmap = mmap and isinstance(target, str)
+    try:
+        return torch.load(target, map_location=device, weights_only=True, mmap=mmap)
+    except RuntimeError as error:
+        if not (mmap and "mmap" in str(error)):
+            raise
+    handle.seek(0)  # legacy non-zip pickles cannot be memory-mapped
+    return torch.load(handle, map_location=device, weights_only=True)
 
 
 def _refusal_problem(path: Path, error: Exception) -> str:
@@ -240,7 +265,8 @@ def _tensors_of(loaded: Any, path: Path) -> tuple[dict[str, torch.Tensor], dict[
     """Flatten a loaded pickle into dotted tensor keys (unwrapping `state_dict`) plus scalar metadata."""
     if not isinstance(loaded, Mapping):
         raise ModelFileError(
-            path, f"the pickle holds a {type(loaded).__name__}, not a dict of tensors; it is not model weights"
+            path,
+            f"the pickle holds a {type(loaded).__name__}, not a dict of tensors; it is not model weights",
         )
     if isinstance(loaded.get("state_dict"), Mapping):
         loaded = loaded["state_dict"]
@@ -303,7 +329,9 @@ def _read_diffusers_header(folder: Path) -> TensorHeader:
     try:
         index = json.loads((folder / "model_index.json").read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise ModelFileError(folder, f"model_index.json cannot be read ({error}); download it again") from None
+        raise ModelFileError(
+            folder, f"model_index.json cannot be read ({error}); download it again"
+        ) from None
     metadata = {"diffusers.pipeline": str(index.get("_class_name", ""))}
     scheduler = folder / "scheduler" / "scheduler_config.json"
     if scheduler.is_file():
@@ -347,11 +375,13 @@ def load_state_dict(path: Path | str, device: str = "cpu") -> dict[str, torch.Te
         from safetensors import SafetensorError
         from safetensors.torch import load_file
 
-        _safetensors_header_json(path)  # the specific problem, before safetensors' generic one
+        _validate_safetensors(path)
         try:
             return load_file(path, device=device)
         except SafetensorError as error:
-            raise ModelFileError(path, f"safetensors rejected the file ({error}); download it again") from None
+            raise ModelFileError(
+                path, f"safetensors rejected the file ({error}); download it again"
+            ) from None
     if fmt is FileFormat.PICKLE:
         tensors, _ = _tensors_of(_torch_load(path, mmap=False, device=device), path)
         return tensors
