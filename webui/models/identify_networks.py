@@ -1,0 +1,268 @@
+"""Identify LoRAs (kohya, diffusers/PEFT, LyCORIS) and textual-inversion embeddings from their keys."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+from webui.models.identity import (
+    ENCODER_BY_WIDTH,
+    ENCODER_LABELS,
+    FAMILY_BY_CONTEXT_DIM,
+    FAMILY_TEXT_ENCODERS,
+    Identity,
+    Shapes,
+    encoder_label,
+    family_from_metadata,
+)
+from webui.models.kinds import Family, Kind, TextEncoderType
+
+# Each LoRA tensor is "<module><part>"; the part names the flavour.
+_LORA_PARTS: tuple[tuple[str, str], ...] = (
+    (".lora_down.", "kohya"),
+    (".lora_up.", "kohya"),
+    (".lora_mid.", "kohya"),
+    (".lora_A.", "diffusers/PEFT"),
+    (".lora_B.", "diffusers/PEFT"),
+    ("_lora.down.", "diffusers (attention processors)"),
+    ("_lora.up.", "diffusers (attention processors)"),
+    (".lora.down.", "diffusers (old)"),
+    (".lora.up.", "diffusers (old)"),
+    (".hada_", "LyCORIS LoHa"),
+    (".lokr_", "LyCORIS LoKr"),
+    (".oft_", "LyCORIS OFT"),
+)
+# The module's target, from the start of its normalised name (dots and underscores alike).
+_TARGETS: tuple[tuple[str, str], ...] = (
+    ("lora_te2_", "te2"),
+    ("text_encoder_2_", "te2"),
+    ("lora_te3_", "te3"),
+    ("text_encoder_3_", "te3"),
+    ("lora_te1_", "te1"),
+    ("lora_te_", "te"),
+    ("text_encoder_", "te"),
+    ("text_model_", "te"),
+)
+_TARGET_ENCODERS = {
+    "te1": TextEncoderType.CLIP_L,
+    "te2": TextEncoderType.OPEN_CLIP_G,
+    "te3": TextEncoderType.T5,
+}
+_CROSS_ATTENTION = re.compile(r"attn2_(processor_)?to_[kv]$")
+_TE_INPUT = re.compile(r"(self_attn_[qkv]_proj|self_attn_out_proj|mlp_fc1)$")
+_FLUX_BLOCKS = ("double_blocks", "single_blocks", "single_transformer_blocks")
+FLUX_HIDDEN = 3072  # FLUX.1's transformer width; SD3's is 1536 (medium) or 2432 (3.5 large)
+_EMBEDDING_MAX_KEYS = 16
+
+
+@dataclass
+class _Module:
+    parts: dict[str, tuple[int, ...]] = field(default_factory=dict)
+
+    def in_features(self) -> int | None:
+        """Input width of the patched layer, from the factor that multiplies the input."""
+        for name in ("lora_down.weight", "lora_A.weight", "down.weight", "hada_w1_b"):
+            if name in self.parts and len(self.parts[name]) >= 2:
+                return self.parts[name][1]
+        left = self.parts.get("lokr_w1") or self.parts.get("lokr_w1_b")
+        right = self.parts.get("lokr_w2") or self.parts.get("lokr_w2_b")
+        if left and right and len(left) >= 2 and len(right) >= 2:
+            return left[1] * right[1]  # a Kronecker product's input width is the product of the factors'
+        return None
+
+    def rank(self) -> int | None:
+        for name in ("lora_down.weight", "lora_A.weight", "down.weight", "hada_w1_b"):
+            if len(self.parts.get(name, ())) >= 2:
+                return self.parts[name][0]
+        return None
+
+
+def is_lora(shapes: Shapes) -> bool:
+    return any(part in key for key in shapes for part, _ in _LORA_PARTS)
+
+
+def _split_key(key: str) -> tuple[str, str, str] | None:
+    """(module, part, flavour) of a LoRA tensor key, e.g. ("m.to_k", "down.weight", ...) for
+    "m.to_k_lora.down.weight"; None for keys that are not LoRA factors (alpha, scales)."""
+    for marker, flavour in _LORA_PARTS:
+        at = key.find(marker)
+        if at > 0:
+            return key[:at], key[at:].lstrip("._").removeprefix("lora."), flavour
+    return None
+
+
+def _normalise(module: str) -> str:
+    name = module.replace(".", "_")
+    for prefix in ("base_model_model_", "model_"):
+        name = name.removeprefix(prefix)
+    return name
+
+
+def _target(name: str) -> str:
+    return next((target for prefix, target in _TARGETS if name.startswith(prefix)), "unet")
+
+
+def identify_lora(shapes: Shapes, metadata: dict[str, str]) -> Identity:
+    """Family a LoRA targets (cross-attention width, text-encoder widths, metadata) and what it patches."""
+    modules: dict[str, _Module] = {}
+    flavours: set[str] = set()
+    for key, shape in shapes.items():
+        split = _split_key(key)
+        if split is None:
+            continue
+        module, part, flavour = split
+        flavours.add(flavour)
+        modules.setdefault(_normalise(module), _Module()).parts[part] = shape
+    targets = {name: _target(name) for name in modules}
+    touched = sorted(set(targets.values()) - {"unet"})
+    context = next(
+        (w for n, m in modules.items() if _CROSS_ATTENTION.search(n) and (w := m.in_features())), None
+    )
+    te_width = next(
+        (
+            w
+            for n, m in modules.items()
+            if targets[n] == "te" and _TE_INPUT.search(n) and (w := m.in_features())
+        ),
+        None,
+    )
+    family, reason = _lora_family(modules, targets, context, te_width, metadata)
+    encoders = _touched_encoders(touched, te_width, family)
+    hinted = family_from_metadata(metadata)
+    notes = [reason]
+    if hinted is not None and family is not Family.UNKNOWN and hinted is not family:
+        notes.append(f"its metadata says {hinted.label}")
+    parts = ["UNet" if "unet" in targets.values() else None, encoder_label(encoders) if encoders else None]
+    ranks = sorted({r for m in modules.values() if (r := m.rank())})
+    rank = f", rank {ranks[0]}" if len(ranks) == 1 else (f", ranks {ranks[0]}-{ranks[-1]}" if ranks else "")
+    detail = (
+        f"LoRA ({', '.join(sorted(flavours))}) for {family.label}: patches "
+        f"{' + '.join(p for p in parts if p) or 'nothing recognisable'}; {len(modules)} modules{rank}; "
+        + "; ".join(notes)
+    )
+    return Identity(
+        Kind.LORA,
+        family,
+        text_encoders=encoders,
+        lora_touches_text_encoder=bool(touched),
+        detail=detail,
+        compatible=(family,) if family is not Family.UNKNOWN else (),
+    )
+
+
+def _lora_family(
+    modules: dict[str, _Module],
+    targets: dict[str, str],
+    context: int | None,
+    te_width: int | None,
+    metadata: dict[str, str],
+) -> tuple[Family, str]:
+    """The targeted family and the evidence for it, strongest evidence first."""
+    names = list(modules)
+    if any(block in n for n in names for block in _FLUX_BLOCKS):
+        return Family.FLUX, "FLUX.1 blocks (double_blocks/single_blocks)"
+    if any("joint_blocks" in n for n in names):
+        return Family.SD3, "SD3 blocks (joint_blocks)"
+    dit = [m.in_features() for n, m in modules.items() if n.startswith("transformer_") and "attn_to_k" in n]
+    if any(dit):
+        width = next(w for w in dit if w)
+        return (
+            Family.FLUX if width == FLUX_HIDDEN else Family.SD3
+        ), f"diffusers transformer of width {width}"
+    if context is not None:
+        family = FAMILY_BY_CONTEXT_DIM.get(context, Family.UNKNOWN)
+        return family, f"cross-attention (attn2 to_k/to_v) input width {context}"
+    present = set(targets.values())
+    if "te2" in present or "te1" in present:
+        return Family.SDXL, "patches SDXL's two text encoders (te1/te2)"
+    if te_width is not None:
+        encoder = ENCODER_BY_WIDTH.get(te_width)
+        family = {TextEncoderType.CLIP_L: Family.SD1, TextEncoderType.OPEN_CLIP_H: Family.SD2}.get(encoder)
+        if family is not None:
+            return family, f"text-encoder width {te_width}"
+    hinted = family_from_metadata(metadata)
+    if hinted is not None:
+        return hinted, "from its training metadata (modelspec.architecture / ss_base_model_version)"
+    if any(n.startswith(("lora_unet_input_blocks_", "lora_unet_output_blocks_")) for n in names):
+        return Family.SDXL, "guessed from kohya's SDXL module names (input_blocks/output_blocks)"
+    return Family.UNKNOWN, (
+        "target family not determined: no cross-attention (attn2 to_k/to_v) or text-encoder "
+        "(self_attn q/k/v/out_proj, mlp.fc1) modules, no FLUX/SD3 blocks, no ss_base_model_version metadata"
+    )
+
+
+def _touched_encoders(
+    touched: list[str], te_width: int | None, family: Family
+) -> tuple[TextEncoderType, ...]:
+    encoders: list[TextEncoderType] = []
+    for target in touched:
+        if target == "te":
+            encoder = ENCODER_BY_WIDTH.get(te_width or 0) or next(
+                iter(FAMILY_TEXT_ENCODERS.get(family, ())), None
+            )
+        else:
+            encoder = _TARGET_ENCODERS[target]
+        if encoder is not None and encoder not in encoders:
+            encoders.append(encoder)
+    order = list(TextEncoderType)
+    return tuple(sorted(encoders, key=order.index))
+
+
+def is_embedding(shapes: Shapes) -> bool:
+    keys = set(shapes)
+    if (
+        "emb_params" in keys
+        or {"clip_l", "clip_g"} <= keys
+        or any(k.startswith("string_to_param.") for k in keys)
+    ):
+        return True
+    return 0 < len(keys) <= _EMBEDDING_MAX_KEYS and all(
+        "." not in key and 1 <= len(shape) <= 2 and shape[-1] in ENCODER_BY_WIDTH
+        for key, shape in shapes.items()
+    )  # diffusers' learned_embeds: {"<token>": [n, width]}
+
+
+def identify_embedding(shapes: Shapes) -> Identity:
+    """A textual-inversion embedding: its family from the width(s) of its vectors."""
+    if "clip_l" in shapes and "clip_g" in shapes:
+        vectors = shapes["clip_l"][0] if len(shapes["clip_l"]) == 2 else 1
+        encoders = (TextEncoderType.CLIP_L, TextEncoderType.OPEN_CLIP_G)
+        return Identity(
+            Kind.EMBEDDING,
+            Family.SDXL,
+            text_encoders=encoders,
+            compatible=(Family.SDXL,),
+            detail=f"textual-inversion embedding for SDXL: {vectors} vector(s) for CLIP-L + OpenCLIP-bigG",
+        )
+    vectors_of = {
+        k: s for k, s in shapes.items() if (k == "emb_params" or k.startswith("string_to_param.")) and s
+    }
+    vectors_of = vectors_of or {
+        k: s for k, s in shapes.items() if len(s) in (1, 2) and s and s[-1] in ENCODER_BY_WIDTH
+    }
+    if not vectors_of:
+        return Identity(
+            Kind.EMBEDDING, Family.UNKNOWN, detail="embedding without vectors (emb_params/string_to_param)"
+        )
+    shape = next(iter(vectors_of.values()))
+    width, vectors = shape[-1], (shape[0] if len(shape) == 2 else 1)
+    encoder = ENCODER_BY_WIDTH.get(width)
+    family = {
+        TextEncoderType.CLIP_L: Family.SD1,
+        TextEncoderType.OPEN_CLIP_H: Family.SD2,
+        TextEncoderType.OPEN_CLIP_G: Family.SDXL,
+    }.get(encoder, Family.UNKNOWN)
+    if encoder is None:
+        return Identity(
+            Kind.EMBEDDING,
+            Family.UNKNOWN,
+            detail=f"embedding of width {width}: not CLIP-L (768), OpenCLIP-H (1024) or bigG (1280)",
+        )
+    return Identity(
+        Kind.EMBEDDING,
+        family,
+        text_encoders=(encoder,),
+        compatible=(family,),
+        detail=f"textual-inversion embedding for {family.label}: {vectors} vector(s) of width {width} "
+        f"({ENCODER_LABELS[encoder]})",
+    )
