@@ -1,0 +1,191 @@
+"""Prompt embeddings as A1111 makes them (75-token chunks, weights, clip skip), in diffusers' pipeline kwargs.
+
+For a plain prompt (no weights, at most 75 tokens, clip skip 1) the result equals diffusers' own
+`encode_prompt`, so passing it to the pipeline changes nothing but what plain diffusers cannot do.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Any
+
+import torch
+
+from webui.engine.prompts import CHUNK_LENGTH, PromptChunk, Tokenizer, chunk_prompt, extract_lora_tags
+from webui.models.kinds import Family
+
+ENCODABLE = (Family.SD1, Family.SD2, Family.SDXL, Family.SDXL_REFINER)
+_XL = (Family.SDXL, Family.SDXL_REFINER)
+CHUNK_TOKENS = CHUNK_LENGTH + 2  # BOS + 75 + EOS
+
+
+@dataclass(frozen=True)
+class Conditioning:
+    """Text conditioning for one batch: (batch, 77 × chunks, width) embeddings; pooled ones for SDXL."""
+
+    prompt_embeds: torch.Tensor
+    negative_prompt_embeds: torch.Tensor
+    pooled_prompt_embeds: torch.Tensor | None = None
+    negative_pooled_prompt_embeds: torch.Tensor | None = None
+
+    def as_pipeline_kwargs(self) -> dict[str, torch.Tensor]:
+        """Keyword arguments for a diffusers SD / SDXL pipeline call, in place of prompt= and negative_prompt=."""
+        kwargs = {"prompt_embeds": self.prompt_embeds, "negative_prompt_embeds": self.negative_prompt_embeds}
+        if self.pooled_prompt_embeds is not None:
+            kwargs["pooled_prompt_embeds"] = self.pooled_prompt_embeds
+            kwargs["negative_pooled_prompt_embeds"] = self.negative_pooled_prompt_embeds
+        return kwargs
+
+
+@dataclass(frozen=True)
+class _Encoder:
+    """One text encoder and how its hidden states become conditioning."""
+
+    tokenizer: Tokenizer
+    model: torch.nn.Module  # CLIPTextModel or CLIPTextModelWithProjection
+    layer_from_end: int  # 1: the last hidden state
+    final_norm: bool  # SD1/SD2 apply final_layer_norm; SDXL reads the raw hidden state
+    pooled: bool = False  # SDXL: this encoder's text_embeds of the first chunk are the pooled output
+
+
+@dataclass(frozen=True)
+class _Encoded:
+    embeds: torch.Tensor  # (1, 77 × chunks, width)
+    pooled: torch.Tensor | None
+
+
+def encode_prompts(
+    pipeline: Any, family: Family, prompt: str, negative_prompt: str, clip_skip: int = 1, batch: int = 1
+) -> Conditioning:
+    """Encode `prompt` and `negative_prompt` with `pipeline`'s tokenizer(s) and text encoder(s), A1111 style.
+
+    `clip_skip` counts as in A1111: 1 is the last layer, 2 the one before. `<lora:…>` tags are removed
+    from the text (the LoRA stack reads them separately). Each tensor is repeated `batch` times.
+    """
+    if family not in ENCODABLE:
+        allowed = ", ".join(f.value for f in ENCODABLE)
+        raise ValueError(f"family: prompt encoding supports {allowed}; got {family.value!r}")
+    if batch < 1:
+        raise ValueError(f"batch: {batch} is out of range; allowed 1 and more")
+    encoders = _encoders(pipeline, family, clip_skip)
+    device = pipeline._execution_device  # where diffusers itself sends the token ids (offload-aware)
+    with torch.no_grad():
+        positive = _encode(encoders, extract_lora_tags(prompt)[0], device)
+        zero_negative = family in _XL and not negative_prompt and _config(pipeline, "force_zeros_for_empty_prompt")
+        if zero_negative:  # diffusers' and A1111's SDXL default: an empty negative prompt is all zeros
+            negative = _Encoded(torch.zeros_like(positive.embeds), _zeros_like(positive.pooled))
+        else:
+            negative = _encode(encoders, extract_lora_tags(negative_prompt)[0], device)
+        positive, negative = _same_length(encoders, positive, negative, device)
+
+    def repeat(tensor: torch.Tensor | None) -> torch.Tensor | None:
+        return None if tensor is None else tensor.repeat(batch, *[1] * (tensor.ndim - 1))
+
+    return Conditioning(
+        prompt_embeds=repeat(positive.embeds),
+        negative_prompt_embeds=repeat(negative.embeds),
+        pooled_prompt_embeds=repeat(positive.pooled),
+        negative_pooled_prompt_embeds=repeat(negative.pooled),
+    )
+
+
+def _encoders(pipeline: Any, family: Family, clip_skip: int) -> list[_Encoder]:
+    """The family's encoders, each with the hidden layer its conditioning is read from."""
+    if family in _XL:
+        # diffusers reads hidden_states[-2] without the final norm (its clip_skip=None); ours shifts from there.
+        pairs = [(pipeline.tokenizer, pipeline.text_encoder), (pipeline.tokenizer_2, pipeline.text_encoder_2)]
+        present = [(tok, model) for tok, model in pairs if model is not None]  # the refiner has text_encoder_2 only
+        encoders = [_Encoder(tok, model, clip_skip + 1, final_norm=False) for tok, model in present]
+        encoders[-1] = replace(encoders[-1], pooled=True)  # text_encoder_2's text_embeds
+    else:
+        # SD2's diffusers text encoder already lacks OpenCLIP's last layer, so both read the last hidden state.
+        encoders = [_Encoder(pipeline.tokenizer, pipeline.text_encoder, clip_skip, final_norm=True)]
+    for encoder in encoders:
+        layers = _text_model(encoder.model).config.num_hidden_layers
+        highest = layers - encoder.layer_from_end + clip_skip  # the skip that reads the first layer's output
+        if not 1 <= clip_skip <= highest:
+            raise ValueError(
+                f"clip_skip: {clip_skip} is out of range for this {family.value} text encoder with {layers} layers;"
+                f" allowed 1..{highest}"
+            )
+    return encoders
+
+
+def _encode(encoders: list[_Encoder], prompt: str, device: torch.device) -> _Encoded:
+    chunk_lists = [chunk_prompt(encoder.tokenizer, prompt) for encoder in encoders]
+    if len({len(chunks) for chunks in chunk_lists}) > 1:
+        raise ValueError(
+            f"prompt {prompt!r}: the tokenizers split it into {[len(c) for c in chunk_lists]} chunks;"
+            " the text encoders' tokenizers must share one vocabulary"
+        )
+    parts, pooled = [], None
+    for encoder, chunks in zip(encoders, chunk_lists, strict=True):
+        embeds, encoder_pooled = _encode_chunks(encoder, chunks, device)
+        parts.append(embeds)
+        pooled = encoder_pooled if encoder.pooled else pooled
+    # diffusers casts to the (last) text encoder's dtype: text_encoder for SD1/SD2, text_encoder_2 for SDXL.
+    return _Encoded(torch.cat(parts, dim=-1).to(_dtype(encoders[-1].model)), pooled)
+
+
+def _encode_chunks(
+    encoder: _Encoder, chunks: list[PromptChunk], device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(1, 77 × chunks, width) conditioning from one encoder, and its pooled output for the first chunk."""
+    if any(chunk.fixes for chunk in chunks):
+        # The textual-inversion change puts the embeddings' vectors at `chunk.fixes` with a forward hook
+        # on the token embedding, around the encoder call below.
+        raise NotImplementedError("textual-inversion embeddings in prompts are not supported yet")
+    tokenizer = encoder.tokenizer
+    padded = [chunk.padded(tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id) for chunk in chunks]
+    ids = torch.tensor([ids for ids, _ in padded], device=device)
+    output = encoder.model(ids, output_hidden_states=True)  # all chunks in one batch
+    if encoder.layer_from_end == 1 and encoder.final_norm:
+        hidden = output.last_hidden_state
+    else:
+        hidden = output.hidden_states[-encoder.layer_from_end]
+        if encoder.final_norm:
+            hidden = _text_model(encoder.model).final_layer_norm(hidden)
+    hidden = _emphasize(hidden, [weights for _, weights in padded])
+    pooled = output.text_embeds[:1] if encoder.pooled else None
+    return hidden.reshape(1, -1, hidden.shape[-1]), pooled
+
+
+def _emphasize(hidden: torch.Tensor, weights: list[list[float]]) -> torch.Tensor:
+    """A1111's "Original" emphasis: scale each token by its weight, then restore each chunk's mean."""
+    if all(weight == 1.0 for chunk in weights for weight in chunk):
+        return hidden  # exactly what diffusers computes, not merely within rounding
+    multipliers = torch.tensor(weights, device=hidden.device, dtype=torch.float32)[:, :, None]
+    original = hidden.float()
+    weighted = original * multipliers
+    weighted = weighted * (original.mean(dim=(1, 2), keepdim=True) / weighted.mean(dim=(1, 2), keepdim=True))
+    return weighted.to(hidden.dtype)
+
+
+def _same_length(
+    encoders: list[_Encoder], positive: _Encoded, negative: _Encoded, device: torch.device
+) -> tuple[_Encoded, _Encoded]:
+    """Pad the shorter conditioning with empty-prompt chunks, as A1111's `pad_cond_uncond` does."""
+    extra = (positive.embeds.shape[1] - negative.embeds.shape[1]) // CHUNK_TOKENS
+    if extra == 0:
+        return positive, negative
+    empty = _encode(encoders, "", device).embeds.repeat(1, abs(extra), 1)
+    if extra > 0:
+        return positive, _Encoded(torch.cat([negative.embeds, empty], dim=1), negative.pooled)
+    return _Encoded(torch.cat([positive.embeds, empty], dim=1), positive.pooled), negative
+
+
+def _text_model(model: torch.nn.Module) -> Any:
+    """The CLIPTextModel inside: transformers 5's CLIPTextModel is one; CLIPTextModelWithProjection holds one."""
+    return getattr(model, "text_model", model)
+
+
+def _dtype(model: torch.nn.Module) -> torch.dtype:
+    return next(model.parameters()).dtype
+
+
+def _zeros_like(tensor: torch.Tensor | None) -> torch.Tensor | None:
+    return None if tensor is None else torch.zeros_like(tensor)
+
+
+def _config(pipeline: Any, key: str) -> bool:
+    return bool(getattr(pipeline.config, key, False))
