@@ -18,7 +18,6 @@ from webui.models.kinds import FileFormat
 
 MAX_HEADER_BYTES = 100 * 1024 * 1024  # safetensors itself refuses headers above 100 MB
 MODEL_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin", ".sft", ".gguf")
-PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
 SAFETENSORS_SUFFIXES = (".safetensors", ".sft")
 _DIFFUSERS_COMPONENTS = ("unet", "transformer", "vae", "text_encoder", "text_encoder_2", "text_encoder_3")
 _CONVERT_HINT = (
@@ -145,56 +144,55 @@ def _unknown_format_problem(path: Path) -> str:
     )
 
 
-def _safetensors_header_json(path: Path) -> tuple[dict[str, Any], int]:
-    """The parsed JSON header and the byte offset where tensor data starts, validated against the size."""
+def _check_header_length(path: Path) -> tuple[int, int]:
+    """(header length, file size), after the checks that need only the first 8 bytes."""
     size = path.stat().st_size
     with open(path, "rb") as handle:
         (length,) = struct.unpack("<Q", handle.read(8))
-        if length > MAX_HEADER_BYTES:
-            raise ModelFileError(
-                path,
-                f"corrupt safetensors header: it claims {length:,} header bytes (the limit is "
-                f"{MAX_HEADER_BYTES:,}); the file is damaged or not safetensors; download it again",
-            )
-        if 8 + length > size:
-            raise ModelFileError(
-                path,
-                f"truncated file: the header alone should be {length:,} bytes but the file has only "
-                f"{size:,}; the download did not finish; download it again",
-            )
+    if length > MAX_HEADER_BYTES:
+        raise ModelFileError(
+            path,
+            f"corrupt safetensors header: it claims {length:,} header bytes (the limit is "
+            f"{MAX_HEADER_BYTES:,}); the file is damaged or not safetensors; download it again",
+        )
+    if 8 + length > size:
+        raise ModelFileError(
+            path,
+            f"truncated file: the header alone should be {length:,} bytes but the file has only "
+            f"{size:,}; the download did not finish; download it again",
+        )
+    return length, size
+
+
+def _safetensors_problem(path: Path, error: Exception) -> str:
+    """Why safetensors rejected a file, in words: run only after it did, so good files are parsed once."""
+    length, size = _check_header_length(path)
+    with open(path, "rb") as handle:
+        handle.seek(8)
         raw = handle.read(length)
     try:
         header = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise ModelFileError(
-            path, f"corrupt safetensors header: it is not valid JSON ({error}); download the file again"
-        ) from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as bad_json:
+        return f"corrupt safetensors header: it is not valid JSON ({bad_json}); download the file again"
     if not isinstance(header, dict):
-        raise ModelFileError(path, "corrupt safetensors header: it is not a JSON object; download it again")
-    return header, 8 + length
-
-
-def _validate_safetensors(path: Path) -> None:
-    """The specific problem of a broken safetensors file, before safetensors' own generic one."""
-    header, data_start = _safetensors_header_json(path)
-    size = path.stat().st_size
+        return "corrupt safetensors header: it is not a JSON object; download it again"
     data_end = 0
     for key, info in header.items():
-        if key != "__metadata__" and isinstance(info, dict):
-            offsets = info.get("data_offsets") or (0, 0)
-            data_end = max(data_end, int(offsets[1]) if len(offsets) == 2 else 0)
-    if data_start + data_end > size:
-        raise ModelFileError(
-            path,
-            f"truncated file: the tensors need {data_start + data_end:,} bytes but the file has only "
-            f"{size:,}; the download did not finish; download it again",
+        offsets = info.get("data_offsets") if key != "__metadata__" and isinstance(info, dict) else None
+        if isinstance(offsets, list) and len(offsets) == 2 and isinstance(offsets[1], int):
+            data_end = max(data_end, offsets[1])
+    if 8 + length + data_end > size:
+        return (
+            f"truncated file: the tensors need {8 + length + data_end:,} bytes but the file has only "
+            f"{size:,}; the download did not finish; download it again"
         )
+    return f"safetensors rejected the file ({error}); download it again"
 
 
 def _read_safetensors_header(path: Path) -> TensorHeader:
     from safetensors import SafetensorError, safe_open
 
-    _validate_safetensors(path)
+    _check_header_length(path)
     try:
         with safe_open(str(path), framework="pt", device="cpu") as handle:
             shapes: dict[str, tuple[int, ...]] = {}
@@ -205,7 +203,7 @@ def _read_safetensors_header(path: Path) -> TensorHeader:
                 dtypes[key] = view.get_dtype()
             metadata = dict(handle.metadata() or {})
     except SafetensorError as error:
-        raise ModelFileError(path, f"safetensors rejected the file ({error}); download it again") from None
+        raise ModelFileError(path, _safetensors_problem(path, error)) from None
     return TensorHeader(shapes=shapes, dtypes=dtypes, metadata=metadata, format=FileFormat.SAFETENSORS)
 
 
@@ -375,13 +373,11 @@ def load_state_dict(path: Path | str, device: str = "cpu") -> dict[str, torch.Te
         from safetensors import SafetensorError
         from safetensors.torch import load_file
 
-        _validate_safetensors(path)
+        _check_header_length(path)
         try:
             return load_file(path, device=device)
         except SafetensorError as error:
-            raise ModelFileError(
-                path, f"safetensors rejected the file ({error}); download it again"
-            ) from None
+            raise ModelFileError(path, _safetensors_problem(path, error)) from None
     if fmt is FileFormat.PICKLE:
         tensors, _ = _tensors_of(_torch_load(path, mmap=False, device=device), path)
         return tensors
@@ -392,26 +388,3 @@ def load_state_dict(path: Path | str, device: str = "cpu") -> dict[str, torch.Te
     if fmt is FileFormat.GGUF:
         raise ModelFileError(path, "GGUF (quantised) files cannot be loaded yet; use a .safetensors version")
     raise ModelFileError(path, _unknown_format_problem(path))
-
-
-def is_model_path(path: Path) -> bool:
-    """Whether a directory entry looks like a model by name (hidden files are never models)."""
-    return not path.name.startswith(".") and path.suffix.lower() in MODEL_SUFFIXES
-
-
-def file_size_and_mtime(path: Path) -> tuple[int, int]:
-    """(bytes, mtime in ns); for a folder the sum of its files' sizes and the newest mtime."""
-    stat = path.stat()
-    if not path.is_dir():
-        return stat.st_size, stat.st_mtime_ns
-    size, newest = 0, stat.st_mtime_ns
-    for root, dirs, names in os.walk(path):
-        dirs[:] = [d for d in dirs if not d.startswith(".")]
-        for name in names:
-            try:
-                info = os.stat(os.path.join(root, name))
-            except OSError:
-                continue  # a file vanishing mid-walk changes nothing we could report
-            size += info.st_size
-            newest = max(newest, info.st_mtime_ns)
-    return size, newest
