@@ -8,6 +8,7 @@ embeddings are handled in identify_networks.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -23,6 +24,7 @@ from webui.models.identity import (
     declared_prediction,
     encoder_label,
     family_from_metadata,
+    has_key_prefix,
     unknown,
 )
 from webui.models.kinds import Family, Kind, Prediction, TextEncoderType
@@ -74,6 +76,8 @@ COMPONENT_PREFIXES: tuple[tuple[str, Family | None], ...] = (
     ("text_encoder_3/", None),
 )
 
+_PREFIX_PATTERN = re.compile("|".join(re.escape(prefix) for prefix, _ in COMPONENT_PREFIXES))
+
 
 @dataclass(frozen=True)
 class Component:
@@ -87,16 +91,18 @@ class Component:
 
 
 def _first(shapes: Shapes, suffix: str) -> tuple[int, ...] | None:
-    return next((shape for key, shape in shapes.items() if key.endswith(suffix)), None)
+    """The shape of the first key ending with `suffix` (one C-level search: headers have ~2500 keys)."""
+    blob = "\n".join(shapes) + "\n"
+    at = blob.find(suffix + "\n")
+    if at < 0:
+        return None
+    start = blob.rfind("\n", 0, at) + 1
+    return shapes[blob[start : at + len(suffix)]]
 
 
 def _matrix(shape: tuple[int, ...] | None) -> tuple[int, ...] | None:
     """The shape if it is a weight with an input dimension (2-D or more), else None."""
     return shape if shape is not None and len(shape) >= 2 else None
-
-
-def _has_prefix(shapes: Shapes, *prefixes: str) -> bool:
-    return any(key.startswith(prefixes) for key in shapes)
 
 
 def measure_unet(shapes: Shapes) -> Component:
@@ -132,23 +138,25 @@ def measure_unet(shapes: Shapes) -> Component:
 
 
 def _denoiser(shapes: Shapes) -> Component | None:
-    if _has_prefix(shapes, "joint_blocks."):
+    if has_key_prefix(shapes, "joint_blocks."):
         return Component(Kind.UNET, Family.SD3, note="MMDiT (joint_blocks)")
-    if _has_prefix(shapes, "double_blocks.", "single_blocks.", "single_transformer_blocks."):
+    if has_key_prefix(shapes, "double_blocks.", "single_blocks.", "single_transformer_blocks."):
         return Component(Kind.UNET, Family.FLUX, note="FLUX transformer (double/single blocks)")
-    if _has_prefix(shapes, "transformer_blocks.") and "context_embedder.weight" in shapes:
+    if has_key_prefix(shapes, "transformer_blocks.") and "context_embedder.weight" in shapes:
         return Component(Kind.UNET, Family.SD3, note="MMDiT (diffusers transformer_blocks)")
-    ldm = _has_prefix(shapes, "input_blocks.") and _has_prefix(shapes, "output_blocks.")
+    ldm = has_key_prefix(shapes, "input_blocks.") and has_key_prefix(shapes, "output_blocks.")
     diffusers = (
-        _has_prefix(shapes, "down_blocks.")
-        and _has_prefix(shapes, "up_blocks.")
+        has_key_prefix(shapes, "down_blocks.")
+        and has_key_prefix(shapes, "up_blocks.")
         and "conv_in.weight" in shapes
     )
     return measure_unet(shapes) if ldm or diffusers else None
 
 
 def _vae(shapes: Shapes) -> Component | None:
-    if not _has_prefix(shapes, "encoder.down.", "decoder.up.", "encoder.down_blocks.", "decoder.up_blocks."):
+    if not has_key_prefix(
+        shapes, "encoder.down.", "decoder.up.", "encoder.down_blocks.", "decoder.up_blocks."
+    ):
         return None
     conv_in = shapes.get("decoder.conv_in.weight")
     latent = conv_in[1] if conv_in and len(conv_in) == 4 else None
@@ -166,7 +174,7 @@ def _vae(shapes: Shapes) -> Component | None:
 
 
 def _text_encoder(shapes: Shapes) -> Component | None:
-    if _has_prefix(shapes, "encoder.block.", "transformer.encoder.block.") or "shared.weight" in shapes:
+    if has_key_prefix(shapes, "encoder.block.", "transformer.encoder.block.") or "shared.weight" in shapes:
         return Component(
             Kind.TEXT_ENCODER, Family.FLUX, TextEncoderType.T5, compatible=(Family.SD3, Family.FLUX)
         )
@@ -174,7 +182,9 @@ def _text_encoder(shapes: Shapes) -> Component | None:
         shapes, "embeddings.token_embedding.weight"
     )  # Hugging Face CLIP, with or without text_model.
     layout = "Hugging Face"
-    if token is None and ("positional_embedding" in shapes or _has_prefix(shapes, "transformer.resblocks.")):
+    if token is None and (
+        "positional_embedding" in shapes or has_key_prefix(shapes, "transformer.resblocks.")
+    ):
         token, layout = shapes.get("token_embedding.weight"), "OpenCLIP"
     if token is None or len(token) != 2:
         return None
@@ -221,14 +231,14 @@ def split_components(shapes: Shapes) -> list[tuple[str, Family | None, Shapes]]:
     groups: dict[str, Shapes] = {}
     rest: Shapes = {}
     for key, shape in shapes.items():
-        prefix = next((p for p, _ in COMPONENT_PREFIXES if key.startswith(p)), None)
-        if prefix is None:
+        found = _PREFIX_PATTERN.match(key)
+        if found is None:
             rest[key] = shape
         else:
-            groups.setdefault(prefix, {})[key[len(prefix) :]] = shape
+            groups.setdefault(found.group(), {})[key[found.end() :]] = shape
     hints = dict(COMPONENT_PREFIXES)
-    found = [(prefix, hints[prefix], group) for prefix, group in groups.items()]
-    return [*found, ("", None, rest)] if rest else found
+    parts = [(prefix, hints[prefix], group) for prefix, group in groups.items()]
+    return [*parts, ("", None, rest)] if rest else parts
 
 
 def classify(shapes: Shapes) -> Component | None:

@@ -14,23 +14,29 @@ from webui.models.identity import (
     Shapes,
     encoder_label,
     family_from_metadata,
+    has_key_prefix,
 )
 from webui.models.kinds import Family, Kind, TextEncoderType
 
-# Each LoRA tensor is "<module><part>"; the part names the flavour.
-_LORA_PARTS: tuple[tuple[str, str], ...] = (
-    (".lora_down.", "kohya"),
-    (".lora_up.", "kohya"),
-    (".lora_mid.", "kohya"),
-    (".lora_A.", "diffusers/PEFT"),
-    (".lora_B.", "diffusers/PEFT"),
-    ("_lora.down.", "diffusers (attention processors)"),
-    ("_lora.up.", "diffusers (attention processors)"),
-    (".lora.down.", "diffusers (old)"),
-    (".lora.up.", "diffusers (old)"),
-    (".hada_", "LyCORIS LoHa"),
-    (".lokr_", "LyCORIS LoKr"),
-    (".oft_", "LyCORIS OFT"),
+# A LoRA tensor key is "<module>.<factor>.weight" or "<module>.<LyCORIS part>"; the factor names the flavour.
+_FACTORS = {
+    "lora_down": "kohya",
+    "lora_up": "kohya",
+    "lora_mid": "kohya",
+    "lora_A": "diffusers/PEFT",
+    "lora_B": "diffusers/PEFT",
+}
+_LYCORIS = {"hada_": "LyCORIS LoHa", "lokr_": "LyCORIS LoKr", "oft_": "LyCORIS OFT"}
+_LORA_MARKERS = (
+    ".lora_down.",
+    ".lora_up.",
+    ".lora_A.",
+    ".lora_B.",
+    "lora.down.",
+    "lora.up.",
+    ".hada_w",
+    ".lokr_w",
+    ".oft_",
 )
 # The module's target, from the start of its normalised name (dots and underscores alike).
 _TARGETS: tuple[tuple[str, str], ...] = (
@@ -43,6 +49,7 @@ _TARGETS: tuple[tuple[str, str], ...] = (
     ("text_encoder_", "te"),
     ("text_model_", "te"),
 )
+_TEXT_ENCODER_STARTS = tuple(prefix for prefix, _ in _TARGETS)
 _TARGET_ENCODERS = {
     "te1": TextEncoderType.CLIP_L,
     "te2": TextEncoderType.OPEN_CLIP_G,
@@ -78,16 +85,25 @@ class _Module:
 
 
 def is_lora(shapes: Shapes) -> bool:
-    return any(part in key for key in shapes for part, _ in _LORA_PARTS)
+    blob = "\n".join(shapes)
+    return any(marker in blob for marker in _LORA_MARKERS)
 
 
 def _split_key(key: str) -> tuple[str, str, str] | None:
     """(module, part, flavour) of a LoRA tensor key, e.g. ("m.to_k", "down.weight", ...) for
     "m.to_k_lora.down.weight"; None for keys that are not LoRA factors (alpha, scales)."""
-    for marker, flavour in _LORA_PARTS:
-        at = key.find(marker)
-        if at > 0:
-            return key[:at], key[at:].lstrip("._").removeprefix("lora."), flavour
+    module, _, last = key.rpartition(".")
+    for prefix, flavour in _LYCORIS.items():
+        if last.startswith(prefix):
+            return module, last, flavour
+    if last not in ("weight", "bias"):
+        return None
+    module, _, factor = module.rpartition(".")
+    if factor in _FACTORS:
+        return module, f"{factor}.{last}", _FACTORS[factor]
+    if factor in ("down", "up") and module.endswith((".lora", "_lora")):
+        flavour = "diffusers (old)" if module.endswith(".lora") else "diffusers (attention processors)"
+        return module[:-5], f"{factor}.{last}", flavour
     return None
 
 
@@ -99,7 +115,9 @@ def _normalise(module: str) -> str:
 
 
 def _target(name: str) -> str:
-    return next((target for prefix, target in _TARGETS if name.startswith(prefix)), "unet")
+    if not name.startswith(_TEXT_ENCODER_STARTS):
+        return "unet"
+    return next(target for prefix, target in _TARGETS if name.startswith(prefix))
 
 
 def identify_lora(shapes: Shapes, metadata: dict[str, str]) -> Identity:
@@ -209,14 +227,11 @@ def _touched_encoders(
 
 
 def is_embedding(shapes: Shapes) -> bool:
-    keys = set(shapes)
-    if (
-        "emb_params" in keys
-        or {"clip_l", "clip_g"} <= keys
-        or any(k.startswith("string_to_param.") for k in keys)
-    ):
+    if "emb_params" in shapes or ("clip_l" in shapes and "clip_g" in shapes):
         return True
-    return 0 < len(keys) <= _EMBEDDING_MAX_KEYS and all(
+    if has_key_prefix(shapes, "string_to_param."):
+        return True
+    return 0 < len(shapes) <= _EMBEDDING_MAX_KEYS and all(
         "." not in key and 1 <= len(shape) <= 2 and shape[-1] in ENCODER_BY_WIDTH
         for key, shape in shapes.items()
     )  # diffusers' learned_embeds: {"<token>": [n, width]}

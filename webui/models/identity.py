@@ -102,9 +102,15 @@ def declared_prediction(shapes: Shapes, metadata: dict[str, str]) -> Prediction 
         word = metadata.get(key, "").strip().lower()
         if word in _PREDICTION_WORDS:
             return _PREDICTION_WORDS[word]
-    if "v_pred" in shapes or any(key.startswith("edm_vpred") for key in shapes):
+    if "v_pred" in shapes or has_key_prefix(shapes, "edm_vpred"):
         return Prediction.V
     return None
+
+
+def has_key_prefix(shapes: Shapes, *prefixes: str) -> bool:
+    """Whether any key starts with one of `prefixes`: one C-level search, as headers have ~2500 keys."""
+    blob = "\n" + "\n".join(shapes)
+    return any(f"\n{prefix}" in blob for prefix in prefixes)
 
 
 def encoder_label(encoders: tuple[TextEncoderType, ...]) -> str:
