@@ -147,13 +147,10 @@ def peft_lora(
 _DTYPE_BYTES = {"F16": 2, "BF16": 2, "F32": 4, "I64": 8}
 
 
-def write_header_only(
-    path: Path, shapes: Shapes, metadata: dict[str, str] | None = None, dtype: str = "F16"
-) -> Path:
-    """A valid safetensors file with these shapes whose data area is a hole (sparse: no disk used).
-
-    Real-size headers can be scanned without gigabytes of weights; reading any tensor gives zeros.
-    """
+def header_only_bytes(
+    shapes: Shapes, metadata: dict[str, str] | None = None, dtype: str = "F16"
+) -> tuple[bytes, int]:
+    """(the 8-byte length + JSON header, size of the data area) of a safetensors file with these shapes."""
     header: dict[str, Any] = {"__metadata__": metadata} if metadata else {}
     offset = 0
     for key, shape in shapes.items():
@@ -165,10 +162,22 @@ def write_header_only(
         offset += size
     raw = json.dumps(header, separators=(",", ":")).encode()
     raw += b" " * (-len(raw) % 8)
+    return struct.pack("<Q", len(raw)) + raw, offset
+
+
+def write_header_only(
+    path: Path, shapes: Shapes | tuple[bytes, int], metadata: dict[str, str] | None = None, dtype: str = "F16"
+) -> Path:
+    """A valid safetensors file with these shapes whose data area is a hole (sparse: no disk used).
+
+    Real-size headers can be scanned without gigabytes of weights; reading any tensor gives zeros.
+    `shapes` may also be what header_only_bytes returned, to write many copies quickly.
+    """
+    head, data_size = shapes if isinstance(shapes, tuple) else header_only_bytes(shapes, metadata, dtype)
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "wb") as handle:
-        handle.write(struct.pack("<Q", len(raw)) + raw)
-        handle.truncate(8 + len(raw) + offset)
+        handle.write(head)
+        handle.truncate(len(head) + data_size)
     return path
 
 

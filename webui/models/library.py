@@ -1,0 +1,426 @@
+"""The model library: scan the model folders and extra roots, identify each file, list, find and hash."""
+
+from __future__ import annotations
+
+import difflib
+import logging
+import os
+import re
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from webui.models.files import MODEL_SUFFIXES, ModelFileError, extension_problem, read_header, sniff_format
+from webui.models.hashing import BackgroundHasher, FileHashes, HashCache, HashJob
+from webui.models.identify import Identity, identify
+from webui.models.kinds import Family, FileFormat, Kind, Prediction
+from webui.models.roots import EXTRA_ROOTS_FILE, ExtraRootsError, ModelRoot, own_roots, read_extra_roots
+
+HASH_CACHE_FILE = ".webui-hashes.json"
+# Infotext hashes: LoRAs and embeddings are named by 12 hex digits, everything else by 10.
+_TWELVE_HEX_KINDS = (Kind.LORA, Kind.EMBEDDING)
+_A1111_TITLE = re.compile(r"^(?P<name>.*) \[(?P<hash>[0-9a-fA-F]{8,64})\]$")
+# A1111 reads `<checkpoint stem>.yaml` beside a checkpoint; SD2 v-prediction files ship with one.
+_YAML_PARAMETERIZATION = re.compile(r"^\s*parameterization:\s*[\"']?(\w+)", re.MULTILINE)
+log = logging.getLogger(__name__)
+
+
+class ModelNotFoundError(LookupError):
+    """No library entry matches a name or path; the message lists close names."""
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """One model file (or diffusers folder) as the library sees it. `problem` says why it is broken,
+    unsafe or unusable; `identity` is None only when its header could not be read."""
+
+    path: Path
+    name: str  # relative to its root folder, without extension, e.g. "sub/foo"
+    kind: Kind
+    family: Family
+    format: FileFormat
+    size: int  # bytes; a folder's is the sum of its files
+    mtime: float
+    mtime_ns: int = 0
+    hash: str | None = None
+    problem: str | None = None
+    identity: Identity | None = None
+
+    @property
+    def usable(self) -> bool:
+        return self.identity is not None and self.identity.supported
+
+    @property
+    def detail(self) -> str:
+        return self.identity.detail if self.identity else (self.problem or "")
+
+    def to_json(self) -> dict[str, Any]:
+        identity = self.identity
+        return {
+            "path": str(self.path),
+            "name": self.name,
+            "kind": self.kind.value,
+            "architecture": self.family.value,
+            "format": self.format.value,
+            "size": self.size,
+            "hash": self.hash,
+            "problem": self.problem,
+            "prediction": identity.prediction.value if identity and identity.prediction else None,
+            "text_encoders": [e.value for e in identity.text_encoders] if identity else [],
+            "lora_touches_text_encoder": identity.lora_touches_text_encoder if identity else None,
+            "compatible": [f.value for f in identity.compatible] if identity else [],
+            "supported": self.usable,
+            "detail": self.detail,
+            "mtime": self.mtime,
+        }
+
+
+@dataclass(frozen=True)
+class LibraryChanges:
+    """What the last refresh found different on disk."""
+
+    added: tuple[Path, ...] = ()
+    changed: tuple[Path, ...] = ()
+    removed: tuple[Path, ...] = ()
+
+
+@dataclass
+class _Found:
+    root: ModelRoot
+    name: str
+    size: int = 0
+    mtime_ns: int = 0
+    problem: str | None = None  # could not even stat it (a broken link)
+    sidecar_mtime_ns: int | None = None  # the A1111 `<stem>.yaml` beside it, if any
+
+
+def entry_hash(entry: ModelEntry, hashes: FileHashes) -> str:
+    """The hash A1111 writes for this entry: 12 hex for LoRAs (addnet) and embeddings, else 10."""
+    if entry.kind is Kind.LORA:
+        return hashes.lora_hash
+    return hashes.sha256[:12] if entry.kind in _TWELVE_HEX_KINDS else hashes.model_hash
+
+
+class ModelLibrary:
+    """Everything under the models dir's folders (checkpoints/, loras/, ...) and the extra roots.
+
+    `scan()` reads every header; `refresh()` re-reads only files added or changed (size or mtime)
+    and drops removed ones. Only headers are read, never tensor data. Hashes come from the cache,
+    from `hash_all()`, or from the background hasher once `start_background_hashing()` is called.
+    Thread-safe.
+    """
+
+    def __init__(
+        self, models_dir: Path, extra_roots_file: Path | None = None, hash_cache: HashCache | None = None
+    ) -> None:
+        self.models_dir = Path(models_dir)
+        self.extra_roots_file = extra_roots_file or self.models_dir / EXTRA_ROOTS_FILE
+        self.hash_cache = hash_cache or HashCache(self.models_dir / HASH_CACHE_FILE)
+        self.last_changes = LibraryChanges()
+        self._problems: list[str] = []
+        self._entries: dict[Path, ModelEntry] = {}
+        self._sidecars: dict[Path, int | None] = {}
+        self._lock = threading.RLock()
+        self._hasher: BackgroundHasher | None = None
+
+    # -- scanning -----------------------------------------------------------------------------
+    def roots(self) -> list[ModelRoot]:
+        """Our folders, then the extra roots; a bad extra-roots file is reported in `problems`."""
+        roots = [replace(root, path=root.path.absolute()) for root in own_roots(self.models_dir)]
+        self._problems = []
+        if self.extra_roots_file.is_file():
+            try:
+                extra, warnings = read_extra_roots(self.extra_roots_file)
+            except ExtraRootsError as error:
+                extra, warnings = [], [str(error)]
+            roots += [replace(root, path=root.path.absolute()) for root in extra]
+            self._problems = warnings
+        for problem in self._problems:
+            log.warning("%s", problem)
+        return roots
+
+    @property
+    def problems(self) -> tuple[str, ...]:
+        """Problems with the library's configuration (the extra-roots file), from the last scan."""
+        return tuple(self._problems)
+
+    def scan(self) -> list[ModelEntry]:
+        """Find and identify every model, re-reading every header."""
+        with self._lock:
+            self._entries = {}
+            return self.refresh()
+
+    def refresh(self) -> list[ModelEntry]:
+        """Re-read only what was added or changed since the last scan; forget what was removed."""
+        with self._lock:
+            found = self._discover()
+            added, changed = [], []
+            entries: dict[Path, ModelEntry] = {}
+            for path, where in found.items():
+                old = self._entries.get(path)
+                same = old is not None and (old.size, old.mtime_ns) == (where.size, where.mtime_ns)
+                if same and not where.problem and self._sidecars.get(path) == where.sidecar_mtime_ns:
+                    entries[path] = replace(old, name=where.name)
+                    continue
+                (changed if old is not None else added).append(path)
+                entries[path] = self._read_entry(path, where)
+            removed = [path for path in self._entries if path not in entries]
+            self._entries = entries
+            self._sidecars = {path: where.sidecar_mtime_ns for path, where in found.items()}
+            self.last_changes = LibraryChanges(tuple(added), tuple(changed), tuple(removed))
+            if self._hasher is not None:
+                self._hasher.submit(self.pending_hashes())
+            return self.entries()
+
+    def _discover(self) -> dict[Path, _Found]:
+        found: dict[Path, _Found] = {}
+        seen_real: set[str] = set()
+        for root in self.roots():
+            if root.path.is_dir():
+                for path, name in _walk(root.path, root.path, set()):
+                    real = os.path.realpath(path)
+                    if real not in seen_real:  # the same file reached through two roots is listed once
+                        seen_real.add(real)
+                        found[path] = _stat(path, _Found(root, name))
+        return found
+
+    def _read_entry(self, path: Path, where: _Found) -> ModelEntry:
+        fmt, identity, problem = FileFormat.UNKNOWN, None, where.problem
+        if problem is None:
+            try:
+                header = read_header(path)
+                fmt = header.format
+                identity = _identify_safely(header, path)
+                problem = extension_problem(path, fmt) or _unusable(identity)
+            except ModelFileError as error:
+                problem = error.problem
+                fmt = _format_or_unknown(path)
+        kind, family = where.root.kind, Family.UNKNOWN
+        if identity is not None:
+            identity = _with_sidecar_prediction(identity, path, where)
+            kind, family = identity.kind, identity.family
+            if kind not in (where.root.kind, Kind.UNKNOWN):
+                note = f"found in {path.parent.name}/ (a {where.root.kind.value} folder) but it is a {kind.value}"
+                identity = replace(identity, detail=f"{identity.detail}; {note}")
+        return ModelEntry(
+            path=path,
+            name=where.name,
+            kind=kind,
+            family=family,
+            format=fmt,
+            size=where.size,
+            mtime=where.mtime_ns / 1e9,
+            mtime_ns=where.mtime_ns,
+            problem=problem,
+            identity=identity,
+        )
+
+    # -- listing and finding ------------------------------------------------------------------
+    def entries(self, kind: Kind | None = None, family: Family | None = None) -> list[ModelEntry]:
+        """Entries in scan order (our folders first), with hashes filled in from the cache.
+
+        `family` keeps the files usable with that family: an SD VAE is listed for SD1, SD2 and SDXL.
+        """
+        with self._lock:
+            snapshot = list(self._entries.values())
+        out = []
+        for entry in snapshot:
+            if kind is not None and entry.kind is not kind:
+                continue
+            if family is not None and not (entry.identity and entry.identity.fits(family)):
+                continue
+            out.append(self._with_cached_hash(entry))
+        return out
+
+    def find(self, name_or_path: str | Path, kind: Kind | None = None) -> ModelEntry:
+        """The entry for a path, a name (`sub/foo`, `foo`, `foo.safetensors`), an A1111 title
+        (`foo.safetensors [abcdef1234]`) or a hash; raises ModelNotFoundError listing close names.
+        When several roots hold the same name, the first in scan order wins (our folders first)."""
+        candidates = self.entries(kind=kind)
+        query = str(name_or_path).strip()
+        path = Path(query).expanduser().absolute()
+        for entry in candidates:
+            if entry.path == path:
+                return entry
+        title = _A1111_TITLE.match(query)
+        name = title.group("name") if title else query
+        suffix = Path(name).suffix
+        name = name[: -len(suffix)] if suffix.lower() in MODEL_SUFFIXES else name
+        for same in (
+            lambda e: e.name == name,
+            lambda e: e.name.lower() == name.lower(),
+            lambda e: e.name.rsplit("/", 1)[-1].lower() == name.lower(),  # without its subfolder
+        ):
+            hit = next((e for e in candidates if same(e)), None)
+            if hit is not None:
+                return hit
+        wanted = (title.group("hash") if title else query).lower()
+        if re.fullmatch(r"[0-9a-f]{8,64}", wanted):
+            for entry in candidates:
+                if entry.hash and (entry.hash.startswith(wanted) or wanted.startswith(entry.hash)):
+                    return entry
+        names = [e.name for e in candidates]
+        close = difflib.get_close_matches(name, names, n=5, cutoff=0.4)
+        what = f"{kind.value} " if kind else ""
+        known = f"; close names: {', '.join(close)}" if close else f"; known: {', '.join(names[:10]) or 'none'}"
+        raise ModelNotFoundError(
+            f"no {what}model named {query!r} under {self.models_dir} or its extra roots{known}. "
+            "Refresh the list after adding files, or give the file's path."
+        )
+
+    # -- hashes -------------------------------------------------------------------------------
+    def _with_cached_hash(self, entry: ModelEntry) -> ModelEntry:
+        if entry.hash is not None or not _hashable(entry):
+            return entry
+        job = _hash_job(entry)
+        cached = self.hash_cache.get(entry.path, entry.size, entry.mtime_ns, addnet=job.addnet)
+        return replace(entry, hash=entry_hash(entry, cached)) if cached else entry
+
+    def pending_hashes(self) -> list[HashJob]:
+        """Jobs for every hashable entry whose hash is not cached yet."""
+        return [_hash_job(e) for e in self.entries() if e.hash is None and _hashable(e)]
+
+    def hash_all(self, entries: list[ModelEntry] | None = None) -> int:
+        """Hash now (in this thread) every given entry lacking a hash; returns how many files were read."""
+        before = self.hash_cache.files_hashed
+        for entry in entries if entries is not None else self.entries():
+            if entry.hash is None and _hashable(entry):
+                try:
+                    self.hash_cache.compute(entry.path, addnet=_hash_job(entry).addnet)
+                except OSError as error:
+                    log.warning("cannot hash %s: %s", entry.path, error)
+        return self.hash_cache.files_hashed - before
+
+    def model_hash(self, path: Path | None) -> str | None:
+        """A1111's hash for a file (10 hex; 12 for LoRAs and embeddings), computed now if not cached;
+        None for no path or a diffusers folder."""
+        if path is None or Path(path).is_dir():
+            return None
+        entry = self._entries.get(Path(path).absolute())
+        hashes = self.hash_cache.compute(path, addnet=bool(entry and _hash_job(entry).addnet))
+        return entry_hash(entry, hashes) if entry else hashes.model_hash
+
+    def start_background_hashing(self) -> BackgroundHasher:
+        """Start (once) a daemon thread hashing every entry lacking a hash, now and after each refresh."""
+        with self._lock:
+            if self._hasher is None:
+                self._hasher = BackgroundHasher(self.hash_cache)
+            self._hasher.start()
+            self._hasher.submit(self.pending_hashes())
+            return self._hasher
+
+    def stop_background_hashing(self) -> None:
+        with self._lock:
+            hasher, self._hasher = self._hasher, None
+        if hasher is not None:
+            hasher.stop()
+
+
+def open_library(models_dir: Path, extra_model_paths: Path | None = None) -> ModelLibrary:
+    """The library for a models dir (not scanned yet), with its hash cache and extra roots file."""
+    return ModelLibrary(Path(models_dir), extra_model_paths)
+
+
+def _walk(folder: Path, root: Path, visited: set[str]) -> Iterator[tuple[Path, str]]:
+    """(path, name) of model files and diffusers folders under `folder`; hidden entries skipped."""
+    real = os.path.realpath(folder)
+    if real in visited:
+        return  # a symlink loop
+    visited.add(real)
+    try:
+        children = sorted(os.scandir(folder), key=lambda e: e.name)
+    except OSError as error:
+        log.warning("cannot list %s: %s", folder, error)
+        return
+    for child in children:
+        if child.name.startswith("."):
+            continue
+        path = Path(child.path)
+        relative = path.relative_to(root).as_posix()
+        if child.is_dir():
+            if (path / "model_index.json").is_file():
+                yield path, relative
+            elif path.suffix.lower() in MODEL_SUFFIXES:  # listed so that its problem is seen
+                yield path, relative[: -len(path.suffix)]
+            else:
+                yield from _walk(path, root, visited)
+        elif path.suffix.lower() in MODEL_SUFFIXES:
+            yield path, relative[: -len(path.suffix)]
+
+
+def _stat(path: Path, found: _Found) -> _Found:
+    try:
+        if path.is_dir():
+            found.size, found.mtime_ns = _folder_size_and_mtime(path)
+        else:
+            stat = path.stat()
+            found.size, found.mtime_ns = stat.st_size, stat.st_mtime_ns
+            sidecar = path.with_suffix(".yaml")
+            found.sidecar_mtime_ns = sidecar.stat().st_mtime_ns if sidecar.is_file() else None
+    except OSError as error:
+        target = f" (it points to {os.readlink(path)})" if path.is_symlink() else ""
+        found.problem = f"cannot be read: {error.strerror or error}{target}; fix or remove it"
+    return found
+
+
+def _folder_size_and_mtime(folder: Path) -> tuple[int, int]:
+    size, newest = 0, folder.stat().st_mtime_ns
+    for base, dirs, names in os.walk(folder):
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        for name in names:
+            stat = os.stat(os.path.join(base, name))
+            size += stat.st_size
+            newest = max(newest, stat.st_mtime_ns)
+    return size, newest
+
+
+def _with_sidecar_prediction(identity: Identity, path: Path, where: _Found) -> Identity:
+    """The prediction an A1111 `<stem>.yaml` declares (`parameterization: "v"`), when the file itself does not."""
+    if where.sidecar_mtime_ns is None or identity.prediction is not None:
+        return identity
+    if identity.kind not in (Kind.CHECKPOINT, Kind.UNET):
+        return identity
+    sidecar = path.with_suffix(".yaml")
+    try:
+        found = _YAML_PARAMETERIZATION.search(sidecar.read_text(encoding="utf-8", errors="replace"))
+    except OSError:
+        return identity  # the yaml only adds a hint; the file itself was identified
+    prediction = {"v": Prediction.V, "eps": Prediction.EPSILON}.get(found.group(1) if found else "")
+    if prediction is None:
+        return identity
+    return replace(identity, prediction=prediction, detail=f"{identity.detail}; {prediction.value} from {sidecar.name}")
+
+
+def _identify_safely(header: Any, path: Path) -> Identity:
+    try:
+        return identify(header)
+    except (IndexError, KeyError, TypeError, ValueError) as error:  # a bug, but one file must not stop the scan
+        log.exception("identification failed for %s", path)
+        raise ModelFileError(path, f"identification failed ({error!r}); please report this file's keys") from None
+
+
+def _unusable(identity: Identity) -> str | None:
+    if identity.kind is Kind.UNKNOWN:
+        return f"not recognised as a model this app can use: {identity.detail}"
+    if not identity.family.supported:
+        what = identity.family.label if identity.family is not Family.UNKNOWN else "this model family"
+        return f"{what} is not supported yet ({identity.detail})"
+    return None
+
+
+def _format_or_unknown(path: Path) -> FileFormat:
+    try:
+        return sniff_format(path)
+    except ModelFileError:
+        return FileFormat.UNKNOWN
+
+
+def _hashable(entry: ModelEntry) -> bool:
+    """Files that could be read; a diffusers folder has no single-file hash."""
+    return entry.identity is not None and entry.format is not FileFormat.DIFFUSERS
+
+
+def _hash_job(entry: ModelEntry) -> HashJob:
+    return HashJob(entry.path, addnet=entry.kind is Kind.LORA and entry.format is FileFormat.SAFETENSORS)
