@@ -354,6 +354,15 @@ def test_find_by_name_path_title_and_hash(models):
     assert library.find(short).path == style
 
 
+def test_find_prefers_the_named_file_then_safetensors(models):
+    torch.save({"a": torch.zeros(1)}, models / "checkpoints" / "sd1.ckpt")
+    library = ModelLibrary(models)
+    library.scan()
+    assert library.find("sd1").format is FileFormat.SAFETENSORS
+    assert library.find("sd1.ckpt").path.name == "sd1.ckpt"
+    assert library.find("sd1.safetensors").path.name == "sd1.safetensors"
+
+
 def test_find_unknown_name_lists_close_names(models):
     library = ModelLibrary(models)
     library.scan()

@@ -7,7 +7,6 @@ import logging
 import os
 import re
 import threading
-from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -16,7 +15,16 @@ from webui.models.files import MODEL_SUFFIXES, ModelFileError, extension_problem
 from webui.models.hashing import BackgroundHasher, FileHashes, HashCache, HashJob
 from webui.models.identify import Identity, identify
 from webui.models.kinds import Family, FileFormat, Kind, Prediction
-from webui.models.roots import EXTRA_ROOTS_FILE, ExtraRootsError, ModelRoot, own_roots, read_extra_roots
+from webui.models.roots import (
+    EXTRA_ROOTS_FILE,
+    ExtraRootsError,
+    FoundModel,
+    ModelRoot,
+    own_roots,
+    read_extra_roots,
+    stat_model,
+    walk_models,
+)
 
 HASH_CACHE_FILE = ".webui-hashes.json"
 # Infotext hashes: LoRAs and embeddings are named by 12 hex digits, everything else by 10.
@@ -86,16 +94,6 @@ class LibraryChanges:
     removed: tuple[Path, ...] = ()
 
 
-@dataclass
-class _Found:
-    root: ModelRoot
-    name: str
-    size: int = 0
-    mtime_ns: int = 0
-    problem: str | None = None  # could not even stat it (a broken link)
-    sidecar_mtime_ns: int | None = None  # the A1111 `<stem>.yaml` beside it, if any
-
-
 def entry_hash(entry: ModelEntry, hashes: FileHashes) -> str:
     """The hash A1111 writes for this entry: 12 hex for LoRAs (addnet) and embeddings, else 10."""
     if entry.kind is Kind.LORA:
@@ -128,18 +126,18 @@ class ModelLibrary:
     # -- scanning -----------------------------------------------------------------------------
     def roots(self) -> list[ModelRoot]:
         """Our folders, then the extra roots; a bad extra-roots file is reported in `problems`."""
-        roots = [replace(root, path=root.path.absolute()) for root in own_roots(self.models_dir)]
-        self._problems = []
+        roots = own_roots(self.models_dir)
+        problems: list[str] = []
         if self.extra_roots_file.is_file():
             try:
-                extra, warnings = read_extra_roots(self.extra_roots_file)
+                extra, problems = read_extra_roots(self.extra_roots_file)
             except ExtraRootsError as error:
-                extra, warnings = [], [str(error)]
-            roots += [replace(root, path=root.path.absolute()) for root in extra]
-            self._problems = warnings
-        for problem in self._problems:
+                extra, problems = [], [str(error)]
+            roots += extra
+        for problem in set(problems) - set(self._problems):  # each once, not at every refresh
             log.warning("%s", problem)
-        return roots
+        self._problems = problems
+        return [replace(root, path=root.path.absolute()) for root in roots]
 
     @property
     def problems(self) -> tuple[str, ...]:
@@ -162,7 +160,7 @@ class ModelLibrary:
                 old = self._entries.get(path)
                 same = old is not None and (old.size, old.mtime_ns) == (where.size, where.mtime_ns)
                 if same and not where.problem and self._sidecars.get(path) == where.sidecar_mtime_ns:
-                    entries[path] = replace(old, name=where.name)
+                    entries[path] = old
                     continue
                 (changed if old is not None else added).append(path)
                 entries[path] = self._read_entry(path, where)
@@ -174,19 +172,19 @@ class ModelLibrary:
                 self._hasher.submit(self.pending_hashes())
             return self.entries()
 
-    def _discover(self) -> dict[Path, _Found]:
-        found: dict[Path, _Found] = {}
+    def _discover(self) -> dict[Path, FoundModel]:
+        found: dict[Path, FoundModel] = {}
         seen_real: set[str] = set()
         for root in self.roots():
             if root.path.is_dir():
-                for path, name in _walk(root.path, root.path, set()):
+                for path, name in walk_models(root.path, root.path):
                     real = os.path.realpath(path)
                     if real not in seen_real:  # the same file reached through two roots is listed once
                         seen_real.add(real)
-                        found[path] = _stat(path, _Found(root, name))
+                        found[path] = stat_model(path, FoundModel(root, name))
         return found
 
-    def _read_entry(self, path: Path, where: _Found) -> ModelEntry:
+    def _read_entry(self, path: Path, where: FoundModel) -> ModelEntry:
         fmt, identity, problem = FileFormat.UNKNOWN, None, where.problem
         if problem is None:
             try:
@@ -237,7 +235,9 @@ class ModelLibrary:
     def find(self, name_or_path: str | Path, kind: Kind | None = None) -> ModelEntry:
         """The entry for a path, a name (`sub/foo`, `foo`, `foo.safetensors`), an A1111 title
         (`foo.safetensors [abcdef1234]`) or a hash; raises ModelNotFoundError listing close names.
-        When several roots hold the same name, the first in scan order wins (our folders first)."""
+
+        A name held by several files (`foo.ckpt` and `foo.safetensors`, or the same name in two
+        roots) gives the .safetensors one, then the first in scan order (our folders first)."""
         candidates = self.entries(kind=kind)
         query = str(name_or_path).strip()
         path = Path(query).expanduser().absolute()
@@ -245,26 +245,27 @@ class ModelLibrary:
             if entry.path == path:
                 return entry
         title = _A1111_TITLE.match(query)
-        name = title.group("name") if title else query
-        suffix = Path(name).suffix
-        name = name[: -len(suffix)] if suffix.lower() in MODEL_SUFFIXES else name
+        name = (title.group("name") if title else query).lower()
+        stem = name[: -len(Path(name).suffix)] if Path(name).suffix in MODEL_SUFFIXES else name
         for same in (
-            lambda e: e.name == name,
-            lambda e: e.name.lower() == name.lower(),
-            lambda e: e.name.rsplit("/", 1)[-1].lower() == name.lower(),  # without its subfolder
+            lambda e: f"{e.name}{e.path.suffix}".lower() == name,  # foo.ckpt means that file
+            lambda e: e.name.lower() == stem,
+            lambda e: e.name.rsplit("/", 1)[-1].lower() == stem,  # without its subfolder
         ):
-            hit = next((e for e in candidates if same(e)), None)
-            if hit is not None:
-                return hit
+            hits = [e for e in candidates if same(e)]
+            if hits:
+                return min(hits, key=lambda e: e.format is not FileFormat.SAFETENSORS)
         wanted = (title.group("hash") if title else query).lower()
         if re.fullmatch(r"[0-9a-f]{8,64}", wanted):
             for entry in candidates:
                 if entry.hash and (entry.hash.startswith(wanted) or wanted.startswith(entry.hash)):
                     return entry
         names = [e.name for e in candidates]
-        close = difflib.get_close_matches(name, names, n=5, cutoff=0.4)
+        close = difflib.get_close_matches(stem, names, n=5, cutoff=0.4)
         what = f"{kind.value} " if kind else ""
-        known = f"; close names: {', '.join(close)}" if close else f"; known: {', '.join(names[:10]) or 'none'}"
+        known = (
+            f"; close names: {', '.join(close)}" if close else f"; known: {', '.join(names[:10]) or 'none'}"
+        )
         raise ModelNotFoundError(
             f"no {what}model named {query!r} under {self.models_dir} or its extra roots{known}. "
             "Refresh the list after adding files, or give the file's path."
@@ -323,60 +324,7 @@ def open_library(models_dir: Path, extra_model_paths: Path | None = None) -> Mod
     return ModelLibrary(Path(models_dir), extra_model_paths)
 
 
-def _walk(folder: Path, root: Path, visited: set[str]) -> Iterator[tuple[Path, str]]:
-    """(path, name) of model files and diffusers folders under `folder`; hidden entries skipped."""
-    real = os.path.realpath(folder)
-    if real in visited:
-        return  # a symlink loop
-    visited.add(real)
-    try:
-        children = sorted(os.scandir(folder), key=lambda e: e.name)
-    except OSError as error:
-        log.warning("cannot list %s: %s", folder, error)
-        return
-    for child in children:
-        if child.name.startswith("."):
-            continue
-        path = Path(child.path)
-        relative = path.relative_to(root).as_posix()
-        if child.is_dir():
-            if (path / "model_index.json").is_file():
-                yield path, relative
-            elif path.suffix.lower() in MODEL_SUFFIXES:  # listed so that its problem is seen
-                yield path, relative[: -len(path.suffix)]
-            else:
-                yield from _walk(path, root, visited)
-        elif path.suffix.lower() in MODEL_SUFFIXES:
-            yield path, relative[: -len(path.suffix)]
-
-
-def _stat(path: Path, found: _Found) -> _Found:
-    try:
-        if path.is_dir():
-            found.size, found.mtime_ns = _folder_size_and_mtime(path)
-        else:
-            stat = path.stat()
-            found.size, found.mtime_ns = stat.st_size, stat.st_mtime_ns
-            sidecar = path.with_suffix(".yaml")
-            found.sidecar_mtime_ns = sidecar.stat().st_mtime_ns if sidecar.is_file() else None
-    except OSError as error:
-        target = f" (it points to {os.readlink(path)})" if path.is_symlink() else ""
-        found.problem = f"cannot be read: {error.strerror or error}{target}; fix or remove it"
-    return found
-
-
-def _folder_size_and_mtime(folder: Path) -> tuple[int, int]:
-    size, newest = 0, folder.stat().st_mtime_ns
-    for base, dirs, names in os.walk(folder):
-        dirs[:] = [d for d in dirs if not d.startswith(".")]
-        for name in names:
-            stat = os.stat(os.path.join(base, name))
-            size += stat.st_size
-            newest = max(newest, stat.st_mtime_ns)
-    return size, newest
-
-
-def _with_sidecar_prediction(identity: Identity, path: Path, where: _Found) -> Identity:
+def _with_sidecar_prediction(identity: Identity, path: Path, where: FoundModel) -> Identity:
     """The prediction an A1111 `<stem>.yaml` declares (`parameterization: "v"`), when the file itself does not."""
     if where.sidecar_mtime_ns is None or identity.prediction is not None:
         return identity
@@ -390,15 +338,24 @@ def _with_sidecar_prediction(identity: Identity, path: Path, where: _Found) -> I
     prediction = {"v": Prediction.V, "eps": Prediction.EPSILON}.get(found.group(1) if found else "")
     if prediction is None:
         return identity
-    return replace(identity, prediction=prediction, detail=f"{identity.detail}; {prediction.value} from {sidecar.name}")
+    return replace(
+        identity, prediction=prediction, detail=f"{identity.detail}; {prediction.value} from {sidecar.name}"
+    )
 
 
 def _identify_safely(header: Any, path: Path) -> Identity:
     try:
         return identify(header)
-    except (IndexError, KeyError, TypeError, ValueError) as error:  # a bug, but one file must not stop the scan
+    except (
+        IndexError,
+        KeyError,
+        TypeError,
+        ValueError,
+    ) as error:  # a bug, but one file must not stop the scan
         log.exception("identification failed for %s", path)
-        raise ModelFileError(path, f"identification failed ({error!r}); please report this file's keys") from None
+        raise ModelFileError(
+            path, f"identification failed ({error!r}); please report this file's keys"
+        ) from None
 
 
 def _unusable(identity: Identity) -> str | None:

@@ -1,4 +1,5 @@
-"""Where model files live: our folder layout, A1111 and ComfyUI layouts, and extra roots from a TOML file.
+"""Where model files live: our folder layout, A1111 and ComfyUI layouts, extra roots from a TOML file,
+and walking them.
 
 `models/extra_model_paths.toml` names existing installs so they are used in place, not copied:
 
@@ -21,12 +22,17 @@ Kinds: checkpoint, unet, text_encoder, vae, lora, embedding.
 
 from __future__ import annotations
 
+import logging
+import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from webui.models.files import MODEL_SUFFIXES
 from webui.models.kinds import Kind
 
 EXTRA_ROOTS_FILE = "extra_model_paths.toml"
+log = logging.getLogger(__name__)
 
 # Folder (relative to the models dir) -> what it holds. Our layout is ComfyUI's.
 OWN_LAYOUT: dict[Kind, tuple[str, ...]] = {
@@ -46,7 +52,9 @@ PRESETS: dict[str, dict[Kind, tuple[str, ...]]] = {
         Kind.LORA: ("models/Lora", "Lora", "models/LyCORIS", "LyCORIS"),
         Kind.EMBEDDING: ("embeddings",),
     },
-    "comfyui": {kind: tuple(f"models/{f}" for f in folders) + folders for kind, folders in OWN_LAYOUT.items()},
+    "comfyui": {
+        kind: tuple(f"models/{f}" for f in folders) + folders for kind, folders in OWN_LAYOUT.items()
+    },
 }
 _KIND_NAMES = ", ".join(k.value for k in OWN_LAYOUT)
 
@@ -144,9 +152,78 @@ def _folders(entry: dict, where: str) -> dict[Kind, tuple[str, ...]]:
         try:
             kind = Kind(name)
         except ValueError:
-            raise ExtraRootsError(f"{where}: folders.{name} is not a kind; use one of: {_KIND_NAMES}") from None
+            raise ExtraRootsError(
+                f"{where}: folders.{name} is not a kind; use one of: {_KIND_NAMES}"
+            ) from None
         names = (value,) if isinstance(value, str) else value
         if not isinstance(names, (list, tuple)) or not all(isinstance(n, str) for n in names):
-            raise ExtraRootsError(f'{where}: folders.{name} must be a folder name or a list of them')
+            raise ExtraRootsError(f"{where}: folders.{name} must be a folder name or a list of them")
         out[kind] = tuple(names)
     return out
+
+
+@dataclass
+class FoundModel:
+    """A model file or diffusers folder found under a root, with what a stat tells about it."""
+
+    root: ModelRoot
+    name: str  # relative to the root folder, without extension
+    size: int = 0
+    mtime_ns: int = 0
+    problem: str | None = None  # could not even stat it (a broken link)
+    sidecar_mtime_ns: int | None = None  # the A1111 `<stem>.yaml` beside it, if any
+
+
+def walk_models(folder: Path, root: Path, visited: set[str] | None = None) -> Iterator[tuple[Path, str]]:
+    """(path, name) of model files and diffusers folders under `folder`; hidden entries skipped."""
+    visited = set() if visited is None else visited
+    real = os.path.realpath(folder)
+    if real in visited:
+        return  # a symlink loop
+    visited.add(real)
+    try:
+        children = sorted(os.scandir(folder), key=lambda e: e.name)
+    except OSError as error:
+        log.warning("cannot list %s: %s", folder, error)
+        return
+    for child in children:
+        if child.name.startswith("."):
+            continue
+        path = Path(child.path)
+        relative = path.relative_to(root).as_posix()
+        if child.is_dir():
+            if (path / "model_index.json").is_file():
+                yield path, relative
+            elif path.suffix.lower() in MODEL_SUFFIXES:  # listed so that its problem is seen
+                yield path, relative[: -len(path.suffix)]
+            else:
+                yield from walk_models(path, root, visited)
+        elif path.suffix.lower() in MODEL_SUFFIXES:
+            yield path, relative[: -len(path.suffix)]
+
+
+def stat_model(path: Path, found: FoundModel) -> FoundModel:
+    """Fill in size and mtime (a folder: sum and newest of its files); a broken link gets a problem."""
+    try:
+        if path.is_dir():
+            found.size, found.mtime_ns = _folder_size_and_mtime(path)
+        else:
+            stat = path.stat()
+            found.size, found.mtime_ns = stat.st_size, stat.st_mtime_ns
+            sidecar = path.with_suffix(".yaml")
+            found.sidecar_mtime_ns = sidecar.stat().st_mtime_ns if sidecar.is_file() else None
+    except OSError as error:
+        target = f" (it points to {os.readlink(path)})" if path.is_symlink() else ""
+        found.problem = f"cannot be read: {error.strerror or error}{target}; fix or remove it"
+    return found
+
+
+def _folder_size_and_mtime(folder: Path) -> tuple[int, int]:
+    size, newest = 0, folder.stat().st_mtime_ns
+    for base, dirs, names in os.walk(folder):
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        for name in names:
+            stat = os.stat(os.path.join(base, name))
+            size += stat.st_size
+            newest = max(newest, stat.st_mtime_ns)
+    return size, newest
