@@ -280,6 +280,8 @@ def a1111_install(root: Path) -> Path:
     lora(root / "models" / "LyCORIS" / "lyco.safetensors", seed=3)
     write_header_only(root / "models" / "VAE" / "kl-f8.safetensors", diffusers_shapes(SD1, "vae", True))
     save({"emb_params": torch.zeros(1, 768)}, root / "embeddings" / "bad-hands.safetensors")
+    a1111_embedding = {"string_to_token": {"*": torch.tensor(265)}, "string_to_param": {"*": torch.zeros(2, 768)}}
+    torch.save({**a1111_embedding, "name": "old-style", "step": 500}, root / "embeddings" / "old-style.pt")
     return root
 
 
@@ -295,6 +297,8 @@ def test_a1111_install_is_used_in_place(models, tmp_path):
     assert entries["char"].kind is Kind.LORA and entries["lyco"].kind is Kind.LORA
     assert entries["kl-f8"].kind is Kind.VAE
     assert entries["bad-hands"].kind is Kind.EMBEDDING and entries["bad-hands"].family is SD1
+    old = entries["old-style"]
+    assert (old.kind, old.family, old.format, old.problem) == (Kind.EMBEDDING, SD1, FileFormat.PICKLE, None)
     assert entries["sd1"].kind is Kind.CHECKPOINT  # our own folders are still scanned
 
 

@@ -285,15 +285,16 @@ def _combine(
     if denoisers:
         unet = denoisers[0]
         family = unet.family
+        declared = f", declares {prediction.value}" if prediction else ""
         if not vaes and not encoders:
             return Identity(
                 Kind.UNET,
                 family,
                 prediction,
-                detail=f"{family.label} UNet: {unet.note}",
+                detail=f"{family.label} UNet: {unet.note}{declared}",
                 compatible=(family,),
             )
-        notes = [unet.note, encoder_label(encoders), "VAE" if vaes else "no VAE inside: choose one"]
+        notes = [unet.note + declared, encoder_label(encoders), "VAE" if vaes else "no VAE inside: choose one"]
         expected = FAMILY_TEXT_ENCODERS.get(family)
         if expected is not None and set(encoders) != set(expected):
             notes.append(f"expected text encoders {encoder_label(expected)}")
