@@ -31,6 +31,7 @@ from webui.testing.tiny import (
 from webui.testing.tiny_models import assemble_pipeline, build_tiny_unet, build_tiny_vae, pipeline_class
 from webui.testing.tiny_tokenizer import build_tiny_tokenizer, tiny_vocab_size
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 families = pytest.mark.parametrize("family", TINY_FAMILIES, ids=lambda f: f.value)
 lora_families = pytest.mark.parametrize("family", [Family.SD1, Family.SD2, Family.SDXL], ids=lambda f: f.value)
 

@@ -56,6 +56,7 @@ def without_text_model(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor
     return {k.removeprefix("text_model."): v for k, v in state.items()}
 
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 families = pytest.mark.parametrize("family", TINY_FAMILIES, ids=lambda f: f.value)
 
 

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 import torch
@@ -51,21 +52,25 @@ MANIFEST_NAME = "tiny_manifest.json"
 TOKENIZER_DIR = "tokenizers/clip"
 ALT_VAE_SEED = 1  # vae/tiny-sd1-vae-alt.safetensors holds build_tiny_vae(Family.SD1, ALT_VAE_SEED)
 _FP16 = torch.float16
-_STEMS = {
-    Family.SD1: "tiny-sd1",
-    Family.SD2: "tiny-sd2",
-    Family.SDXL: "tiny-sdxl",
-    Family.SDXL_REFINER: "tiny-sdxl-refiner",
-}
+_STEMS = MappingProxyType(
+    {
+        Family.SD1: "tiny-sd1",
+        Family.SD2: "tiny-sd2",
+        Family.SDXL: "tiny-sdxl",
+        Family.SDXL_REFINER: "tiny-sdxl-refiner",
+    }
+)
 _PICKLE_FAMILIES = (Family.SD1, Family.SD2, Family.SDXL)
 # SAI model-spec header, as Stability's own SD2 v-prediction files declare themselves.
-_SD2_MODELSPEC = {
-    "modelspec.sai_model_spec": "1.0.0",
-    "modelspec.architecture": "stable-diffusion-v2-768-v",
-    "modelspec.implementation": "https://github.com/Stability-AI/stablediffusion",
-    "modelspec.title": "tiny-sd2",
-    "modelspec.prediction_type": "v",
-}
+_SD2_MODELSPEC = MappingProxyType(
+    {
+        "modelspec.sai_model_spec": "1.0.0",
+        "modelspec.architecture": "stable-diffusion-v2-768-v",
+        "modelspec.implementation": "https://github.com/Stability-AI/stablediffusion",
+        "modelspec.title": "tiny-sd2",
+        "modelspec.prediction_type": "v",
+    }
+)
 # A1111 reads `<checkpoint stem>.yaml` beside a checkpoint; SD2-v files ship with one saying "v".
 _SD2_YAML = """\
 model:
@@ -188,7 +193,7 @@ class _Writer:
         layout: str,
         state: dict[str, torch.Tensor],
         encoder: TextEncoderType | None = None,
-        metadata: dict[str, str] | None = None,
+        metadata: Mapping[str, str] | None = None,
         dtype: torch.dtype | None = _FP16,
     ) -> None:
         save_single_file(state, self.add(relative, kind, layout, encoder), metadata=metadata, dtype=dtype)
@@ -213,7 +218,7 @@ class _Writer:
         for name in ("text_encoder", "text_encoder_2"):
             weights = folder / name / "model.safetensors"
             if weights.exists():  # rewrite with `text_model.` as the Hub's folders have it
-                save_single_file(_with_text_model(self.c[name].state_dict()), weights)
+                save_single_file(_with_text_model(self.c[name].state_dict()), weights, metadata={"format": "pt"})
         for name in ("tokenizer", "tokenizer_2"):
             if (folder / name).is_dir():
                 write_tokenizer_files(folder / name)
@@ -281,15 +286,11 @@ class _Writer:
 
 def _write_family(root: Path, family: Family) -> list[FixtureFile]:
     writer = _Writer(root, family, build_tiny_pipeline(family))
-    steps: tuple[Callable[[], None], ...] = (
-        writer.checkpoints,
-        writer.unet,
-        writer.vae,
-        writer.text_encoders,
-        writer.loras_and_embeddings,
-    )
-    for step in steps:
-        step()
+    writer.checkpoints()
+    writer.unet()
+    writer.vae()
+    writer.text_encoders()
+    writer.loras_and_embeddings()
     return writer.files
 
 

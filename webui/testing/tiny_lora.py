@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from types import MappingProxyType
 from typing import Any
 
 import torch
@@ -41,11 +42,13 @@ _KOHYA_TE_LEAVES = (
 # What diffusers' own LoRA training scripts target.
 _PEFT_UNET_LEAVES = ("to_q", "to_k", "to_v", "to_out.0")
 _PEFT_TE_LEAVES = ("q_proj", "k_proj", "v_proj", "out_proj")
-_BASE_MODEL_VERSION = {
-    Family.SD1: "sd_v1",
-    Family.SD2: "sd_v2",
-    Family.SDXL: "sdxl_base_v1-0",
-}
+_BASE_MODEL_VERSION = MappingProxyType(
+    {
+        Family.SD1: "sd_v1",
+        Family.SD2: "sd_v2",
+        Family.SDXL: "sdxl_base_v1-0",
+    }
+)
 LORA_FAMILIES = tuple(_BASE_MODEL_VERSION)
 
 

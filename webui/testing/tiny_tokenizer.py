@@ -17,7 +17,8 @@ MERGE_COUNT = 320
 
 # Words the merges are learned from: common prompt vocabulary, so prompts give whole-word tokens;
 # anything else still tokenizes, down to single bytes.
-_CORPUS = """
+_CORPUS = tuple(
+    """
 a an the of and with in on at by for to from photo photograph portrait painting drawing illustration
 render art artwork style detailed highly intricate beautiful masterpiece best quality high resolution
 cat cats dog dogs bird horse fox owl lion tiger rabbit fish dragon robot man woman girl boy child person
@@ -31,6 +32,7 @@ small large big tiny huge little cute happy sad standing sitting walking running
 holding under over inside outside near far close up view wide angle shot camera lens film
 tinytrigger trigger token embedding worst low quality blurry ugly deformed bad anatomy text watermark
 """.split()
+)
 
 
 @cache
