@@ -33,7 +33,9 @@ def test_an_evicted_model_returns_its_memory(tiny_models_dir):
 
 
 def test_twenty_switches_among_three_models_keep_rss_flat(tiny_models_dir):
-    choices = [checkpoint(tiny_models_dir, s) for s in ("tiny-sd1", "tiny-sd2", "tiny-sdxl")]
+    # Three distinct files (the .ckpt holds SD1's weights again, but it is another file to the cache).
+    choices = [checkpoint(tiny_models_dir, "tiny-sd1"), checkpoint(tiny_models_dir, "tiny-sd2")]
+    choices.append(ModelChoice(tiny_models_dir / "checkpoints/tiny-sd1.ckpt"))
     probe = PipelineManager(tiny_models_dir, cache=ComponentCache({"cpu": 2**40}))
     sizes = []
     for choice in choices:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -10,7 +12,7 @@ from webui.engine.decode import _decode, decode_latents
 from webui.engine.pipelines import ModelChoice, ModelLoadError, PipelineManager
 from webui.engine.request import GenerationRequest
 from webui.engine.txt2img import Engine
-from webui.models.kinds import Family
+from webui.models.kinds import Family, Kind, TextEncoderType
 from webui.models.loading import Role
 from webui.testing.tiny import tiny_pipeline
 
@@ -43,6 +45,7 @@ def plain_diffusers_pixels(family: Family) -> np.ndarray:
         prompt=PROMPT,
         negative_prompt="blurry",
         num_inference_steps=3,
+        guidance_scale=7.0,
         width=32,
         height=32,
         generator=torch.Generator("cpu").manual_seed(SEED),
@@ -55,39 +58,45 @@ def engine(tiny_models_dir, tmp_path) -> Engine:
     return Engine(PipelineManager(tiny_models_dir), tmp_path / "outputs")
 
 
-def layouts(models, family: Family) -> dict[str, ModelChoice]:
-    stem = FAMILIES[family]
-    te = {
-        Family.SD1: {"text_encoder": models / f"text_encoders/{stem}-clip-l.safetensors"},
-        Family.SD2: {"text_encoder": models / f"text_encoders/{stem}-open-clip-h.safetensors"},
-        Family.SDXL: {
-            "text_encoder": models / f"text_encoders/{stem}-clip-l.safetensors",
-            "text_encoder_2": models / f"text_encoders/{stem}-clip-g.safetensors",
-        },
+def layouts(models, manifest, family: Family) -> dict[str, ModelChoice]:
+    """One choice per on-disk layout of the family's weights (the manifest says which file is which)."""
+    files = [((f.layout, f.kind, f.text_encoder), models / f.path) for f in manifest if f.family is family]
+    checkpoints = {layout: path for (layout, kind, _), path in files if kind is Kind.CHECKPOINT}
+
+    def one(layout: str, kind: Kind, encoder: TextEncoderType | None = None) -> Path:
+        matches = [p for (lay, k, enc), p in files if lay == layout and k is kind and encoder in (None, enc)]
+        return min(matches, key=lambda p: len(p.name))  # the family's own file, not e.g. the "-alt" VAE
+
+    encoders = {
+        Family.SD1: {"text_encoder": (TextEncoderType.CLIP_L,)},
+        Family.SD2: {"text_encoder": (TextEncoderType.OPEN_CLIP_H,)},
+        Family.SDXL: {"text_encoder": (TextEncoderType.CLIP_L,), "text_encoder_2": (TextEncoderType.OPEN_CLIP_G,)},
     }[family]
-    return {
-        "single-file": ModelChoice(models / f"checkpoints/{stem}.safetensors"),
-        "diffusers-folder": ModelChoice(models / f"checkpoints/{stem}-diffusers"),
-        "pickle-ckpt": ModelChoice(models / f"checkpoints/{stem}.ckpt"),
-        "split-components": ModelChoice(
-            None,
-            unet=models / f"diffusion_models/{stem}-unet.safetensors",
-            vae=models / f"vae/{stem}-vae.safetensors",
-            **te,
-        ),
-        "split-ldm-unet-diffusers-vae": ModelChoice(
-            models / f"checkpoints/{stem}.safetensors",
-            unet=models / f"diffusion_models/{stem}-unet-ldm.safetensors",
-            vae=models / f"vae/{stem}-vae-diffusers.safetensors",
-        ),
-    }
+    split_te = {role: one("text-encoder-hf", Kind.TEXT_ENCODER, enc[0]) for role, enc in encoders.items()}
+    choices = {layout: ModelChoice(path) for layout, path in checkpoints.items()}
+    choices["split-components"] = ModelChoice(
+        None, unet=one("unet-diffusers", Kind.UNET), vae=one("vae-ldm", Kind.VAE), **split_te
+    )
+    choices["ldm-unet-over-checkpoint"] = ModelChoice(
+        checkpoints["ldm-single-file"], unet=one("unet-ldm", Kind.UNET)
+    )
+    if any(lay == "text-encoder-ldm" for (lay, _, _), _ in files):
+        role = next(iter(encoders))
+        ldm_te = {role: one("text-encoder-ldm", Kind.TEXT_ENCODER, encoders[role][0])}
+        choices["ldm-text-encoder-over-checkpoint"] = ModelChoice(checkpoints["ldm-single-file"], **ldm_te)
+    if any(lay == "vae-diffusers" for (lay, _, _), _ in files):
+        choices["diffusers-vae-over-checkpoint"] = ModelChoice(
+            checkpoints["ldm-single-file"], vae=one("vae-diffusers", Kind.VAE)
+        )
+    assert {"ldm-single-file", "pickle", "diffusers-folder"} <= set(choices), choices
+    return choices
 
 
 @pytest.mark.parametrize("family", list(FAMILIES), ids=lambda f: f.value)
-def test_every_layout_gives_plain_diffusers_pixels(family, engine, tiny_models_dir):
+def test_every_layout_gives_plain_diffusers_pixels(family, engine, tiny_models_dir, tiny_manifest):
     expected = plain_diffusers_pixels(family)
     assert np.isfinite(expected).all() and expected.std() > 0.01
-    for name, choice in layouts(tiny_models_dir, family).items():
+    for name, choice in layouts(tiny_models_dir, tiny_manifest, family).items():
         image, _ = engine_pixels(engine, choice)
         np.testing.assert_allclose(image, expected, atol=1e-5, err_msg=f"{family.value} {name}")
 
