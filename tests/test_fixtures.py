@@ -149,6 +149,9 @@ def test_manifest_lists_existing_files_and_matches_its_json(tiny_models_dir, tin
     for family in TINY_FAMILIES:
         kinds = {f.kind for f in tiny_manifest if f.family is family}
         assert {Kind.CHECKPOINT, Kind.UNET, Kind.VAE, Kind.TEXT_ENCODER} <= kinds, family
+        layouts = {f.layout for f in tiny_manifest if f.family is family}
+        split = {"unet-diffusers", "unet-ldm", "vae-ldm", "vae-diffusers", "text-encoder-ldm"}
+        assert {"ldm-single-file", "diffusers-folder", *split} <= layouts, family
         expected = Prediction.V if family is Family.SD2 else Prediction.EPSILON
         assert {f.prediction for f in tiny_manifest if f.family is family and f.prediction} == {expected}
     layouts = {f.layout for f in tiny_manifest}
@@ -199,6 +202,7 @@ def test_pickle_and_split_files_hold_the_single_file_tensors(family, tiny_models
     assert_same(load_file(root / f"diffusion_models/{s}-unet.safetensors"), state(ref["unet"]), "unet-diffusers")
     assert_same(load_file(root / f"diffusion_models/{s}-unet-ldm.safetensors"), subset(single, UNET_PREFIX), "unet-ldm")
     assert_same(load_file(root / f"vae/{s}-vae.safetensors"), subset(single, VAE_PREFIX, strip=True), "vae-ldm")
+    assert_same(load_file(root / f"vae/{s}-vae-diffusers.safetensors"), state(ref["vae"]), "vae-diffusers")
     texts = [f for f in (root / "text_encoders").glob(f"{s}-*.safetensors") if not f.name.startswith(f"{s}-refiner")]
     assert texts, f"no text encoder files for {s}"
     for path in texts:
@@ -212,8 +216,6 @@ def test_pickle_and_split_files_hold_the_single_file_tensors(family, tiny_models
 
 
 def test_vae_files_for_swapping(tiny_models_dir):
-    diffusers_vae = load_file(tiny_models_dir / "vae/tiny-sd1-vae-diffusers.safetensors")
-    assert_same(diffusers_vae, state(reference(Family.SD1)["vae"]), "vae-diffusers")
     alt = load_file(tiny_models_dir / "vae/tiny-sd1-vae-alt.safetensors")
     main = load_file(tiny_models_dir / "vae/tiny-sd1-vae.safetensors")
     assert alt.keys() == main.keys() and not torch.equal(

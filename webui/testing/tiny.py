@@ -235,9 +235,8 @@ class _Writer:
         vae = self.c["vae"]
         ldm = vae_to_ldm(vae.state_dict(), vae.config)
         self.tensors(f"vae/{self.stem}-vae.safetensors", Kind.VAE, "vae-ldm", ldm, dtype=None)
-        if self.family in (Family.SD1, Family.SDXL):
-            state = vae.state_dict()
-            self.tensors(f"vae/{self.stem}-vae-diffusers.safetensors", Kind.VAE, "vae-diffusers", state, dtype=None)
+        state = vae.state_dict()
+        self.tensors(f"vae/{self.stem}-vae-diffusers.safetensors", Kind.VAE, "vae-diffusers", state, dtype=None)
         if self.family is Family.SD1:
             alt = build_tiny_vae(self.family, seed=ALT_VAE_SEED)
             ldm = vae_to_ldm(alt.state_dict(), alt.config)
@@ -249,8 +248,8 @@ class _Writer:
         if self.family in (Family.SD1, Family.SDXL):
             clip_l = TextEncoderType.CLIP_L
             self.tensors(f"{s}-clip-l.safetensors", kind, "text-encoder-hf", _with_text_model(enc.state_dict()), clip_l)
-        if self.family is Family.SD1:
-            ldm = _prefixed("cond_stage_model.", clip_l_to_ldm(enc.state_dict()))
+            prefix = "cond_stage_model." if self.family is Family.SD1 else "conditioner.embedders.0."
+            ldm = _prefixed(prefix, clip_l_to_ldm(enc.state_dict()))
             self.tensors(f"{s}-clip-l-ldm.safetensors", kind, "text-encoder-ldm", ldm, clip_l)
         if self.family is Family.SD2:
             h = TextEncoderType.OPEN_CLIP_H
