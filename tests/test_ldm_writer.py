@@ -208,3 +208,9 @@ def test_save_single_file_casts_and_keeps_metadata(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["x.safetensors"]  # no temp file left behind
     with pytest.raises(TypeError, match="'k'"):
         save_single_file({"a": torch.ones(1)}, tmp_path / "y.safetensors", {"k": 1})
+
+
+def test_test_session_cannot_reach_the_hub():
+    from huggingface_hub import constants
+
+    assert constants.HF_HUB_OFFLINE
