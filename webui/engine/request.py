@@ -34,6 +34,7 @@ class GenerationRequest:
     batch_count: int = 1
     sampler: str | None = None  # None: the model's own scheduler
     schedule: str = "Automatic"
+    clip_skip: int = 1
 
     def __post_init__(self) -> None:
         _check_range("steps", self.steps, 1, MAX_STEPS)
@@ -46,6 +47,7 @@ class GenerationRequest:
         _check_range("seed", self.seed, -1, 2**32 - 1)
         _check_range("batch_size", self.batch_size, 1, 8)
         _check_range("batch_count", self.batch_count, 1, 100)
+        _check_range("clip_skip", self.clip_skip, 1, 12)
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,7 @@ from typing import Any
 import torch
 
 from webui import __version__
+from webui.engine.conditioning import encode_prompts
 from webui.engine.decode import decode_latents
 from webui.engine.infotext import format_infotext
 from webui.engine.outputs import day_folder, save_png
@@ -73,11 +74,17 @@ class Engine:
         pipeline = loaded.pipeline
         pipeline.scheduler = loaded.new_scheduler()
         generators = [torch.Generator("cpu").manual_seed(seed) for seed in seeds]
-        count = len(seeds)
+        conditioning = encode_prompts(
+            pipeline,
+            loaded.family,
+            request.prompt,
+            request.negative_prompt,
+            clip_skip=request.clip_skip,
+            batch=len(seeds),
+        )
         kwargs: dict[str, Any] = {}
         return pipeline(
-            prompt=[request.prompt] * count,
-            negative_prompt=[request.negative_prompt] * count,
+            **conditioning.as_pipeline_kwargs(),
             num_inference_steps=request.steps,
             guidance_scale=request.cfg_scale,
             width=request.width,
@@ -96,6 +103,7 @@ class Engine:
             "CFG scale": request.cfg_scale,
             "Seed": None,
             "Size": f"{request.width}x{request.height}",
+            "Clip skip": request.clip_skip if request.clip_skip > 1 else None,
             "Model hash": self.hasher(choice.checkpoint or choice.unet),
             "Model": choice.name,
         }
