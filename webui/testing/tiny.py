@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
 import torch
+from transformers.utils import logging as hf_logging
 
 from webui.models.kinds import Family, Kind, Prediction, TextEncoderType
 from webui.models.ldm_writer import (
@@ -172,6 +174,18 @@ def _with_text_model(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k if k.startswith(("text_model.", "text_projection.")) else f"text_model.{k}": v for k, v in state.items()}
 
 
+@contextmanager
+def _quiet_transformers_progress() -> Iterator[None]:
+    """transformers' save_pretrained draws a progress bar per text encoder; the CLI's output is ours."""
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            hf_logging.enable_progress_bar()
+
+
 class _Writer:
     """Writes one family's files under `root` and records each as a FixtureFile."""
 
@@ -214,7 +228,8 @@ class _Writer:
                 self.add(f"checkpoints/{self.stem}.ckpt", Kind.CHECKPOINT, "pickle"),
             )
         folder = self.add(f"checkpoints/{self.stem}-diffusers", Kind.CHECKPOINT, "diffusers-folder")
-        assemble_pipeline(self.family, self.c).save_pretrained(folder, safe_serialization=True)
+        with _quiet_transformers_progress():
+            assemble_pipeline(self.family, self.c).save_pretrained(folder, safe_serialization=True)
         for name in ("text_encoder", "text_encoder_2"):
             weights = folder / name / "model.safetensors"
             if weights.exists():  # rewrite with `text_model.` as the Hub's folders have it
