@@ -162,7 +162,7 @@ def stem(family: Family) -> str:
 
 def lora_seed(family: Family) -> int:
     """Seed of the LoRA / embedding weights written for `family` (distinct per family)."""
-    return 1000 * TINY_FAMILIES.index(family) + 500
+    return 1000 * (TINY_FAMILIES.index(family) + 1)
 
 
 def _prefixed(prefix: str, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

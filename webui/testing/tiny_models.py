@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import zlib
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -171,28 +173,28 @@ def _tame(module: torch.nn.Module) -> None:
             param.copy_(param.to(torch.float16).to(torch.float32))
 
 
-def _build(factory: Any, seed: int) -> Any:
+def _build(factory: Callable[[], Any], seed: int) -> Any:
     torch.manual_seed(seed)
     module = factory()
     _tame(module)
     return module.eval()
 
 
-def _component_seed(family: Family, seed: int, component: int) -> int:
+def _component_seed(family: Family, seed: int, component: str) -> int:
     # Mixing the family in keeps two families' look-alike parts (SD1 and SDXL VAEs share a config)
-    # from getting the same weights, while `seed` stays a small user-facing number.
-    return 1000 * TINY_FAMILIES.index(family) + 10 * seed + component
+    # from getting the same weights; crc32, unlike hash(), is the same in every process.
+    return zlib.crc32(f"{family.value}/{seed}/{component}".encode())
 
 
 def build_tiny_unet(family: Family, seed: int = 0) -> UNet2DConditionModel:
     _check_family(family)
-    return _build(lambda: UNet2DConditionModel(**unet_config(family)), _component_seed(family, seed, 0))
+    return _build(lambda: UNet2DConditionModel(**unet_config(family)), _component_seed(family, seed, "unet"))
 
 
 def build_tiny_vae(family: Family, seed: int = 0) -> AutoencoderKL:
     """The VAE `build_tiny_pipeline(family, seed)` holds."""
     _check_family(family)
-    return _build(lambda: AutoencoderKL(**vae_config(family)), _component_seed(family, seed, 1))
+    return _build(lambda: AutoencoderKL(**vae_config(family)), _component_seed(family, seed, "vae"))
 
 
 def _text_encoder(encoder: TextEncoderType, seed: int) -> CLIPTextModel | CLIPTextModelWithProjection:
@@ -217,13 +219,19 @@ def build_tiny_pipeline(family: Family, seed: int = 0) -> dict[str, Any]:
         "tokenizer": None,
     }
     if family in (Family.SD1, Family.SDXL):
-        components["text_encoder"] = _text_encoder(TextEncoderType.CLIP_L, _component_seed(family, seed, 2))
+        components["text_encoder"] = _text_encoder(
+            TextEncoderType.CLIP_L, _component_seed(family, seed, "text_encoder")
+        )
         components["tokenizer"] = build_tiny_tokenizer(EOS)
     elif family is Family.SD2:
-        components["text_encoder"] = _text_encoder(TextEncoderType.OPEN_CLIP_H, _component_seed(family, seed, 2))
+        components["text_encoder"] = _text_encoder(
+            TextEncoderType.OPEN_CLIP_H, _component_seed(family, seed, "text_encoder")
+        )
         components["tokenizer"] = build_tiny_tokenizer(OPEN_CLIP_PAD)
     if family in (Family.SDXL, Family.SDXL_REFINER):
-        components["text_encoder_2"] = _text_encoder(TextEncoderType.OPEN_CLIP_G, _component_seed(family, seed, 3))
+        components["text_encoder_2"] = _text_encoder(
+            TextEncoderType.OPEN_CLIP_G, _component_seed(family, seed, "text_encoder_2")
+        )
         components["tokenizer_2"] = build_tiny_tokenizer(OPEN_CLIP_PAD)
     else:
         components["safety_checker"] = None
