@@ -1,0 +1,281 @@
+"""A1111 sampler and schedule-type names, mapped to diffusers schedulers built from the model's own scheduler config."""
+
+from __future__ import annotations
+
+import difflib
+import inspect
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from diffusers import SchedulerMixin
+
+AUTOMATIC = "Automatic"
+SIGMA_SCHEDULES = ("Karras", "Exponential", "Beta")
+ALL_SCHEDULES = (*SIGMA_SCHEDULES, "SGM Uniform")
+
+
+@dataclass(frozen=True)
+class Sampler:
+    """One A1111 sampler: the diffusers class and the config values that make it behave as that sampler."""
+
+    name: str
+    scheduler: str  # diffusers class name
+    options: Mapping[str, Any] = field(default_factory=dict)
+    schedules: tuple[str, ...] = ()  # schedule types besides Automatic
+    stochastic: bool = False  # draws fresh noise every step (same seed, same image; other seed, other path)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "options", MappingProxyType(dict(self.options)))
+
+
+# Names and order as A1111's sampler dropdown; classes as diffusers' "A1111/k-diffusion" table
+# (docs/source/en/api/schedulers/overview.md). Options are set explicitly so a model config that
+# ships a variant (e.g. DPMSolverMultistep with "sde-dpmsolver++") cannot leak into another name.
+_DPM_2M = {"algorithm_type": "dpmsolver++", "solver_order": 2, "solver_type": "midpoint"}
+_DPM_SDE = {**_DPM_2M, "algorithm_type": "sde-dpmsolver++"}
+SAMPLERS: Mapping[str, Sampler] = MappingProxyType(
+    {
+        s.name: s
+        for s in (
+            # midpoint dpmsolver++ is k-diffusion's sample_dpmpp_2m update, term for term.
+            Sampler("DPM++ 2M", "DPMSolverMultistepScheduler", _DPM_2M, ALL_SCHEDULES),
+            # k-diffusion's sample_dpmpp_sde; Brownian-tree noise, seeded from the image seeds (see make_scheduler).
+            Sampler("DPM++ SDE", "DPMSolverSDEScheduler", {}, ALL_SCHEDULES, stochastic=True),
+            # A1111 draws this noise from a Brownian tree, diffusers from the generator: same law, other numbers.
+            Sampler("DPM++ 2M SDE", "DPMSolverMultistepScheduler", _DPM_SDE, ALL_SCHEDULES, stochastic=True),
+            Sampler(
+                "DPM++ 2M SDE Heun",
+                "DPMSolverMultistepScheduler",
+                {**_DPM_SDE, "solver_type": "heun"},
+                ALL_SCHEDULES,
+                stochastic=True,
+            ),
+            # Approximation: diffusers has no DPM++ 2S ancestral. Its singlestep solver at order 2 with SDE
+            # noise is the closest: second-order singlestep updates with fresh noise each step, like 2S a, but
+            # SDE noise instead of ancestral (eta=1) noise, and one model call per step (A1111 makes two), so
+            # 20 steps here do 10 second-order updates. No timestep_spacing, hence no SGM Uniform.
+            Sampler(
+                "DPM++ 2S a",
+                "DPMSolverSinglestepScheduler",
+                {**_DPM_SDE, "lower_order_final": True},  # diffusers forces it anyway, with a warning
+                SIGMA_SCHEDULES,
+                stochastic=True,
+            ),
+            Sampler(
+                "DPM++ 3M SDE",
+                "DPMSolverMultistepScheduler",
+                {**_DPM_SDE, "solver_order": 3},
+                ALL_SCHEDULES,
+                stochastic=True,
+            ),
+            Sampler("Euler a", "EulerAncestralDiscreteScheduler", {}, ("SGM Uniform",), stochastic=True),
+            Sampler("Euler", "EulerDiscreteScheduler", {}, ALL_SCHEDULES),
+            Sampler("LMS", "LMSDiscreteScheduler", {}, ALL_SCHEDULES),
+            Sampler("Heun", "HeunDiscreteScheduler", {}, ALL_SCHEDULES),
+            Sampler("DPM2", "KDPM2DiscreteScheduler", {}, ALL_SCHEDULES),
+            Sampler("DPM2 a", "KDPM2AncestralDiscreteScheduler", {}, ALL_SCHEDULES, stochastic=True),
+            Sampler("DDIM", "DDIMScheduler", {}, ("SGM Uniform",)),  # eta 0: the pipeline's default
+            Sampler("PLMS", "PNDMScheduler", {"skip_prk_steps": True}, ("SGM Uniform",)),  # PNDM minus Runge-Kutta
+            Sampler("UniPC", "UniPCMultistepScheduler", {}, ALL_SCHEDULES),
+            # LCM derives its timesteps from original_inference_steps; it ignores every schedule option.
+            Sampler("LCM", "LCMScheduler", {}, (), stochastic=True),
+            Sampler("DEIS", "DEISMultistepScheduler", {}, ALL_SCHEDULES),  # not in A1111; SD.Next's name
+        )
+    }
+)
+SAMPLER_NAMES: tuple[str, ...] = tuple(SAMPLERS)
+
+# Karras/Exponential/Beta span the model's full sigma range, as k-diffusion does, only with "linspace"
+# timesteps: under "leading" diffusers' Euler/LMS/Heun/DPM2 start at sigma 8.4 instead of SD's 14.6.
+# SGM Uniform = "trailing" (diffusers' overview: sgm_uniform -> timestep_spacing="trailing").
+SCHEDULE_OPTIONS: Mapping[str, Mapping[str, Any]] = MappingProxyType(
+    {
+        AUTOMATIC: {},
+        "Karras": {"use_karras_sigmas": True, "timestep_spacing": "linspace"},
+        "Exponential": {"use_exponential_sigmas": True, "timestep_spacing": "linspace"},
+        "Beta": {"use_beta_sigmas": True, "timestep_spacing": "linspace"},
+        "SGM Uniform": {"timestep_spacing": "trailing"},
+    }
+)
+SCHEDULE_TYPES: tuple[str, ...] = tuple(SCHEDULE_OPTIONS)
+_SIGMA_FLAGS = ("use_karras_sigmas", "use_exponential_sigmas", "use_beta_sigmas")
+_ZERO_SNR = "rescale_betas_zero_snr"
+
+
+@dataclass(frozen=True)
+class DistilledPreset:
+    """Settings for a few-step distilled model; `request_fields()` fits `dataclasses.replace(request, ...)`."""
+
+    sampler: str
+    schedule: str
+    steps: int
+    min_steps: int
+    max_steps: int
+    cfg_scale: float  # <= 1 turns classifier-free guidance off in diffusers (one UNet call per step)
+
+    def request_fields(self) -> dict[str, Any]:
+        return {"sampler": self.sampler, "schedule": self.schedule, "steps": self.steps, "cfg_scale": self.cfg_scale}
+
+
+# SDXL-Turbo / SD-Turbo ship EulerAncestralDiscreteScheduler with timestep_spacing="trailing"; diffusers'
+# SDXL Turbo page: trailing spacing, 1-4 steps, guidance off.
+TURBO_PRESET = DistilledPreset("Euler a", "SGM Uniform", steps=4, min_steps=1, max_steps=4, cfg_scale=1.0)
+# LCM checkpoints and LCM-LoRAs: LCMScheduler, 2-8 steps (4 is the usual), guidance off or 1-2.
+LCM_PRESET = DistilledPreset("LCM", AUTOMATIC, steps=4, min_steps=1, max_steps=8, cfg_scale=1.0)
+# For a distilled model of unknown kind, what Turbo models ship; LCM checkpoints and LoRAs want LCM_PRESET.
+DISTILLED_PRESET = TURBO_PRESET
+
+
+def _choices(values: Sequence[str]) -> str:
+    return ", ".join(repr(v) for v in values)
+
+
+def _sampler(name: str) -> Sampler:
+    if name in SAMPLERS:
+        return SAMPLERS[name]
+    hint = ""
+    for schedule in SCHEDULE_TYPES[1:]:
+        base = name.removesuffix(f" {schedule}")
+        if base != name and base in SAMPLERS:
+            hint = f"; {name!r} is the old combined name: use sampler {base!r} with schedule {schedule!r}"
+            break
+    else:
+        close = difflib.get_close_matches(name, SAMPLER_NAMES, n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+    raise ValueError(f"sampler: unknown sampler {name!r}{hint} (allowed: {_choices(SAMPLER_NAMES)})")
+
+
+def split_legacy_name(name: str) -> tuple[str, str]:
+    """(sampler, schedule) from an A1111 name, including pre-1.9 ones like "DPM++ 2M Karras"."""
+    if name in SAMPLERS:
+        return name, AUTOMATIC
+    for schedule in SCHEDULE_TYPES[1:]:
+        base = name.removesuffix(f" {schedule}")
+        if base != name and base in SAMPLERS and schedule in supported_schedules(base):
+            return base, schedule
+    _sampler(name)  # raises, naming the field and the allowed names
+    raise AssertionError("unreachable")
+
+
+def supported_schedules(sampler: str) -> tuple[str, ...]:
+    """Schedule types `sampler` can run, Automatic first."""
+    return (AUTOMATIC, *_sampler(sampler).schedules)
+
+
+def _lookup(name: str) -> Any:
+    """diffusers' attribute `name`: the class, a placeholder whose use raises when its extra is missing, or None."""
+    import diffusers
+
+    return getattr(diffusers, name, None)
+
+
+def scheduler_class(name: str) -> type[SchedulerMixin]:
+    """The diffusers scheduler class called `name`; DPM++ SDE needs the torchsde package."""
+    from diffusers.utils import is_torchsde_available
+
+    if name == "DPMSolverSDEScheduler" and not is_torchsde_available():
+        raise ImportError("sampler: DPM++ SDE needs the torchsde package: `pip install torchsde`, or pick another")
+    cls = _lookup(name)
+    if not (isinstance(cls, type) and hasattr(cls, "from_config") and hasattr(cls, "set_timesteps")):
+        raise ValueError(f"scheduler: {name!r} is not a diffusers scheduler class")
+    return cls
+
+
+def _init_params(name: str) -> Mapping[str, inspect.Parameter]:
+    """The config keys the class `name` takes (none for a placeholder or an unknown name)."""
+    cls = _lookup(name)
+    if not isinstance(cls, type):
+        return {}
+    params = inspect.signature(cls.__init__).parameters
+    return {k: p for k, p in params.items() if p.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD and k != "self"}
+
+
+def _schedule_options(schedule: str, accepted: set[str]) -> dict[str, Any]:
+    """The config values for `schedule`; a chosen schedule also switches the other sigma schedules off."""
+    if schedule == AUTOMATIC:
+        return {}
+    options = {flag: False for flag in _SIGMA_FLAGS} | dict(SCHEDULE_OPTIONS[schedule])
+    return {key: value for key, value in options.items() if key in accepted}
+
+
+def make_scheduler(
+    model_scheduler_config: Mapping[str, Any],
+    sampler: str | None,
+    schedule: str = AUTOMATIC,
+    *,
+    seeds: Sequence[int] | None = None,
+) -> SchedulerMixin:
+    """A fresh scheduler for one batch: `sampler`'s class over the model's own config (betas, prediction type,
+    spacing, zero-SNR), with the sampler's and the schedule's options on top.
+
+    `sampler=None` keeps the model's own class; with schedule Automatic the result equals plain diffusers'
+    `ModelClass.from_config(config)`. `seeds` (one per image of the batch) seed the Brownian-tree noise of
+    DPM++ SDE, whose noise does not come from the pipeline's generator; without them it is random.
+    """
+    if schedule not in SCHEDULE_OPTIONS:
+        raise ValueError(f"schedule: unknown schedule type {schedule!r} (allowed: {_choices(SCHEDULE_TYPES)})")
+    if sampler is None:
+        cls = scheduler_class(_class_name(model_scheduler_config))
+        label = sampler_label(model_scheduler_config)
+        name, options = f"the model's own scheduler ({label})", {}
+        allowed = supported_schedules(label) if label in SAMPLERS else (AUTOMATIC,)
+    else:
+        entry = _sampler(sampler)
+        cls = scheduler_class(entry.scheduler)
+        name, options, allowed = repr(sampler), dict(entry.options), supported_schedules(sampler)
+    if schedule not in allowed:
+        raise ValueError(f"schedule: {name} cannot use {schedule!r}; it supports {_choices(allowed)}")
+    accepted = set(_init_params(cls.__name__))
+    if model_scheduler_config.get(_ZERO_SNR) and _ZERO_SNR not in accepted:
+        able = [s.name for s in SAMPLERS.values() if _ZERO_SNR in _init_params(s.scheduler)]
+        raise ValueError(
+            f"sampler: {name} cannot sample this zero-terminal-SNR model (rescale_betas_zero_snr); "
+            f"choose one of {_choices(able)}"
+        )
+    options |= _schedule_options(schedule, accepted)
+    if seeds is not None and "noise_sampler_seed" in accepted:
+        options["noise_sampler_seed"] = [int(s) for s in seeds]
+    config = dict(model_scheduler_config)
+    if sampler is not None:  # keys only the model's class takes would be logged as "ignored" on every request
+        config = {k: v for k, v in config.items() if k in accepted or k.startswith("_")}
+    config |= options
+    if "_use_default_values" in config:  # from_config would drop our options listed there
+        config["_use_default_values"] = [k for k in config["_use_default_values"] if k not in options]
+    return cls.from_config(config)
+
+
+def _class_name(config: Mapping[str, Any]) -> str:
+    name = config.get("_class_name")
+    if not isinstance(name, str):
+        raise ValueError(
+            "scheduler config: no '_class_name'; pass the model's scheduler_config.json as loaded, "
+            "or a scheduler instance (an instance's .config does not carry its class name)"
+        )
+    return name
+
+
+def _config_of(scheduler_config_or_instance: Any) -> tuple[str, dict[str, Any]]:
+    config = getattr(scheduler_config_or_instance, "config", scheduler_config_or_instance)
+    if not isinstance(config, Mapping):
+        raise TypeError(f"scheduler: expected a scheduler or its config dict, got {type(config).__name__}")
+    if hasattr(scheduler_config_or_instance, "config"):
+        return type(scheduler_config_or_instance).__name__, dict(config)
+    return _class_name(config), dict(config)
+
+
+def sampler_label(scheduler_config_or_instance: Any) -> str:
+    """The A1111 sampler name for a scheduler (for the infotext); its class name when no A1111 name fits."""
+    class_name, config = _config_of(scheduler_config_or_instance)
+    candidates = [s for s in SAMPLERS.values() if s.scheduler == class_name]
+    if not candidates:
+        return class_name
+    defaults = {key: param.default for key, param in _init_params(class_name).items()}
+    used_defaults = set(config.get("_use_default_values", ()))
+    for entry in sorted(candidates, key=lambda s: -len(s.options)):
+        values = {k: defaults.get(k) if k in used_defaults or k not in config else config[k] for k in entry.options}
+        if values == dict(entry.options):
+            return entry.name
+    return class_name
