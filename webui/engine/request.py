@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from webui.engine.lora import LoraReport, LoraSpec
 from webui.engine.pipelines import ModelChoice
 
 MIN_SIDE = 16
@@ -35,6 +36,7 @@ class GenerationRequest:
     sampler: str | None = None  # None: the model's own scheduler
     schedule: str = "Automatic"
     clip_skip: int = 1
+    loras: tuple[LoraSpec, ...] = ()  # the stack; `<lora:…>` tags in the prompt are added to it
 
     def __post_init__(self) -> None:
         _check_range("steps", self.steps, 1, MAX_STEPS)
@@ -61,11 +63,13 @@ class GeneratedImage:
 class GenerationResult:
     images: tuple[GeneratedImage, ...]
     timings: dict[str, float] = field(default_factory=dict)
+    loras: tuple[LoraReport, ...] = ()
     info: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return {
             "images": [{"path": str(i.path), "seed": i.seed, "infotext": i.infotext} for i in self.images],
             "timings": self.timings,
+            "loras": [report.to_json() for report in self.loras],
             **self.info,
         }

@@ -15,21 +15,32 @@ from webui import __version__
 from webui.engine.conditioning import encode_prompts
 from webui.engine.decode import decode_latents
 from webui.engine.infotext import format_infotext
+from webui.engine.lora import LoraReport, LoraSpec, LoraStackApplier
 from webui.engine.outputs import day_folder, save_png
 from webui.engine.pipelines import LoadedModel, PipelineManager
+from webui.engine.prompts import extract_lora_tags
 from webui.engine.request import GeneratedImage, GenerationRequest, GenerationResult
 from webui.models.loading import Role
 
 Hasher = Callable[[Path], str | None]
+LoraResolver = Callable[[str], Path]
 # Our component overrides, written as extra infotext keys.
 OVERRIDE_KEYS = {Role.UNET: "UNet", Role.TEXT_ENCODER: "Text encoder", Role.TEXT_ENCODER_2: "Text encoder 2"}
 
 
 class Engine:
-    def __init__(self, manager: PipelineManager, outputs_dir: Path, hasher: Hasher | None = None) -> None:
+    def __init__(
+        self,
+        manager: PipelineManager,
+        outputs_dir: Path,
+        hasher: Hasher | None = None,
+        lora_resolver: LoraResolver | None = None,
+    ) -> None:
         self.manager = manager
         self.outputs_dir = Path(outputs_dir)
         self.hasher = hasher or (lambda _path: None)
+        self.lora_resolver = lora_resolver or (lambda name: Path(name))
+        self.loras = LoraStackApplier()
         self.gpu_lock = threading.Lock()  # the one lock: one generation per device at a time
 
     def seeds_for(self, request: GenerationRequest) -> list[int]:
@@ -44,10 +55,16 @@ class Engine:
         started = time.perf_counter()
         loaded = self.manager.load(request.model)
         timings = {"load": time.perf_counter() - started, "denoise": 0.0, "decode": 0.0, "save": 0.0}
+        stack, unresolved = self.lora_stack(request)
+        reports = unresolved + self.loras.apply(loaded.pipeline, loaded.family, stack)
+        timings["lora"] = time.perf_counter() - started - timings["load"]
         seeds = self.seeds_for(request)
         images: list[GeneratedImage] = []
         folder = day_folder(self.outputs_dir, "txt2img")
         params = self._params(request, loaded)
+        applied = [s for s, r in zip(stack, reports[len(unresolved) :], strict=True) if s.active and r.error is None]
+        if applied:
+            params["Lora hashes"] = ", ".join(f"{s.path.stem}: {self.hasher(s.path) or ''}" for s in applied)
         for batch in range(request.batch_count):
             batch_seeds = seeds[batch * request.batch_size : (batch + 1) * request.batch_size]
             t0 = time.perf_counter()
@@ -67,7 +84,20 @@ class Engine:
             timings["decode"] += t2 - t1
             timings["save"] += time.perf_counter() - t2
         timings["total"] = time.perf_counter() - started
-        return GenerationResult(tuple(images), timings, {"family": loaded.family.value})
+        return GenerationResult(tuple(images), timings, tuple(reports), {"family": loaded.family.value})
+
+    def lora_stack(self, request: GenerationRequest) -> tuple[list[LoraSpec], list[LoraReport]]:
+        """The request's stack plus the prompt's `<lora:…>` tags; a tag naming no file becomes a report."""
+        stack = list(request.loras)
+        missing: list[LoraReport] = []
+        for tag in extract_lora_tags(request.prompt)[1]:
+            try:
+                path = self.lora_resolver(tag.name)
+            except LookupError as error:
+                missing.append(LoraReport(tag.name, error=str(error)))
+                continue
+            stack.append(LoraSpec(path, unet_weight=tag.unet_weight, te_weight=tag.te_weight))
+        return stack, missing
 
     def denoise(self, loaded: LoadedModel, request: GenerationRequest, seeds: list[int]) -> torch.Tensor:
         """Latents for one batch. Noise is drawn on the CPU from each image's own seed (same image on any device)."""

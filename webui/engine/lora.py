@@ -1,0 +1,211 @@
+"""The LoRA stack: LoRA files loaded once as named PEFT adapters on cached components, switched by weight.
+
+Adapters live on the cached UNet / text-encoder modules, named after the LoRA file's identity,
+so a weight change, a reorder or a toggle re-reads nothing, and two pipelines that share a
+UNet share its adapters. A stack with nothing active disables the adapter layers, which gives
+the base model's exact output. Inactive adapters beyond a few are deleted, since PEFT slows
+down as adapters pile up (diffusers #11816).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+from collections import OrderedDict
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from webui.models.kinds import Family, Kind
+
+KEEP_INACTIVE = 4
+_COMPONENTS = ("unet", "text_encoder", "text_encoder_2")
+_MODULE_SUFFIXES = re.compile(
+    r"\.(lora_down\.weight|lora_up\.weight|lora_A\.weight|lora_B\.weight|lora\.down\.weight|lora\.up\.weight|"
+    r"alpha|hada_w1_a|hada_w1_b|hada_w2_a|hada_w2_b|lokr_w1|lokr_w2|lokr_w1_a|lokr_w1_b|lokr_w2_a|lokr_w2_b|"
+    r"dora_scale|diff|diff_b)$"
+)
+
+
+@dataclass(frozen=True)
+class LoraSpec:
+    """One row of the stack: a LoRA file, its UNet and text-encoder weights, and whether it is on."""
+
+    path: Path
+    unet_weight: float = 1.0
+    te_weight: float = 1.0
+    enabled: bool = True
+
+    def __post_init__(self) -> None:
+        for name in ("unet_weight", "te_weight"):
+            value = getattr(self, name)
+            if not -10.0 <= value <= 10.0:
+                raise ValueError(f"lora {self.path.name}: {name} {value} is out of range; allowed -10..10")
+
+    @property
+    def active(self) -> bool:
+        return self.enabled and (self.unet_weight != 0 or self.te_weight != 0)
+
+
+@dataclass(frozen=True)
+class LoraReport:
+    """What became of one LoRA: modules patched, modules that matched nothing (with examples), or why refused."""
+
+    name: str
+    applied: int = 0
+    unapplied: int = 0
+    examples: tuple[str, ...] = ()
+    error: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "applied": self.applied,
+            "unapplied": self.unapplied,
+            "examples": list(self.examples),
+            "error": self.error,
+        }
+
+
+def adapter_name(path: Path) -> str:
+    """Stable per file version: path, size and mtime (a changed file becomes a new adapter)."""
+    stat = path.stat()
+    digest = hashlib.sha1(f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()
+    return f"lora_{digest[:12]}"
+
+
+def count_lora_modules(state_dict: dict[str, Any]) -> int:
+    """Distinct patched modules in a LoRA file, in any layout (kohya, PEFT, old diffusers, LyCORIS)."""
+    return len({_MODULE_SUFFIXES.sub("", key) for key in state_dict if _MODULE_SUFFIXES.search(key)})
+
+
+class _UnexpectedKeys(logging.Handler):
+    """Collects the keys diffusers/PEFT report as matching no module while an adapter loads."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.keys: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = record.getMessage()
+        if "unexpected keys" in message and ":" in message:
+            names = message.split(":", 1)[1].strip().rstrip(".")
+            self.keys.extend(n.strip() for n in names.split(",") if n.strip())
+
+
+@contextmanager
+def _capturing_unexpected_keys() -> Iterator[_UnexpectedKeys]:
+    handler = _UnexpectedKeys()
+    loggers = [logging.getLogger(name) for name in ("diffusers", "peft")]
+    for logger in loggers:
+        logger.addHandler(handler)
+    try:
+        yield handler
+    finally:
+        for logger in loggers:
+            logger.removeHandler(handler)
+
+
+def _applied_modules(pipeline: Any, name: str) -> int:
+    count = 0
+    for component in _COMPONENTS:
+        module = getattr(pipeline, component, None)
+        if module is None:
+            continue
+        count += sum(1 for _, m in module.named_modules() if name in getattr(m, "lora_A", {}))
+    return count
+
+
+def _components_with(pipeline: Any, name: str) -> list[str]:
+    return [c for c, names in pipeline.get_list_adapters().items() if name in names]
+
+
+class LoraStackApplier:
+    """Applies a stack to a pipeline; remembers which adapters were used recently to prune the rest."""
+
+    def __init__(self, keep_inactive: int = KEEP_INACTIVE) -> None:
+        self.keep_inactive = keep_inactive
+        self._recent: OrderedDict[str, None] = OrderedDict()
+        self.file_reads = 0  # LoRA files read from disk (tests check that weight changes read nothing)
+
+    def apply(self, pipeline: Any, family: Family, stack: Sequence[LoraSpec]) -> list[LoraReport]:
+        reports: list[LoraReport] = []
+        active: list[tuple[str, LoraSpec]] = []
+        for spec in stack:
+            name = adapter_name(spec.path)
+            present = any(name in names for names in pipeline.get_list_adapters().values())
+            if not present and not spec.active:
+                reports.append(LoraReport(spec.path.stem))
+                continue
+            report = self._ensure_loaded(pipeline, family, spec, name) if not present else None
+            if report is not None and report.error is not None:
+                reports.append(report)
+                continue
+            reports.append(report or self._report_loaded(pipeline, spec, name))
+            self._recent[name] = None
+            self._recent.move_to_end(name)
+            if spec.active:
+                active.append((name, spec))
+        self._activate(pipeline, active)
+        self._prune(pipeline, {name for name, _ in active} | {adapter_name(s.path) for s in stack})
+        return reports
+
+    def _report_loaded(self, pipeline: Any, spec: LoraSpec, name: str) -> LoraReport:
+        cached = getattr(self, "_reports", {}).get(name)
+        return cached or LoraReport(spec.path.stem, applied=_applied_modules(pipeline, name))
+
+    def _ensure_loaded(self, pipeline: Any, family: Family, spec: LoraSpec, name: str) -> LoraReport:
+        from webui.models.files import ModelFileError, load_state_dict, read_header
+        from webui.models.identify import identify
+
+        label = spec.path.stem
+        try:
+            identity = identify(read_header(spec.path))
+            if identity.kind is not Kind.LORA:
+                return LoraReport(label, error=f"{spec.path.name} is a {identity.kind.value} file, not a LoRA")
+            if identity.family is not family and identity.family is not Family.UNKNOWN:
+                return LoraReport(
+                    label,
+                    error=f"{spec.path.name} is a LoRA for {identity.family.label}; "
+                    f"it cannot patch this {family.label} model",
+                )
+            state_dict = load_state_dict(spec.path)
+            self.file_reads += 1
+        except ModelFileError as error:
+            return LoraReport(label, error=f"{spec.path.name}: {error.problem}")
+        total = count_lora_modules(state_dict)
+        with _capturing_unexpected_keys() as unexpected:
+            try:
+                pipeline.load_lora_weights(state_dict, adapter_name=name)
+            except (ValueError, KeyError, RuntimeError) as error:
+                return LoraReport(label, unapplied=total, error=f"{spec.path.name}: no layer of it fits ({error})")
+        applied = _applied_modules(pipeline, name)
+        examples = tuple(sorted({_MODULE_SUFFIXES.sub("", k) for k in unexpected.keys}))[:5]
+        report = LoraReport(label, applied=applied, unapplied=max(total - applied, len(examples)), examples=examples)
+        self._reports = {**getattr(self, "_reports", {}), name: report}
+        return report
+
+    @staticmethod
+    def _activate(pipeline: Any, active: list[tuple[str, LoraSpec]]) -> None:
+        if not pipeline.get_list_adapters():
+            return
+        if not active:
+            pipeline.disable_lora()
+            return
+        pipeline.enable_lora()
+        names = [name for name, _ in active]
+        weights = []
+        for name, spec in active:
+            parts = _components_with(pipeline, name)
+            weights.append({c: (spec.unet_weight if c == "unet" else spec.te_weight) for c in parts})
+        pipeline.set_adapters(names, adapter_weights=weights)
+
+    def _prune(self, pipeline: Any, keep: set[str]) -> None:
+        present = {n for names in pipeline.get_list_adapters().values() for n in names}
+        inactive = [n for n in self._recent if n in present and n not in keep]
+        for name in inactive[: max(0, len(inactive) - self.keep_inactive)]:
+            pipeline.delete_adapters(name)
+            self._recent.pop(name, None)
