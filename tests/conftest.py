@@ -28,11 +28,11 @@ def _torch_threads(count: int) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
-@pytest.fixture
+@pytest.fixture(scope="session", autouse=True)
 def one_torch_thread() -> Iterator[None]:
     """Run a test on one torch thread: tiny models gain nothing from more, and on a busy 2-core box
     the second thread's spin-waiting makes them several times slower (measured 0.12 s vs 1.3 s of CPU
-    for a tiny SDXL generation). Opt in with `pytestmark = pytest.mark.usefixtures("one_torch_thread")`."""
+    for a tiny SDXL generation). On for the whole session."""
     with _torch_threads(1):
         yield
 

@@ -146,6 +146,6 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError, OSError) as error:
+    except (ValueError, LookupError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
