@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import sys
 from pathlib import Path
@@ -135,6 +136,15 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--device", default="auto")
     gen.add_argument("--json", action="store_true", help="print paths, seeds, infotext and timings as JSON")
     gen.set_defaults(func=cmd_generate)
+
+    for module in ("bench", "compare"):
+        try:
+            command = importlib.import_module(f"webui.commands.{module}")
+        except ModuleNotFoundError as error:
+            if error.name != f"webui.commands.{module}":
+                raise
+            continue
+        command.register(sub)
 
     tiny = sub.add_parser("make-tiny-models", help="write tiny random test models in every file layout")
     tiny.add_argument("dir", type=Path, help="models dir to write into")

@@ -86,11 +86,6 @@ class LoadedModel:
     load_seconds: float
     loaded_from_disk: list[Role] = field(default_factory=list)
 
-    def new_scheduler(self, cls: type | None = None, **overrides: Any) -> Any:
-        """A fresh scheduler instance for one request (schedulers hold per-run state)."""
-        cls = cls or type(self.pipeline.scheduler)
-        return cls.from_config({**self.scheduler_config, **overrides})
-
 
 def _identify(path: Path):  # noqa: ANN202 (webui.models.identify.Identity)
     from webui.models.files import ModelFileError, read_header

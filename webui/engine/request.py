@@ -8,6 +8,7 @@ from typing import Any
 
 from webui.engine.lora import LoraReport, LoraSpec
 from webui.engine.pipelines import ModelChoice
+from webui.engine.samplers import SCHEDULE_TYPES, supported_schedules
 
 MIN_SIDE = 16
 MAX_SIDE = 4096
@@ -50,6 +51,11 @@ class GenerationRequest:
         _check_range("batch_size", self.batch_size, 1, 8)
         _check_range("batch_count", self.batch_count, 1, 100)
         _check_range("clip_skip", self.clip_skip, 1, 12)
+        if self.schedule not in SCHEDULE_TYPES:
+            raise ValueError(f"schedule: unknown {self.schedule!r}; allowed: {', '.join(SCHEDULE_TYPES)}")
+        if self.sampler is not None and self.schedule not in supported_schedules(self.sampler):
+            allowed = ", ".join(supported_schedules(self.sampler))
+            raise ValueError(f"schedule: {self.sampler!r} cannot use {self.schedule!r}; it supports {allowed}")
 
 
 @dataclass(frozen=True)

@@ -18,8 +18,10 @@ from webui.engine.infotext import format_infotext
 from webui.engine.lora import LoraReport, LoraSpec, LoraStackApplier
 from webui.engine.outputs import day_folder, save_png
 from webui.engine.pipelines import LoadedModel, PipelineManager
+from webui.engine.progress import CancelToken, ProgressCallback, StepReporter
 from webui.engine.prompts import extract_lora_tags
 from webui.engine.request import GeneratedImage, GenerationRequest, GenerationResult
+from webui.engine.samplers import make_scheduler, sampler_label
 from webui.models.loading import Role
 
 Hasher = Callable[[Path], str | None]
@@ -47,11 +49,24 @@ class Engine:
         first = request.seed if request.seed >= 0 else random.randrange(2**32)
         return [(first + i) % 2**32 for i in range(request.batch_size * request.batch_count)]
 
-    def generate(self, request: GenerationRequest) -> GenerationResult:
+    def generate(
+        self,
+        request: GenerationRequest,
+        progress: ProgressCallback | None = None,
+        cancel: CancelToken | None = None,
+        preview_every: int = 0,
+    ) -> GenerationResult:
+        """Run one request under the device lock. `cancel` stops it within one step; finished images are kept."""
         with self.gpu_lock:
-            return self._generate(request)
+            return self._generate(request, progress, cancel, preview_every)
 
-    def _generate(self, request: GenerationRequest) -> GenerationResult:
+    def _generate(
+        self,
+        request: GenerationRequest,
+        progress: ProgressCallback | None,
+        cancel: CancelToken | None,
+        preview_every: int,
+    ) -> GenerationResult:
         started = time.perf_counter()
         loaded = self.manager.load(request.model)
         timings = {"load": time.perf_counter() - started, "denoise": 0.0, "decode": 0.0, "save": 0.0}
@@ -65,11 +80,17 @@ class Engine:
         applied = [s for s, r in zip(stack, reports[len(unresolved) :], strict=True) if s.active and r.error is None]
         if applied:
             params["Lora hashes"] = ", ".join(f"{s.path.stem}: {self.hasher(s.path) or ''}" for s in applied)
+        reporter = StepReporter(loaded.family, request.steps, request.batch_count, progress, cancel, preview_every)
         for batch in range(request.batch_count):
+            if cancel is not None and cancel.cancelled:
+                break
+            reporter.batch = batch
             batch_seeds = seeds[batch * request.batch_size : (batch + 1) * request.batch_size]
             t0 = time.perf_counter()
-            latents = self.denoise(loaded, request, batch_seeds)
+            latents = self.denoise(loaded, request, batch_seeds, reporter)
             t1 = time.perf_counter()
+            if reporter.interrupted:
+                break  # a half-denoised batch is noise, not a result
             pixels = decode_latents(
                 self.manager.cache.get_or_load(loaded.keys[Role.VAE], _never),
                 latents,
@@ -84,7 +105,8 @@ class Engine:
             timings["decode"] += t2 - t1
             timings["save"] += time.perf_counter() - t2
         timings["total"] = time.perf_counter() - started
-        return GenerationResult(tuple(images), timings, tuple(reports), {"family": loaded.family.value})
+        info = {"family": loaded.family.value, "interrupted": bool(cancel is not None and cancel.cancelled)}
+        return GenerationResult(tuple(images), timings, tuple(reports), info)
 
     def lora_stack(self, request: GenerationRequest) -> tuple[list[LoraSpec], list[LoraReport]]:
         """The request's stack plus the prompt's `<lora:…>` tags; a tag naming no file becomes a report."""
@@ -99,10 +121,16 @@ class Engine:
             stack.append(LoraSpec(path, unet_weight=tag.unet_weight, te_weight=tag.te_weight))
         return stack, missing
 
-    def denoise(self, loaded: LoadedModel, request: GenerationRequest, seeds: list[int]) -> torch.Tensor:
+    def denoise(
+        self,
+        loaded: LoadedModel,
+        request: GenerationRequest,
+        seeds: list[int],
+        reporter: StepReporter | None = None,
+    ) -> torch.Tensor:
         """Latents for one batch. Noise is drawn on the CPU from each image's own seed (same image on any device)."""
         pipeline = loaded.pipeline
-        pipeline.scheduler = loaded.new_scheduler()
+        pipeline.scheduler = make_scheduler(loaded.scheduler_config, request.sampler, request.schedule, seeds=seeds)
         generators = [torch.Generator("cpu").manual_seed(seed) for seed in seeds]
         conditioning = encode_prompts(
             pipeline,
@@ -113,6 +141,9 @@ class Engine:
             batch=len(seeds),
         )
         kwargs: dict[str, Any] = {}
+        if reporter is not None:
+            kwargs.update(callback_on_step_end=reporter, callback_on_step_end_tensor_inputs=["latents"])
+        pipeline._interrupt = False
         return pipeline(
             **conditioning.as_pipeline_kwargs(),
             num_inference_steps=request.steps,
@@ -128,7 +159,7 @@ class Engine:
         choice = loaded.choice
         params: dict[str, Any] = {
             "Steps": request.steps,
-            "Sampler": request.sampler or type(loaded.pipeline.scheduler).__name__,
+            "Sampler": request.sampler or sampler_label(loaded.scheduler_config),
             "Schedule type": None if request.schedule == "Automatic" else request.schedule,
             "CFG scale": request.cfg_scale,
             "Seed": None,

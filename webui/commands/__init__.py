@@ -1,0 +1,1 @@
+"""Larger `python -m webui` subcommands, each module exposing `register(subparsers)`."""
