@@ -42,57 +42,6 @@ def cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
-def _resolve(library, value: str | None) -> Path | None:  # noqa: ANN001 (ModelLibrary)
-    """A path as given, or a name the library knows (file name without extension, or its relative path)."""
-    if value is None:
-        return None
-    path = Path(value)
-    if path.exists():
-        return path
-    return library.find(value).path
-
-
-def cmd_generate(args: argparse.Namespace) -> int:
-    from webui.engine.device import DevicePolicy
-    from webui.engine.pipelines import ModelChoice, PipelineManager
-    from webui.engine.request import GenerationRequest
-    from webui.engine.txt2img import Engine
-    from webui.models.library import open_library
-
-    quiet_libraries()
-    library = open_library(args.models_dir, args.extra_model_paths)
-    library.scan()
-    te = [_resolve(library, v) for v in args.text_encoder or []]
-    choice = ModelChoice(
-        checkpoint=_resolve(library, args.checkpoint),
-        unet=_resolve(library, args.unet),
-        vae=_resolve(library, args.vae),
-        text_encoder=te[0] if te else None,
-        text_encoder_2=te[1] if len(te) > 1 else None,
-    )
-    request = GenerationRequest(
-        model=choice,
-        prompt=args.prompt,
-        negative_prompt=args.negative,
-        steps=args.steps,
-        cfg_scale=args.cfg,
-        width=args.width,
-        height=args.height,
-        seed=args.seed,
-    )
-    manager = PipelineManager(args.models_dir, DevicePolicy(device=args.device))
-    engine = Engine(manager, args.outputs_dir, hasher=library.model_hash)
-    result = engine.generate(request)
-    if args.json:
-        json.dump(result.to_json(), sys.stdout, indent=2)
-        sys.stdout.write("\n")
-    else:
-        for image in result.images:
-            print(image.path)
-        print(f"{result.timings['total']:.2f} s")
-    return 0
-
-
 def quiet_libraries() -> None:
     """diffusers and transformers log advice meant for their own developers; keep the user's terminal clean."""
     import diffusers
@@ -120,24 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     models.add_argument("--hash", action="store_true", help="compute missing hashes before printing")
     models.set_defaults(func=cmd_models)
 
-    gen = sub.add_parser("generate", help="run one txt2img request headless")
-    add_path_arguments(gen)
-    gen.add_argument("--checkpoint", help="checkpoint name (as `models` lists it) or path")
-    gen.add_argument("--unet", help="UNet file (or checkpoint) to use instead of the checkpoint's")
-    gen.add_argument("--text-encoder", action="append", help="text encoder file; repeat for SDXL's second")
-    gen.add_argument("--vae", help="VAE file (or checkpoint) to use instead of the checkpoint's")
-    gen.add_argument("--prompt", default="")
-    gen.add_argument("--negative", default="")
-    gen.add_argument("--steps", type=int, default=20)
-    gen.add_argument("--cfg", type=float, default=7.0)
-    gen.add_argument("--seed", type=int, default=-1)
-    gen.add_argument("--width", type=int, default=512)
-    gen.add_argument("--height", type=int, default=512)
-    gen.add_argument("--device", default="auto")
-    gen.add_argument("--json", action="store_true", help="print paths, seeds, infotext and timings as JSON")
-    gen.set_defaults(func=cmd_generate)
-
-    for module in ("bench", "compare"):
+    for module in ("generate", "bench", "compare"):
         try:
             command = importlib.import_module(f"webui.commands.{module}")
         except ModuleNotFoundError as error:

@@ -12,7 +12,7 @@ _PAIR = re.compile(r'\s*(\w[\w \-/]+):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)')
 
 
 def quote(value: Any) -> str:
-    text = str(value)
+    text = f"{value:g}" if isinstance(value, float) else str(value)
     if "," not in text and "\n" not in text and ":" not in text:
         return text
     return json.dumps(text, ensure_ascii=False)

@@ -100,13 +100,17 @@ class _UnexpectedKeys(logging.Handler):
 def _capturing_unexpected_keys() -> Iterator[_UnexpectedKeys]:
     handler = _UnexpectedKeys()
     loggers = [logging.getLogger(name) for name in ("diffusers", "peft")]
+    levels = [logger.level for logger in loggers]
     for logger in loggers:
         logger.addHandler(handler)
+        if logger.getEffectiveLevel() > logging.WARNING:  # a quiet terminal must not hide the report
+            logger.setLevel(logging.WARNING)
     try:
         yield handler
     finally:
-        for logger in loggers:
+        for logger, level in zip(loggers, levels, strict=True):
             logger.removeHandler(handler)
+            logger.setLevel(level)
 
 
 def _applied_modules(pipeline: Any, name: str) -> int:

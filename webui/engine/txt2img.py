@@ -164,13 +164,13 @@ class Engine:
             "CFG scale": request.cfg_scale,
             "Seed": None,
             "Size": f"{request.width}x{request.height}",
-            "Clip skip": request.clip_skip if request.clip_skip > 1 else None,
             "Model hash": self.hasher(choice.checkpoint or choice.unet),
             "Model": choice.name,
         }
         if choice.vae is not None:
             params["VAE hash"] = self.hasher(choice.vae)
             params["VAE"] = choice.vae.name
+        params["Clip skip"] = request.clip_skip if request.clip_skip > 1 else None
         for role, key in OVERRIDE_KEYS.items():
             override = choice.override(role)
             if override is not None:

@@ -1,0 +1,165 @@
+"""`python -m webui generate`: one txt2img request headless; also the request flags `compare` reuses."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from webui.config import add_path_arguments
+
+
+def add_request_arguments(parser: argparse.ArgumentParser) -> None:
+    """Flags that describe a request. None means "not given": the infotext or the defaults decide."""
+    parser.add_argument("--checkpoint", help="checkpoint name (as `models` lists it) or path")
+    parser.add_argument("--unet", help="UNet file (or checkpoint) to use instead of the checkpoint's")
+    parser.add_argument("--text-encoder", action="append", help="text encoder file; repeat for SDXL's second")
+    parser.add_argument("--vae", help="VAE file (or checkpoint) to use instead of the checkpoint's")
+    parser.add_argument("--prompt")
+    parser.add_argument("--negative")
+    parser.add_argument("--steps", type=int)
+    parser.add_argument("--cfg", type=float)
+    parser.add_argument("--seed", type=int)
+    parser.add_argument("--width", type=int)
+    parser.add_argument("--height", type=int)
+    parser.add_argument("--sampler", help="A1111 sampler name, e.g. 'DPM++ 2M'; default: the model's own")
+    parser.add_argument("--schedule", help="Automatic, Karras, Exponential, Beta or SGM Uniform")
+    parser.add_argument("--batch-size", type=int)
+    parser.add_argument("--batch-count", type=int)
+    parser.add_argument("--clip-skip", type=int)
+    parser.add_argument(
+        "--lora", action="append", metavar="NAME_OR_PATH:UNET_W[:TE_W]", help="add a LoRA to the stack (repeatable)"
+    )
+    parser.add_argument("--distilled", action="store_true", help="few-step preset for Turbo/LCM models")
+    parser.add_argument("--infotext", metavar="TEXT_OR_PNG", help="reproduce an image: its PNG, or infotext")
+    parser.add_argument("--device", default="auto")
+
+
+_FLAG_FIELDS = {
+    "prompt": "prompt",
+    "negative": "negative_prompt",
+    "steps": "steps",
+    "cfg": "cfg_scale",
+    "seed": "seed",
+    "width": "width",
+    "height": "height",
+    "sampler": "sampler",
+    "schedule": "schedule",
+    "batch_size": "batch_size",
+    "batch_count": "batch_count",
+    "clip_skip": "clip_skip",
+}
+
+
+def _resolve(library: Any, value: str | None, kind: Any = None) -> Path | None:
+    """A path as given, or a name the library knows (file name without extension, or its relative path)."""
+    if value is None:
+        return None
+    path = Path(value)
+    return path if path.exists() else library.find(value, kind).path
+
+
+def parse_lora_flag(value: str, library: Any) -> Any:
+    from webui.engine.lora import LoraSpec
+    from webui.models.kinds import Kind
+
+    parts = value.split(":")
+    weights: list[float] = []
+    while len(parts) > 1 and len(weights) < 2:
+        try:
+            weights.insert(0, float(parts[-1]))
+        except ValueError:
+            break
+        parts.pop()
+    unet_weight = weights[0] if weights else 1.0
+    te_weight = weights[1] if len(weights) > 1 else unet_weight
+    return LoraSpec(_resolve(library, ":".join(parts), Kind.LORA), unet_weight=unet_weight, te_weight=te_weight)
+
+
+def _infotext_of(value: str) -> str:
+    path = Path(value)
+    if path.suffix.lower() == ".png" and path.is_file():
+        from PIL import Image
+
+        with Image.open(path) as image:
+            text = image.text.get("parameters") if hasattr(image, "text") else None
+        if not text:
+            raise ValueError(f"infotext: {path} has no A1111 'parameters' text")
+        return text
+    return value
+
+
+def request_from_args(args: argparse.Namespace, library: Any) -> Any:
+    """Defaults, then the infotext (if any), then the flags actually given, then the distilled preset."""
+    from webui.engine.pipelines import ModelChoice
+    from webui.engine.reproduce import request_from_infotext
+    from webui.engine.request import GenerationRequest
+    from webui.engine.samplers import DISTILLED_PRESET
+
+    values: dict[str, Any] = {}
+    model: dict[str, Any] = {}
+    if args.infotext:
+        reproduction = request_from_infotext(_infotext_of(args.infotext), library)
+        if reproduction.missing and not args.checkpoint:
+            raise ValueError(f"infotext: not in the library: {', '.join(reproduction.missing)}")
+        fields = {f.name for f in dataclasses.fields(GenerationRequest)}
+        values.update({k: v for k, v in reproduction.values.items() if k in fields})
+        model = {k: reproduction.values.get(k) for k in ("checkpoint", "unet", "vae", "text_encoder", "text_encoder_2")}
+    if args.distilled:
+        values.update(DISTILLED_PRESET.request_fields())
+    flags = {field: getattr(args, flag) for flag, field in _FLAG_FIELDS.items()}
+    values.update({field: value for field, value in flags.items() if value is not None})
+    te = [_resolve(library, v) for v in args.text_encoder or []]
+    given = {
+        "checkpoint": _resolve(library, args.checkpoint),
+        "unet": _resolve(library, args.unet),
+        "vae": _resolve(library, args.vae),
+        "text_encoder": te[0] if te else None,
+        "text_encoder_2": te[1] if len(te) > 1 else None,
+    }
+    model.update({k: v for k, v in given.items() if v is not None})
+    loras = tuple(parse_lora_flag(v, library) for v in args.lora or [])
+    return GenerationRequest(model=ModelChoice(**{k: model.get(k) for k in given}), loras=loras, **values)
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from webui.cli import quiet_libraries
+    from webui.engine.device import DevicePolicy
+    from webui.engine.pipelines import PipelineManager
+    from webui.engine.txt2img import Engine
+    from webui.models.kinds import Kind
+    from webui.models.library import open_library
+
+    quiet_libraries()
+    library = open_library(args.models_dir, args.extra_model_paths)
+    library.scan()
+    request = request_from_args(args, library)
+    manager = PipelineManager(args.models_dir, DevicePolicy(device=args.device))
+    engine = Engine(
+        manager,
+        args.outputs_dir,
+        hasher=library.model_hash,
+        lora_resolver=lambda name: library.find(name, Kind.LORA).path,
+    )
+    result = engine.generate(request)
+    if args.json:
+        json.dump(result.to_json(), sys.stdout, indent=2)
+        sys.stdout.write("\n")
+    else:
+        for image in result.images:
+            print(image.path)
+        for report in result.loras:
+            print(f"LoRA {report.name}: " + (report.error or f"{report.applied} applied, {report.unapplied} not"))
+        print(f"{result.timings['total']:.2f} s")
+    return 0
+
+
+def register(sub: Any) -> None:
+    parser = sub.add_parser("generate", help="run one txt2img request headless")
+    add_path_arguments(parser)
+    add_request_arguments(parser)
+    parser.add_argument("--json", action="store_true", help="print paths, seeds, infotext and timings as JSON")
+    parser.set_defaults(func=cmd_generate)

@@ -1,0 +1,96 @@
+"""Infotext back to a request: what PNG Info's "Send to txt2img" and `generate --infotext` use."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from webui.engine.infotext import parse_infotext
+from webui.engine.pipelines import ModelChoice
+from webui.engine.prompts import extract_lora_tags
+from webui.engine.request import GenerationRequest
+from webui.engine.samplers import split_legacy_name
+from webui.models.kinds import Kind
+
+# infotext key → (GenerationRequest field, converter)
+_FIELDS: dict[str, tuple[str, Any]] = {
+    "Steps": ("steps", int),
+    "CFG scale": ("cfg_scale", float),
+    "Seed": ("seed", int),
+    "Clip skip": ("clip_skip", int),
+    "Schedule type": ("schedule", str),
+}
+# infotext key → ModelChoice field, for component overrides
+_COMPONENTS = {"VAE": "vae", "UNet": "unet", "Text encoder": "text_encoder", "Text encoder 2": "text_encoder_2"}
+
+
+@dataclass(frozen=True)
+class Reproduction:
+    """A request rebuilt from infotext. `values` are UI field values by request field name (always filled);
+    `request` is None when the model it names is not in the library (see `missing`)."""
+
+    request: GenerationRequest | None
+    values: dict[str, Any]
+    missing: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+def _find(library: Any, kind: Kind | None, *names: str | None) -> Path | None:
+    for name in names:
+        if not name:
+            continue
+        try:
+            return library.find(name, kind).path
+        except LookupError:
+            continue
+    return None
+
+
+def request_from_infotext(text: str, library: Any) -> Reproduction:
+    prompt, negative, params = parse_infotext(text)
+    values: dict[str, Any] = {"prompt": prompt, "negative_prompt": negative}
+    notes: list[str] = []
+    missing: list[str] = []
+    for key, (name, convert) in _FIELDS.items():
+        if key in params:
+            try:
+                values[name] = convert(params[key])
+            except ValueError:
+                notes.append(f"{key}: {params[key]!r} is not a valid value; left at its default")
+    if "Size" in params:
+        try:
+            width, height = (int(v) for v in params["Size"].lower().split("x"))
+            values.update(width=width, height=height)
+        except ValueError:
+            notes.append(f"Size: {params['Size']!r} is not WIDTHxHEIGHT; left at its default")
+    if "Sampler" in params:
+        try:
+            sampler, schedule = split_legacy_name(params["Sampler"])
+            values["sampler"] = sampler
+            if schedule != "Automatic" and "schedule" not in values:
+                values["schedule"] = schedule
+        except ValueError:
+            notes.append(f"Sampler: {params['Sampler']!r} is unknown here; the model's own sampler is used")
+    checkpoint = _find(library, None, params.get("Model hash"), params.get("Model"))
+    if checkpoint is None and (params.get("Model") or params.get("Model hash")):
+        missing.append(f"model {params.get('Model') or ''} [{params.get('Model hash') or 'no hash'}]".strip())
+    components: dict[str, Path | None] = {}
+    for key, name in _COMPONENTS.items():
+        if key in params:
+            components[name] = _find(library, None, params.get(f"{key} hash"), params[key])
+            if components[name] is None:
+                missing.append(f"{key.lower()} {params[key]}")
+    for tag in extract_lora_tags(prompt)[1]:
+        if _find(library, Kind.LORA, tag.name) is None:
+            missing.append(f"LoRA {tag.name}")
+    values["checkpoint"] = checkpoint
+    values.update(components)
+    request = None
+    model_found = checkpoint is not None or components.get("unet") is not None
+    if model_found and not any(m.startswith(("model", "unet", "text", "vae")) for m in missing):
+        choice = ModelChoice(checkpoint, **{k: v for k, v in components.items() if v is not None})
+        fields = {f.name for f in dataclasses.fields(GenerationRequest)}
+        request = GenerationRequest(model=choice, **{k: v for k, v in values.items() if k in fields})
+    return Reproduction(request, values, missing, notes)
