@@ -96,6 +96,8 @@ class StepReporter:
         self.interrupted = False
 
     def __call__(self, pipeline, step: int, _timestep, tensors: dict) -> dict:  # noqa: ANN001 (diffusers' signature)
+        # Some samplers run more model calls than requested steps (PLMS's warm-up, Heun's two per step).
+        self.steps = getattr(pipeline, "num_timesteps", None) or self.steps
         done = self.batch * self.steps + step + 1
         elapsed = time.perf_counter() - self.started
         remaining = self.steps * self.batches - done
