@@ -6,11 +6,14 @@ For a plain prompt (no weights, at most 75 tokens, clip skip 1) the result equal
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
 
+from webui.engine.embeddings import EmbeddingSet, EmbeddingUse, WidthMatcher
 from webui.engine.prompts import CHUNK_LENGTH, PromptChunk, Tokenizer, chunk_prompt, extract_lora_tags
 from webui.models.kinds import Family
 
@@ -46,6 +49,7 @@ class _Encoder:
     layer_from_end: int  # 1: the last hidden state
     final_norm: bool  # SD1/SD2 apply final_layer_norm; SDXL reads the raw hidden state
     pooled: bool = False  # SDXL: this encoder's text_embeds of the first chunk are the pooled output
+    matcher: WidthMatcher | None = None  # textual-inversion embeddings this encoder can take
 
 
 @dataclass(frozen=True)
@@ -55,7 +59,14 @@ class _Encoded:
 
 
 def encode_prompts(
-    pipeline: Any, family: Family, prompt: str, negative_prompt: str, clip_skip: int = 1, batch: int = 1
+    pipeline: Any,
+    family: Family,
+    prompt: str,
+    negative_prompt: str,
+    clip_skip: int = 1,
+    batch: int = 1,
+    embeddings: EmbeddingSet | None = None,
+    use: EmbeddingUse | None = None,
 ) -> Conditioning:
     """Encode `prompt` and `negative_prompt` with `pipeline`'s tokenizer(s) and text encoder(s), A1111 style.
 
@@ -68,6 +79,13 @@ def encode_prompts(
     if batch < 1:
         raise ValueError(f"batch: {batch} is out of range; allowed 1 and more")
     encoders = _encoders(pipeline, family, clip_skip)
+    if embeddings is not None:
+        use = use if use is not None else EmbeddingUse()
+        widths = tuple(_text_model(e.model).config.hidden_size for e in encoders)
+        encoders = [
+            replace(e, matcher=embeddings.matcher(e.tokenizer, width, widths, use))
+            for e, width in zip(encoders, widths, strict=True)
+        ]
     device = pipeline._execution_device  # where diffusers itself sends the token ids (offload-aware)
     with torch.no_grad():
         positive = _encode(encoders, extract_lora_tags(prompt)[0], device)
@@ -112,7 +130,7 @@ def _encoders(pipeline: Any, family: Family, clip_skip: int) -> list[_Encoder]:
 
 
 def _encode(encoders: list[_Encoder], prompt: str, device: torch.device) -> _Encoded:
-    chunk_lists = [chunk_prompt(encoder.tokenizer, prompt) for encoder in encoders]
+    chunk_lists = [chunk_prompt(encoder.tokenizer, prompt, encoder.matcher) for encoder in encoders]
     if len({len(chunks) for chunks in chunk_lists}) > 1:
         raise ValueError(
             f"prompt {prompt!r}: the tokenizers split it into {[len(c) for c in chunk_lists]} chunks;"
@@ -131,14 +149,11 @@ def _encode_chunks(
     encoder: _Encoder, chunks: list[PromptChunk], device: torch.device
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """(1, 77 × chunks, width) conditioning from one encoder, and its pooled output for the first chunk."""
-    if any(chunk.fixes for chunk in chunks):
-        # The textual-inversion change puts the embeddings' vectors at `chunk.fixes` with a forward hook
-        # on the token embedding, around the encoder call below.
-        raise NotImplementedError("textual-inversion embeddings in prompts are not supported yet")
     tokenizer = encoder.tokenizer
     padded = [chunk.padded(tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id) for chunk in chunks]
     ids = torch.tensor([ids for ids, _ in padded], device=device)
-    output = encoder.model(ids, output_hidden_states=True)  # all chunks in one batch
+    with _embeddings_placed(encoder, chunks):
+        output = encoder.model(ids, output_hidden_states=True)  # all chunks in one batch
     if encoder.layer_from_end == 1 and encoder.final_norm:
         hidden = output.last_hidden_state
     else:
@@ -148,6 +163,29 @@ def _encode_chunks(
     hidden = _emphasize(hidden, [weights for _, weights in padded])
     pooled = output.text_embeds[:1] if encoder.pooled else None
     return hidden.reshape(1, -1, hidden.shape[-1]), pooled
+
+
+@contextmanager
+def _embeddings_placed(encoder: _Encoder, chunks: list[PromptChunk]) -> Iterator[None]:
+    """Put textual-inversion vectors where the chunks' placeholders are, via a hook on the token embedding."""
+    fixes = [(row, offset, name) for row, chunk in enumerate(chunks) for offset, name in chunk.fixes]
+    if not fixes or encoder.matcher is None:
+        yield
+        return
+    matcher = encoder.matcher
+
+    def place(_module: torch.nn.Module, _inputs: Any, output: torch.Tensor) -> torch.Tensor:
+        output = output.clone()
+        for row, offset, name in fixes:
+            vectors = matcher.vectors(name).to(device=output.device, dtype=output.dtype)
+            output[row, 1 + offset : 1 + offset + vectors.shape[0]] = vectors  # + 1: after BOS
+        return output
+
+    handle = _text_model(encoder.model).embeddings.token_embedding.register_forward_hook(place)
+    try:
+        yield
+    finally:
+        handle.remove()
 
 
 def _emphasize(hidden: torch.Tensor, weights: list[list[float]]) -> torch.Tensor:

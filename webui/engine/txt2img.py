@@ -14,6 +14,7 @@ import torch
 from webui import __version__
 from webui.engine.conditioning import encode_prompts
 from webui.engine.decode import decode_latents
+from webui.engine.embeddings import EmbeddingSet, EmbeddingUse
 from webui.engine.infotext import format_infotext
 from webui.engine.lora import LoraReport, LoraSpec, LoraStackApplier
 from webui.engine.outputs import day_folder, save_png
@@ -37,12 +38,14 @@ class Engine:
         outputs_dir: Path,
         hasher: Hasher | None = None,
         lora_resolver: LoraResolver | None = None,
+        embeddings: EmbeddingSet | None = None,
     ) -> None:
         self.manager = manager
         self.outputs_dir = Path(outputs_dir)
         self.hasher = hasher or (lambda _path: None)
         self.lora_resolver = lora_resolver or (lambda name: Path(name))
         self.loras = LoraStackApplier()
+        self.embeddings = embeddings
         self.gpu_lock = threading.Lock()  # the one lock: one generation per device at a time
 
     def seeds_for(self, request: GenerationRequest) -> list[int]:
@@ -81,14 +84,17 @@ class Engine:
         if applied:
             params["Lora hashes"] = ", ".join(f"{s.path.stem}: {self.hasher(s.path) or ''}" for s in applied)
         reporter = StepReporter(loaded.family, request.steps, request.batch_count, progress, cancel, preview_every)
+        use = EmbeddingUse()
         for batch in range(request.batch_count):
             if cancel is not None and cancel.cancelled:
                 break
             reporter.batch = batch
             batch_seeds = seeds[batch * request.batch_size : (batch + 1) * request.batch_size]
             t0 = time.perf_counter()
-            latents = self.denoise(loaded, request, batch_seeds, reporter)
+            latents = self.denoise(loaded, request, batch_seeds, reporter, use)
             t1 = time.perf_counter()
+            if use.used:
+                params["TI hashes"] = ", ".join(f"{name}: {self.hasher(path) or ''}" for name, path in use.used.items())
             if reporter.interrupted:
                 break  # a half-denoised batch is noise, not a result
             pixels = decode_latents(
@@ -105,7 +111,11 @@ class Engine:
             timings["decode"] += t2 - t1
             timings["save"] += time.perf_counter() - t2
         timings["total"] = time.perf_counter() - started
-        info = {"family": loaded.family.value, "interrupted": bool(cancel is not None and cancel.cancelled)}
+        info = {
+            "family": loaded.family.value,
+            "interrupted": bool(cancel is not None and cancel.cancelled),
+            "embeddings": {"used": sorted(use.used), "skipped": use.skipped},
+        }
         return GenerationResult(tuple(images), timings, tuple(reports), info)
 
     def lora_stack(self, request: GenerationRequest) -> tuple[list[LoraSpec], list[LoraReport]]:
@@ -127,6 +137,7 @@ class Engine:
         request: GenerationRequest,
         seeds: list[int],
         reporter: StepReporter | None = None,
+        use: EmbeddingUse | None = None,
     ) -> torch.Tensor:
         """Latents for one batch. Noise is drawn on the CPU from each image's own seed (same image on any device)."""
         pipeline = loaded.pipeline
@@ -139,6 +150,8 @@ class Engine:
             request.negative_prompt,
             clip_skip=request.clip_skip,
             batch=len(seeds),
+            embeddings=self.embeddings,
+            use=use,
         )
         kwargs: dict[str, Any] = {}
         if reporter is not None:
