@@ -128,22 +128,14 @@ def request_from_args(args: argparse.Namespace, library: Any) -> Any:
 def cmd_generate(args: argparse.Namespace) -> int:
     from webui.cli import quiet_libraries
     from webui.engine.device import DevicePolicy
-    from webui.engine.pipelines import PipelineManager
-    from webui.engine.txt2img import Engine
-    from webui.models.kinds import Kind
     from webui.models.library import open_library
+    from webui.wiring import build_engine
 
     quiet_libraries()
     library = open_library(args.models_dir, args.extra_model_paths)
     library.scan()
     request = request_from_args(args, library)
-    manager = PipelineManager(args.models_dir, DevicePolicy(device=args.device))
-    engine = Engine(
-        manager,
-        args.outputs_dir,
-        hasher=library.model_hash,
-        lora_resolver=lambda name: library.find(name, Kind.LORA).path,
-    )
+    engine = build_engine(library, args.outputs_dir, DevicePolicy(device=args.device))
     result = engine.generate(request)
     if args.json:
         json.dump(result.to_json(), sys.stdout, indent=2)
