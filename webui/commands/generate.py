@@ -35,7 +35,34 @@ def add_request_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--distilled", action="store_true", help="few-step preset for Turbo/LCM models")
     parser.add_argument("--infotext", metavar="TEXT_OR_PNG", help="reproduce an image: its PNG, or infotext")
-    parser.add_argument("--device", default="auto")
+
+
+
+def add_device_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    parser.add_argument("--precision", default="auto", choices=["auto", "fp16", "bf16", "fp32"])
+    parser.add_argument("--attention-slicing", default="auto", choices=["auto", "on", "off"])
+    parser.add_argument("--cpu-offload", action="store_true", help="keep models in RAM, move each to the GPU in turn")
+    parser.add_argument("--ram-budget-gb", type=float, help="RAM for cached models (default: half the RAM)")
+    parser.add_argument("--vram-budget-gb", type=float, help="VRAM for cached models (default: 80%% of the GPU)")
+
+
+def engine_from_args(args: argparse.Namespace, library: Any) -> Any:
+    from webui.engine.device import DevicePolicy
+    from webui.wiring import build_engine
+
+    policy = DevicePolicy(
+        device=args.device,
+        precision=args.precision,
+        attention_slicing=args.attention_slicing,
+        cpu_offload=args.cpu_offload,
+    )
+    budgets = {}
+    if args.ram_budget_gb is not None:
+        budgets["cpu"] = int(args.ram_budget_gb * 2**30)
+    if args.vram_budget_gb is not None:
+        budgets["cuda"] = int(args.vram_budget_gb * 2**30)
+    return build_engine(library, args.outputs_dir, policy, budgets)
 
 
 _FLAG_FIELDS = {
@@ -127,15 +154,13 @@ def request_from_args(args: argparse.Namespace, library: Any) -> Any:
 
 def cmd_generate(args: argparse.Namespace) -> int:
     from webui.cli import quiet_libraries
-    from webui.engine.device import DevicePolicy
     from webui.models.library import open_library
-    from webui.wiring import build_engine
 
     quiet_libraries()
     library = open_library(args.models_dir, args.extra_model_paths)
     library.scan()
     request = request_from_args(args, library)
-    engine = build_engine(library, args.outputs_dir, DevicePolicy(device=args.device))
+    engine = engine_from_args(args, library)
     result = engine.generate(request)
     if args.json:
         json.dump(result.to_json(), sys.stdout, indent=2)
@@ -153,5 +178,6 @@ def register(sub: Any) -> None:
     parser = sub.add_parser("generate", help="run one txt2img request headless")
     add_path_arguments(parser)
     add_request_arguments(parser)
+    add_device_arguments(parser)
     parser.add_argument("--json", action="store_true", help="print paths, seeds, infotext and timings as JSON")
     parser.set_defaults(func=cmd_generate)

@@ -115,6 +115,9 @@ class PipelineManager:
         self.policy = policy or DevicePolicy()
         self.device = self.policy.resolve_device()
         self.dtype = self.policy.resolve_dtype(self.device)
+        # With model CPU offload, components rest in RAM and accelerate moves each to the GPU while it runs.
+        self.offload = self.policy.cpu_offload and self.device.type == "cuda"
+        self.home = torch.device("cpu") if self.offload else self.device
         self.cache = cache or ComponentCache(default_budgets(self.device))
         self.current: LoadedModel | None = None
         self._tokenizers: dict[tuple[str, str], Any] = {}
@@ -180,7 +183,7 @@ class PipelineManager:
             modules: dict[Role, torch.nn.Module] = {}
             from_disk: list[Role] = []
             for role, source in sources.items():
-                key = ComponentKey.of(source.path, source.prefix, role, family, self.dtype, self.device)
+                key = ComponentKey.of(source.path, source.prefix, role, family, self.dtype, self.home)
                 if key not in self.cache:
                     from_disk.append(role)
                 try:
@@ -208,7 +211,7 @@ class PipelineManager:
 
     def _load_one(self, source: ComponentSource, role: Role, family: Family) -> torch.nn.Module:
         module = load_component(source, role, family, self.dtype)
-        return module.to(self.device)
+        return module.to(self.home)
 
     @staticmethod
     def _check_fit(family: Family, modules: dict[Role, torch.nn.Module], sources: dict[Role, ComponentSource]) -> None:
@@ -286,6 +289,10 @@ class PipelineManager:
                 **common,
             )
         pipeline.set_progress_bar_config(disable=True)
+        if self.current is not None and self.offload:
+            self.current.pipeline.remove_all_hooks()  # the cached modules carry the old pipeline's hooks
+        if self.offload:
+            pipeline.enable_model_cpu_offload(device=self.device)
         if self.policy.wants_slicing(self.device):
             pipeline.enable_attention_slicing()
         return pipeline, scheduler_config
