@@ -28,7 +28,7 @@ def pixels(engine: Engine, checkpoint, stack=(), prompt="a red hat") -> np.ndarr
     )
     loaded = engine.manager.load(request.model)
     specs, missing = engine.lora_stack(request)
-    engine.last_reports = missing + engine.loras.apply(loaded.pipeline, loaded.family, specs)
+    engine.last_reports = missing + engine.loras.apply(loaded.pipeline, loaded.family, specs, engine.fuse_loras)
     latents = engine.denoise(loaded, request, [request.seed])
     vae = engine.manager.cache.get_or_load(loaded.keys[Role.VAE], lambda: pytest.fail("VAE not cached"))
     return loaded.pipeline.image_processor.postprocess(decode_latents(vae, latents), output_type="np")
@@ -131,3 +131,20 @@ def test_many_loras_do_not_pile_up_as_adapters(engine, tiny_models_dir, tmp_path
     present = {n for names in engine.manager.current.pipeline.get_list_adapters().values() for n in names}
     assert len(present) <= engine.loras.keep_inactive + 1
     assert torch.is_tensor(next(iter(source.values())))
+
+
+def test_fused_loras_match_unfused_and_unfusing_restores_the_weights_exactly(tiny_models_dir, tmp_path):
+    engine = Engine(PipelineManager(tiny_models_dir), tmp_path)
+    checkpoint = tiny_models_dir / "checkpoints/tiny-sd1.safetensors"
+    lora = tiny_models_dir / "loras/tiny-sd1-kohya.safetensors"
+    base = pixels(engine, checkpoint)
+    unet = engine.manager.current.pipeline.unet
+    before = {k: v.clone() for k, v in unet.state_dict().items() if "lora" not in k}
+    unfused = pixels(engine, checkpoint, [LoraSpec(lora, 0.7, 0.7)])
+    engine.fuse_loras = True
+    fused = pixels(engine, checkpoint, [LoraSpec(lora, 0.7, 0.7)])
+    assert engine.loras.fused
+    np.testing.assert_allclose(fused, unfused, atol=2e-3)
+    assert np.array_equal(pixels(engine, checkpoint), base)  # unfused first, then no LoRA: the base model
+    after = {k.replace(".base_layer", ""): v for k, v in unet.state_dict().items() if "lora" not in k}
+    assert all(torch.equal(before[k], after[k]) for k in before)

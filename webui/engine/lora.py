@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from webui.models.kinds import Family, Kind
 
 KEEP_INACTIVE = 4
@@ -133,9 +135,17 @@ class LoraStackApplier:
     def __init__(self, keep_inactive: int = KEEP_INACTIVE) -> None:
         self.keep_inactive = keep_inactive
         self._recent: OrderedDict[str, None] = OrderedDict()
+        self._reports: dict[str, LoraReport] = {}
+        self._originals: list[tuple[torch.nn.Module, torch.Tensor]] = []  # base weights saved by a fuse
+        self._fused: Any = None  # the pipeline whose weights are fused
         self.file_reads = 0  # LoRA files read from disk (tests check that weight changes read nothing)
 
-    def apply(self, pipeline: Any, family: Family, stack: Sequence[LoraSpec]) -> list[LoraReport]:
+    def apply(
+        self, pipeline: Any, family: Family, stack: Sequence[LoraSpec], fuse: bool = False
+    ) -> list[LoraReport]:
+        """Load what is missing, set weights, prune; with `fuse`, merge the active LoRAs into the weights
+        for speed (the next apply restores the original weights bit for bit first)."""
+        self.unfuse()
         reports: list[LoraReport] = []
         active: list[tuple[str, LoraSpec]] = []
         for spec in stack:
@@ -155,10 +165,38 @@ class LoraStackApplier:
                 active.append((name, spec))
         self._activate(pipeline, active)
         self._prune(pipeline, {name for name, _ in active} | {adapter_name(s.path) for s in stack})
+        if fuse and active:
+            self._fuse(pipeline, [name for name, _ in active])
         return reports
 
+    @property
+    def fused(self) -> bool:
+        return self._fused is not None
+
+    def _fuse(self, pipeline: Any, names: list[str]) -> None:
+        components = [c for c in _COMPONENTS if getattr(pipeline, c, None) is not None]
+        for component in components:
+            for module in getattr(pipeline, component).modules():
+                if any(name in getattr(module, "lora_A", {}) for name in names):
+                    base = module.get_base_layer()
+                    self._originals.append((base, base.weight.detach().clone()))
+        pipeline.fuse_lora(components=components, lora_scale=1.0, adapter_names=names)
+        self._fused = pipeline
+
+    def unfuse(self) -> None:
+        """Undo a fuse exactly: unmerge, then put back the saved base weights (unmerging alone leaves rounding)."""
+        if self._fused is None:
+            return
+        components = [c for c in _COMPONENTS if getattr(self._fused, c, None) is not None]
+        self._fused.unfuse_lora(components=components)
+        with torch.no_grad():
+            for base, weight in self._originals:
+                base.weight.copy_(weight)
+        self._originals.clear()
+        self._fused = None
+
     def _report_loaded(self, pipeline: Any, spec: LoraSpec, name: str) -> LoraReport:
-        cached = getattr(self, "_reports", {}).get(name)
+        cached = self._reports.get(name)
         return cached or LoraReport(spec.path.stem, applied=_applied_modules(pipeline, name))
 
     def _ensure_loaded(self, pipeline: Any, family: Family, spec: LoraSpec, name: str) -> LoraReport:
@@ -189,7 +227,7 @@ class LoraStackApplier:
         applied = _applied_modules(pipeline, name)
         examples = tuple(sorted({_MODULE_SUFFIXES.sub("", k) for k in unexpected.keys}))[:5]
         report = LoraReport(label, applied=applied, unapplied=max(total - applied, len(examples)), examples=examples)
-        self._reports = {**getattr(self, "_reports", {}), name: report}
+        self._reports[name] = report
         return report
 
     @staticmethod

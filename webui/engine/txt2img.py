@@ -45,6 +45,7 @@ class Engine:
         self.hasher = hasher or (lambda _path: None)
         self.lora_resolver = lora_resolver or (lambda name: Path(name))
         self.loras = LoraStackApplier()
+        self.fuse_loras = False  # merge active LoRAs into the weights for speed (a setting)
         self.embeddings = embeddings
         self.gpu_lock = threading.Lock()  # the one lock: one generation per device at a time
 
@@ -74,7 +75,7 @@ class Engine:
         loaded = self.manager.load(request.model)
         timings = {"load": time.perf_counter() - started, "denoise": 0.0, "decode": 0.0, "save": 0.0}
         stack, unresolved = self.lora_stack(request)
-        reports = unresolved + self.loras.apply(loaded.pipeline, loaded.family, stack)
+        reports = unresolved + self.loras.apply(loaded.pipeline, loaded.family, stack, fuse=self.fuse_loras)
         timings["lora"] = time.perf_counter() - started - timings["load"]
         seeds = self.seeds_for(request)
         images: list[GeneratedImage] = []
