@@ -601,29 +601,18 @@ def _run_cell(
     cancel: CancelToken | None,
     preview_every: int,
 ) -> CellResult:
-    """Load the model and the LoRA stack first (timed apart; refuses a LoRA that cannot patch this model before
-    anything is saved), then generate exactly as a normal request."""
+    """Generate exactly as a normal request; a LoRA that cannot patch this model makes the cell an error
+    before anything is saved (strict LoRAs)."""
     started = time.perf_counter()
     try:
-        with engine.gpu_lock:
-            loaded = engine.manager.load(request.model)
-            stack, missing = engine.lora_stack(request)
-            reports = missing + engine.loras.apply(loaded.pipeline, loaded.family, stack)
-    except CELL_ERRORS as error:
+        result = engine.generate(request, tracker.engine_callback, cancel, preview_every, strict_loras=True)
+    except CELL_ERRORS as error:  # a failed load or a refused LoRA: the time spent finding out counts as loading
         return _failed(cell, error, load_seconds=time.perf_counter() - started)
-    load_seconds = time.perf_counter() - started
-    refused = [r.error for r in reports if r.error]
-    if refused:
-        return CellResult(cell, CellStatus.ERROR, load_seconds=load_seconds, error="; ".join(refused))
-    try:
-        result = engine.generate(request, tracker.engine_callback, cancel, preview_every)
-    except CELL_ERRORS as error:
-        return _failed(cell, error, load_seconds=load_seconds)
+    load_seconds = result.timings.get("load", 0.0) + result.timings.get("lora", 0.0)
     if not result.images:
         return CellResult(cell, CellStatus.INTERRUPTED, load_seconds=load_seconds)
     image = result.images[0]
-    seconds = result.timings.get("total")
-    return CellResult(cell, CellStatus.DONE, image.path, image.infotext, seconds, load_seconds)
+    return CellResult(cell, CellStatus.DONE, image.path, image.infotext, result.timings.get("total"), load_seconds)
 
 
 def _failed(cell: Cell, error: Exception, load_seconds: float) -> CellResult:

@@ -3,17 +3,14 @@
 from __future__ import annotations
 
 import math
-import os
 import re
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
-from PIL.PngImagePlugin import PngInfo
 
-from webui.engine.outputs import SaveError
+from webui.engine.outputs import save_png
 
 BACKGROUND = (255, 255, 255)
 TEXT = (0, 0, 0)
@@ -248,31 +245,6 @@ def _next_number(folder: Path) -> int:
 
 
 def save_grid(image: Image.Image, folder: Path, suffix: str, texts: Mapping[str, str]) -> Path:
-    """Write `NNNNN-<suffix>.png` with each of `texts` as a PNG tEXt chunk, atomically and never overwriting.
-
-    Same rules as `outputs.save_png`, which writes only the `parameters` chunk; grids also carry their axes."""
-    folder.mkdir(parents=True, exist_ok=True)
-    info = PngInfo()
-    for key, value in texts.items():
-        info.add_text(key, value)
-    handle, temp_name = tempfile.mkstemp(prefix=".saving-", suffix=".png", dir=folder)
-    temp = Path(temp_name)
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            image.save(stream, format="PNG", pnginfo=info)
-            stream.flush()
-            os.fsync(stream.fileno())
-        for _attempt in range(1000):
-            final = folder / f"{_next_number(folder):05d}-{suffix}.png"
-            try:
-                os.link(temp, final)  # fails if the name exists: never overwrites
-            except FileExistsError:
-                continue
-            return final
-        raise SaveError(f"could not find a free file name in {folder}")
-    except OSError as error:
-        if isinstance(error, SaveError):
-            raise
-        raise SaveError(f"could not save the grid in {folder}: {error.strerror or error}") from error
-    finally:
-        temp.unlink(missing_ok=True)
+    """Write `NNNNN-<suffix>.png` atomically, never overwriting, with each of `texts` as a PNG tEXt chunk."""
+    extra = {key: value for key, value in texts.items() if key != "parameters"}
+    return save_png(image, folder, 0, texts.get("parameters", ""), texts=extra, suffix=suffix)

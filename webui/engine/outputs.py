@@ -6,6 +6,7 @@ import datetime as dt
 import os
 import re
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 
 from PIL import Image
@@ -27,11 +28,21 @@ def _next_number(folder: Path) -> int:
     return max(numbers, default=-1) + 1
 
 
-def save_png(image: Image.Image, folder: Path, seed: int, infotext: str) -> Path:
-    """Write `NNNNN-SEED.png` with the infotext in the tEXt chunk `parameters`; returns the final path."""
+def save_png(
+    image: Image.Image,
+    folder: Path,
+    seed: int,
+    infotext: str,
+    texts: Mapping[str, str] | None = None,
+    suffix: str | None = None,
+) -> Path:
+    """Write `NNNNN-SEED.png` (or `NNNNN-SUFFIX.png`) with the infotext in the tEXt chunk `parameters`
+    and any further `texts` as their own chunks; returns the final path."""
     folder.mkdir(parents=True, exist_ok=True)
     info = PngInfo()
     info.add_text("parameters", infotext)
+    for key, value in (texts or {}).items():
+        info.add_text(key, value)
     handle, temp_name = tempfile.mkstemp(prefix=".saving-", suffix=".png", dir=folder)
     temp = Path(temp_name)
     try:
@@ -40,7 +51,7 @@ def save_png(image: Image.Image, folder: Path, seed: int, infotext: str) -> Path
             stream.flush()
             os.fsync(stream.fileno())
         for _attempt in range(1000):
-            final = folder / f"{_next_number(folder):05d}-{seed}.png"
+            final = folder / f"{_next_number(folder):05d}-{suffix or seed}.png"
             try:
                 os.link(temp, final)  # fails if the name exists: never overwrites
             except FileExistsError:

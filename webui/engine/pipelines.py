@@ -179,35 +179,53 @@ class PipelineManager:
         with self._lock:
             started = time.perf_counter()
             family, prediction, sources = self._plan(choice)
-            keys: dict[Role, ComponentKey] = {}
-            modules: dict[Role, torch.nn.Module] = {}
-            from_disk: list[Role] = []
-            for role, source in sources.items():
-                key = ComponentKey.of(source.path, source.prefix, role, family, self.dtype, self.home)
-                if key not in self.cache:
-                    from_disk.append(role)
-                try:
-                    item = self.cache.get_or_load(key, lambda s=source, r=role: self._load_one(s, r, family))
-                except ComponentLoadError as error:
-                    raise ModelLoadError(str(error)) from error
-                keys[role], modules[role] = key, item.module
-            self._check_fit(family, modules, sources)
-            pipeline, scheduler_config = self._assemble(family, prediction, choice.checkpoint, modules)
-            loaded = LoadedModel(
-                choice=choice,
-                family=family,
-                pipeline=pipeline,
-                scheduler_config=scheduler_config,
-                keys=keys,
-                sources=sources,
-                device=self.device,
-                dtype=self.dtype,
-                load_seconds=time.perf_counter() - started,
-                loaded_from_disk=from_disk,
-            )
+            keys = {
+                role: ComponentKey.of(s.path, s.prefix, role, family, self.dtype, self.home)
+                for role, s in sources.items()
+            }
+            # While loading, neither this model's parts nor the current model's may be evicted for each other.
+            in_use = list(self.current.keys.values()) if self.current is not None else []
+            self.cache.pin([*keys.values(), *in_use])
+            try:
+                loaded = self._load_planned(choice, family, prediction, sources, keys, started)
+            except BaseException:
+                self.cache.pin(in_use)
+                raise
             self.cache.pin(keys.values())
             self.current = loaded
             return loaded
+
+    def _load_planned(
+        self,
+        choice: ModelChoice,
+        family: Family,
+        prediction: Prediction | None,
+        sources: dict[Role, ComponentSource],
+        keys: dict[Role, ComponentKey],
+        started: float,
+    ) -> LoadedModel:
+        modules: dict[Role, torch.nn.Module] = {}
+        from_disk = [role for role, key in keys.items() if key not in self.cache]
+        for role, source in sources.items():
+            try:
+                item = self.cache.get_or_load(keys[role], lambda s=source, r=role: self._load_one(s, r, family))
+            except ComponentLoadError as error:
+                raise ModelLoadError(str(error)) from error
+            modules[role] = item.module
+        self._check_fit(family, modules, sources)
+        pipeline, scheduler_config = self._assemble(family, prediction, choice.checkpoint, modules)
+        return LoadedModel(
+            choice=choice,
+            family=family,
+            pipeline=pipeline,
+            scheduler_config=scheduler_config,
+            keys=keys,
+            sources=sources,
+            device=self.device,
+            dtype=self.dtype,
+            load_seconds=time.perf_counter() - started,
+            loaded_from_disk=from_disk,
+        )
 
     def _load_one(self, source: ComponentSource, role: Role, family: Family) -> torch.nn.Module:
         module = load_component(source, role, family, self.dtype)

@@ -31,6 +31,10 @@ LoraResolver = Callable[[str], Path]
 OVERRIDE_KEYS = {Role.UNET: "UNet", Role.TEXT_ENCODER: "Text encoder", Role.TEXT_ENCODER_2: "Text encoder 2"}
 
 
+class LoraRefusedError(ValueError):
+    """A LoRA of the stack cannot apply to the model (strict mode)."""
+
+
 class Engine:
     def __init__(
         self,
@@ -59,10 +63,13 @@ class Engine:
         progress: ProgressCallback | None = None,
         cancel: CancelToken | None = None,
         preview_every: int = 0,
+        strict_loras: bool = False,
     ) -> GenerationResult:
-        """Run one request under the device lock. `cancel` stops it within one step; finished images are kept."""
+        """Run one request under the device lock. `cancel` stops it within one step; finished images are kept.
+        With `strict_loras`, a LoRA that cannot apply raises LoraRefusedError before anything is generated
+        (a comparison cell must not show an image without its LoRA); otherwise it is only reported."""
         with self.gpu_lock:
-            return self._generate(request, progress, cancel, preview_every)
+            return self._generate(request, progress, cancel, preview_every, strict_loras)
 
     def _generate(
         self,
@@ -70,6 +77,7 @@ class Engine:
         progress: ProgressCallback | None,
         cancel: CancelToken | None,
         preview_every: int,
+        strict_loras: bool = False,
     ) -> GenerationResult:
         started = time.perf_counter()
         loaded = self.manager.load(request.model)
@@ -77,6 +85,9 @@ class Engine:
         stack, unresolved = self.lora_stack(request)
         reports = unresolved + self.loras.apply(loaded.pipeline, loaded.family, stack, fuse=self.fuse_loras)
         timings["lora"] = time.perf_counter() - started - timings["load"]
+        refused = [report.error for report in reports if report.error]
+        if strict_loras and refused:
+            raise LoraRefusedError("; ".join(refused))
         seeds = self.seeds_for(request)
         images: list[GeneratedImage] = []
         folder = day_folder(self.outputs_dir, "txt2img")
