@@ -173,3 +173,14 @@ def test_fp16_vae_that_gives_nan_is_decoded_again_in_fp32(engine, tiny_models_di
     assert vae.dtype == torch.float32 and "vae-fp32" in item.flags
     torch.testing.assert_close(image, expected, atol=1e-3, rtol=1e-3)
     assert torch.equal(decode_latents(item, latents), image)  # remembered: stays fp32
+
+
+def test_a_model_larger_than_the_budget_does_not_evict_its_own_parts_while_loading(tiny_models_dir):
+    from webui.engine.cache import ComponentCache
+
+    choice = ModelChoice(tiny_models_dir / "checkpoints/tiny-sd1.safetensors")
+    manager = PipelineManager(tiny_models_dir, cache=ComponentCache({"cpu": 1}))  # far under one model
+    manager.load(choice)
+    assert manager.cache.loads == 3  # UNet, VAE, text encoder: all kept, the budget notwithstanding
+    manager.load(choice)
+    assert manager.cache.loads == 3  # and nothing is read again
