@@ -1,0 +1,105 @@
+"""Request and response bodies of the A1111-compatible API (field names, defaults and shapes as A1111's)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class Txt2ImgBody(BaseModel):
+    """`POST /sdapi/v1/txt2img`. A1111 accepts null for every field (meaning its default) and many fields this
+    studio does not implement (hires fix, scripts, ...): those are accepted, echoed back in `parameters`, and
+    named in `info.warnings` when set to something that would change the image."""
+
+    model_config = ConfigDict(extra="allow")
+
+    prompt: str | None = ""
+    negative_prompt: str | None = ""
+    styles: list[str] | None = None
+    seed: int | None = -1
+    subseed: int | None = -1
+    subseed_strength: float | None = 0
+    sampler_name: str | None = None
+    sampler_index: str | None = "Euler"  # A1111's legacy field; used when sampler_name is not given
+    scheduler: str | None = None
+    batch_size: int | None = 1
+    n_iter: int | None = 1
+    steps: int | None = 50
+    cfg_scale: float | None = 7.0
+    width: int | None = 512
+    height: int | None = 512
+    clip_skip: int | None = None  # not an A1111 field (it has override_settings.CLIP_stop_at_last_layers)
+    restore_faces: bool | None = None
+    tiling: bool | None = None
+    enable_hr: bool | None = False
+    override_settings: dict[str, Any] | None = None
+    override_settings_restore_afterwards: bool | None = True
+    script_name: str | None = None
+    script_args: list[Any] | None = None
+    alwayson_scripts: dict[str, Any] | None = None
+    send_images: bool | None = True
+    save_images: bool | None = False
+
+
+class Txt2ImgResponse(BaseModel):
+    images: list[str] = Field(default_factory=list, description="PNG files in base64, infotext in `parameters`")
+    parameters: dict[str, Any]
+    info: str = Field(description="a JSON string: infotexts, all_seeds, seed, all_prompts, sd_model_name, ...")
+
+
+class PngInfoBody(BaseModel):
+    image: str = Field(description="a PNG in base64 (a `data:image/png;base64,` prefix is allowed)")
+
+
+class PngInfoResponse(BaseModel):
+    info: str
+    items: dict[str, Any]
+    parameters: dict[str, Any]
+
+
+class ProgressResponse(BaseModel):
+    progress: float
+    eta_relative: float
+    state: dict[str, Any]
+    current_image: str | None = None
+    textinfo: str | None = None
+
+
+class SDModelItem(BaseModel):
+    model_config = ConfigDict(protected_namespaces=())
+
+    title: str
+    model_name: str
+    hash: str | None
+    sha256: str | None
+    filename: str
+    config: str | None = None
+
+
+class SDVaeItem(BaseModel):
+    model_config = ConfigDict(protected_namespaces=())
+
+    model_name: str
+    filename: str
+
+
+class LoraItem(BaseModel):
+    name: str
+    alias: str
+    path: str
+    metadata: dict[str, Any]
+
+
+class SamplerItem(BaseModel):
+    name: str
+    aliases: list[str]
+    options: dict[str, Any]
+
+
+class SchedulerItem(BaseModel):
+    name: str
+    label: str
+    aliases: list[str] | None = None
+    default_rho: float | None = -1
+    need_inner_model: bool | None = False

@@ -1,0 +1,252 @@
+"""A1111 request bodies to engine requests, and engine results back to A1111's response fields."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import dataclasses
+import datetime as dt
+import io
+from dataclasses import dataclass
+from typing import Any
+
+from PIL import Image, UnidentifiedImageError
+
+from webui.api.listing import SAMPLER_ALIASES, SCHEDULERS
+from webui.api.models import Txt2ImgBody
+from webui.api.options import NO_VAE, OVERRIDE_KEYS, check_option
+from webui.engine.infotext import parse_infotext
+from webui.engine.pipelines import ModelChoice
+from webui.engine.request import GenerationRequest, GenerationResult
+from webui.engine.samplers import split_legacy_name
+from webui.models.kinds import Kind
+from webui.models.library import ModelNotFoundError
+
+# Set to something truthy, these change the image in A1111; here they are ignored, and said so in info.warnings.
+UNSUPPORTED = {
+    "enable_hr": "hires fix",
+    "restore_faces": "face restoration",
+    "tiling": "tiling",
+    "script_name": "scripts",
+    "alwayson_scripts": "scripts",
+    "styles": "prompt styles",
+    "subseed_strength": "variation seeds",
+}
+# Infotext keys that have their own field in A1111's info; the rest go to extra_generation_params.
+_MAIN_KEYS = frozenset(
+    ("Steps", "Sampler", "CFG scale", "Seed", "Size", "Model hash", "Model", "VAE", "VAE hash", "Clip skip", "Version")
+)
+_SCHEDULE_BY_NAME = {
+    key.lower(): label
+    for label, fields in SCHEDULERS.items()
+    for key in (label, fields["name"], *fields.get("aliases", []))
+}
+_SAMPLER_BY_ALIAS = {alias.lower(): name for name, aliases in SAMPLER_ALIASES.items() for alias in aliases}
+
+
+class FieldError(ValueError):
+    """A body field this studio cannot accept; `loc` is its path (as FastAPI reports validation errors)."""
+
+    def __init__(self, loc: tuple[str, ...], message: str, value: Any) -> None:
+        super().__init__(message)
+        self.loc, self.value = loc, value
+
+
+@dataclass(frozen=True)
+class Txt2ImgPlan:
+    request: GenerationRequest
+    sampler_name: str
+    warnings: tuple[str, ...] = ()
+
+
+def _given(body: Txt2ImgBody, name: str) -> Any:
+    """The field's value, or A1111's default when the client sent null or nothing."""
+    value = getattr(body, name)
+    return type(body).model_fields[name].default if value is None else value
+
+
+def _renamed(message: str, field: str, api_field: str) -> str:
+    return f"{api_field}:{message.split(':', 1)[1]}" if message.startswith(f"{field}:") else message
+
+
+def _sampler(body: Txt2ImgBody) -> tuple[str, str, tuple[str, ...]]:
+    """(sampler, schedule type, where the sampler came from); a legacy name like "DPM++ 2M Karras" carries both."""
+    loc = ("body", "sampler_name" if body.sampler_name else "sampler_index")
+    name = body.sampler_name or _given(body, "sampler_index")
+    try:
+        sampler, schedule = split_legacy_name(_SAMPLER_BY_ALIAS.get(name.lower(), name))
+    except ValueError as error:
+        raise FieldError(loc, _renamed(str(error), "sampler", loc[-1]), name) from None
+    if body.scheduler:
+        schedule = _SCHEDULE_BY_NAME.get(body.scheduler.lower())
+        if schedule is None:
+            allowed = ", ".join(f["name"] for f in SCHEDULERS.values())
+            raise FieldError(
+                ("body", "scheduler"), f"scheduler: unknown {body.scheduler!r}; allowed: {allowed}", body.scheduler
+            )
+    return sampler, schedule, loc
+
+
+def _find(library: Any, name: str, kind: Kind, loc: tuple[str, ...]) -> Any:
+    try:
+        return library.find(name, kind)
+    except ModelNotFoundError as error:
+        raise ModelNotFoundError(f"{loc[-1]}: {error}") from None
+
+
+def model_choice(library: Any, options: dict[str, Any], overrides: dict[str, Any]) -> ModelChoice:
+    """The checkpoint (and VAE) a request runs on: its override_settings, else the options. Raises
+    ModelNotFoundError naming the field for a name the library lacks."""
+    loc = ("body", "override_settings", "sd_model_checkpoint")
+    name = overrides.get("sd_model_checkpoint") or options["sd_model_checkpoint"]
+    if not name:
+        raise ModelNotFoundError(
+            f"sd_model_checkpoint: no usable checkpoint under {library.models_dir}; put one in checkpoints/"
+        )
+    choice = ModelChoice(_find(library, str(name), Kind.CHECKPOINT, loc).path)
+    vae = overrides["sd_vae"] if "sd_vae" in overrides else options["sd_vae"]
+    if vae in NO_VAE:
+        return choice
+    return dataclasses.replace(choice, vae=_find(library, str(vae), Kind.VAE, ("body", "sd_vae")).path)
+
+
+def _clip_skip(body: Txt2ImgBody, options: dict[str, Any], overrides: dict[str, Any]) -> tuple[int, tuple]:
+    key = "CLIP_stop_at_last_layers"
+    if key in overrides:
+        value, loc = overrides[key], ("body", "override_settings", key)
+    elif body.clip_skip is not None:
+        value, loc = body.clip_skip, ("body", "clip_skip")
+    else:
+        return options[key], ("body", "clip_skip")
+    try:
+        return check_option(key, value), loc
+    except ValueError as error:
+        raise FieldError(loc, _renamed(str(error), key, loc[-1]), value) from None
+
+
+def plan_txt2img(body: Txt2ImgBody, library: Any, options: dict[str, Any]) -> Txt2ImgPlan:
+    """The engine request for an A1111 body. Raises FieldError (a bad field) or ModelNotFoundError (a name)."""
+    overrides = body.override_settings or {}
+    sampler, schedule, sampler_loc = _sampler(body)
+    clip_skip, clip_loc = _clip_skip(body, options, overrides)
+    fields = {
+        "prompt": _given(body, "prompt"),
+        "negative_prompt": _given(body, "negative_prompt"),
+        "steps": _given(body, "steps"),
+        "cfg_scale": _given(body, "cfg_scale"),
+        "width": _given(body, "width"),
+        "height": _given(body, "height"),
+        "seed": _given(body, "seed"),
+        "batch_size": _given(body, "batch_size"),
+        "batch_count": _given(body, "n_iter"),
+        "sampler": sampler,
+        "schedule": schedule,
+        "clip_skip": clip_skip,
+    }
+    choice = model_choice(library, options, overrides)
+    try:
+        request = GenerationRequest(model=choice, **fields)
+    except ValueError as error:
+        field = str(error).split(":", 1)[0]
+        loc = {"batch_count": ("body", "n_iter"), "sampler": sampler_loc, "schedule": ("body", "scheduler")}.get(
+            field, clip_loc if field == "clip_skip" else ("body", field)
+        )
+        raise FieldError(loc, _renamed(str(error), field, loc[-1]), fields.get(field)) from None
+    warnings = [f"{key}: {what} is not supported here; ignored" for key, what in UNSUPPORTED.items() if _set(body, key)]
+    warnings += [
+        f"override_settings.{key}: not supported here; ignored"
+        for key, value in overrides.items()
+        if key not in OVERRIDE_KEYS and options.get(key) != value
+    ]
+    return Txt2ImgPlan(request, sampler, tuple(warnings))
+
+
+def _set(body: Txt2ImgBody, key: str) -> bool:
+    value = getattr(body, key)
+    return bool(value) and value != -1
+
+
+def txt2img_info(plan: Txt2ImgPlan, result: GenerationResult, started_at: float) -> dict[str, Any]:
+    """A1111's `info` object (sent as a JSON string) for a finished job, plus our loras/warnings/interrupted."""
+    request = plan.request
+    infotexts = [image.infotext for image in result.images]
+    seeds = [image.seed for image in result.images]
+    params = parse_infotext(infotexts[0])[2] if infotexts else {}
+    count = len(result.images)
+    return {
+        "prompt": request.prompt,
+        "all_prompts": [request.prompt] * count,
+        "negative_prompt": request.negative_prompt,
+        "all_negative_prompts": [request.negative_prompt] * count,
+        "seed": seeds[0] if seeds else request.seed,
+        "all_seeds": seeds,
+        "subseed": -1,
+        "all_subseeds": [-1] * count,
+        "subseed_strength": 0,
+        "width": request.width,
+        "height": request.height,
+        "sampler_name": plan.sampler_name,
+        "cfg_scale": request.cfg_scale,
+        "steps": request.steps,
+        "batch_size": request.batch_size,
+        "restore_faces": False,
+        "face_restoration_model": None,
+        "sd_model_name": params.get("Model", request.model.name),
+        "sd_model_hash": params.get("Model hash"),
+        "sd_vae_name": params.get("VAE"),
+        "sd_vae_hash": params.get("VAE hash"),
+        "seed_resize_from_w": -1,
+        "seed_resize_from_h": -1,
+        "denoising_strength": None,
+        "extra_generation_params": {k: v for k, v in params.items() if k not in _MAIN_KEYS},
+        "index_of_first_image": 0,  # no grid is ever prepended
+        "infotexts": infotexts,
+        "styles": [],
+        "job_timestamp": dt.datetime.fromtimestamp(started_at).strftime("%Y%m%d%H%M%S"),
+        "clip_skip": request.clip_skip,
+        "is_using_inpainting_conditioning": False,
+        "interrupted": bool(result.info.get("interrupted")),
+        "loras": [report.to_json() for report in result.loras],
+        "warnings": list(plan.warnings),
+    }
+
+
+def encode_png(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def image_to_base64(image: Image.Image) -> str:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return encode_png(buffer.getvalue())
+
+
+def png_info(encoded: str) -> dict[str, Any]:
+    """`/png-info`: the image's infotext, its other text chunks, and the infotext parsed (A1111's key names)."""
+    loc = ("body", "image")
+    text = encoded.strip()
+    if text.startswith("data:"):
+        text = text.split(",", 1)[-1]
+    try:
+        data = base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        raise FieldError(loc, "image: not base64; send the file's bytes base64-encoded", encoded[:40]) from None
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            chunks = dict(image.info)
+    except (UnidentifiedImageError, OSError):
+        raise FieldError(loc, "image: the decoded bytes are not an image file PIL can read", encoded[:40]) from None
+    info = chunks.pop("parameters", "")
+    info = info if isinstance(info, str) else ""
+    items = {key: value for key, value in chunks.items() if isinstance(value, (str, int, float))}
+    if not info:
+        return {"info": "", "items": items, "parameters": {}}
+    prompt, negative, params = parse_infotext(info)
+    parameters: dict[str, Any] = {"Prompt": prompt, "Negative prompt": negative}
+    for key, value in params.items():
+        width, _, height = value.partition("x")
+        if key == "Size" and width.isdigit() and height.isdigit():
+            parameters.update({"Size-1": width, "Size-2": height})
+        else:
+            parameters[key] = value
+    return {"info": info, "items": items, "parameters": parameters}
