@@ -12,18 +12,9 @@ import pytest
 from PIL import Image
 
 from webui.cli import main
-from webui.engine.compare import (
-    Axis,
-    AxisKind,
-    CellStatus,
-    CompareJob,
-    fix_seeds,
-    library_resolver,
-    parse_axis,
-    plan,
-    run_compare,
-    run_order,
-)
+from webui.engine.compare import CellStatus, run_compare
+from webui.engine.compare_axes import Axis, AxisKind, parse_axis
+from webui.engine.compare_plan import CompareJob, fix_seeds, library_resolver, plan, run_order
 from webui.engine.grid import BACKGROUND, ERROR_BACKGROUND, INTERRUPTED_BACKGROUND, Tile, draw_grid
 from webui.engine.lora import LoraSpec
 from webui.engine.pipelines import ModelChoice, PipelineManager

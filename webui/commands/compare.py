@@ -14,7 +14,7 @@ from webui.commands.generate import add_device_arguments, add_request_arguments
 from webui.config import add_path_arguments
 
 if TYPE_CHECKING:
-    from webui.engine.compare import Axis
+    from webui.engine.compare_axes import Axis
     from webui.engine.progress import CancelToken
 
 AXES_HELP = """\
@@ -64,7 +64,7 @@ def _ctrl_c_cancels(cancel: CancelToken) -> Iterator[None]:
 
 def _with_model_from_axes(args: argparse.Namespace, axes: list[Axis]) -> argparse.Namespace:
     """Without --checkpoint or --unet, the first named value of a checkpoint (or UNet) axis is the base model."""
-    from webui.engine.compare import AxisKind, is_automatic
+    from webui.engine.compare_axes import AxisKind, is_automatic
 
     if args.checkpoint is not None or args.unet is not None:
         return args
@@ -79,7 +79,9 @@ def _with_model_from_axes(args: argparse.Namespace, axes: list[Axis]) -> argpars
 def cmd_compare(args: argparse.Namespace) -> int:
     from webui.cli import quiet_libraries
     from webui.commands.generate import engine_from_args, request_from_args
-    from webui.engine.compare import CellStatus, CompareJob, cell_label, library_resolver, parse_axis, run_compare
+    from webui.engine.compare import CellStatus, cell_label, run_compare
+    from webui.engine.compare_axes import parse_axis
+    from webui.engine.compare_plan import CompareJob, library_resolver
     from webui.engine.progress import CancelToken
     from webui.models.library import open_library
 
