@@ -69,14 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
     models.add_argument("--hash", action="store_true", help="compute missing hashes before printing")
     models.set_defaults(func=cmd_models)
 
-    for module in ("generate", "bench", "compare"):
-        try:
-            command = importlib.import_module(f"webui.commands.{module}")
-        except ModuleNotFoundError as error:
-            if error.name != f"webui.commands.{module}":
-                raise
-            continue
-        command.register(sub)
+    for module in ("generate", "compare", "bench"):
+        importlib.import_module(f"webui.commands.{module}").register(sub)
 
     tiny = sub.add_parser("make-tiny-models", help="write tiny random test models in every file layout")
     tiny.add_argument("dir", type=Path, help="models dir to write into")
