@@ -140,7 +140,8 @@ def build_api_router(
         return entry
 
     def plan(body: Txt2ImgBody):  # noqa: ANN202 (Txt2ImgPlan)
-        default_checkpoint()
+        if not (body.override_settings or {}).get("sd_model_checkpoint"):
+            default_checkpoint()
         try:
             return plan_txt2img(body, library, options.snapshot())
         except FieldError as error:
@@ -172,7 +173,10 @@ def build_api_router(
 
     @router.get("/options")
     def get_options() -> dict[str, Any]:
-        entry = default_checkpoint()
+        try:
+            entry = default_checkpoint()
+        except HTTPException:  # the option names a file that is gone: show the option as it was set
+            entry = None
         values = options.snapshot()
         if entry is not None:
             values["sd_model_checkpoint"] = listing.checkpoint_title(entry)
