@@ -2,7 +2,6 @@
 
 # No `from __future__ import annotations` here: FastAPI reads the route signatures, whose `Owner` is local.
 import asyncio
-import copy
 import json
 import tempfile
 from collections.abc import Callable
@@ -87,10 +86,7 @@ def _generate(request: GenerationRequest, preview_every: int, keep_files: bool) 
             result = engine.generate(request, progress, cancel, preview_every)
             return result, [image.path.read_bytes() for image in result.images]
         with tempfile.TemporaryDirectory(prefix="webui-api-") as scratch:
-            # A shallow copy shares the engine's models, LoRA state and GPU lock; only where it saves differs.
-            unsaved = copy.copy(engine)
-            unsaved.outputs_dir = Path(scratch)
-            result = unsaved.generate(request, progress, cancel, preview_every)
+            result = engine.generate(request, progress, cancel, preview_every, outputs_dir=Path(scratch))
             return result, [image.path.read_bytes() for image in result.images]
 
     return run

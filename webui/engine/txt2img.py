@@ -64,12 +64,14 @@ class Engine:
         cancel: CancelToken | None = None,
         preview_every: int = 0,
         strict_loras: bool = False,
+        outputs_dir: Path | None = None,
     ) -> GenerationResult:
         """Run one request under the device lock. `cancel` stops it within one step; finished images are kept.
         With `strict_loras`, a LoRA that cannot apply raises LoraRefusedError before anything is generated
-        (a comparison cell must not show an image without its LoRA); otherwise it is only reported."""
+        (a comparison cell must not show an image without its LoRA); otherwise it is only reported.
+        `outputs_dir` overrides where images go (the API's unsaved images go to a temporary folder)."""
         with self.gpu_lock:
-            return self._generate(request, progress, cancel, preview_every, strict_loras)
+            return self._generate(request, progress, cancel, preview_every, strict_loras, outputs_dir)
 
     def _generate(
         self,
@@ -77,7 +79,8 @@ class Engine:
         progress: ProgressCallback | None,
         cancel: CancelToken | None,
         preview_every: int,
-        strict_loras: bool = False,
+        strict_loras: bool,
+        outputs_dir: Path | None,
     ) -> GenerationResult:
         started = time.perf_counter()
         loaded = self.manager.load(request.model)
@@ -90,7 +93,7 @@ class Engine:
             raise LoraRefusedError("; ".join(refused))
         seeds = self.seeds_for(request)
         images: list[GeneratedImage] = []
-        folder = day_folder(self.outputs_dir, "txt2img")
+        folder = day_folder(outputs_dir or self.outputs_dir, "txt2img")
         params = self._params(request, loaded)
         applied = [s for s, r in zip(stack, reports[len(unresolved) :], strict=True) if s.active and r.error is None]
         if applied:
