@@ -1,31 +1,113 @@
-"""Wires the parts: settings → model library (→ engine) → Gradio app."""
+"""Wires the parts: settings → model library and engine → one gr.Blocks of tabs (one module per tab) → server."""
 
 from __future__ import annotations
 
+import logging
+from typing import TYPE_CHECKING, Any
+
 from webui.config import Settings
 
-
-def build_app(settings: Settings):  # noqa: ANN201 (gradio.Blocks; gradio imported lazily)
+if TYPE_CHECKING:
     import gradio as gr
 
+    from webui.ui.context import UiContext
+
+log = logging.getLogger(__name__)
+
+
+def open_context(settings: Settings) -> UiContext:
+    """The library (scanned: headers only), the preferences file, the engine they configure and its job queue
+    (not started: `serve` starts it)."""
+    from webui.engine.jobs import JobQueue
     from webui.models.library import open_library
-    from webui.ui import models_tab
+    from webui.ui.context import UiContext, budgets_of, policy_of
+    from webui.ui.preferences import Preferences, PreferencesStore
+    from webui.wiring import build_engine
 
     library = open_library(settings.models_dir, settings.extra_model_paths)
-    with gr.Blocks(title="webui") as app:
-        gr.Markdown("# webui — local Stable Diffusion studio")
-        models_tab.build_tab(library)
+    library.scan()
+    store = PreferencesStore(settings.settings_path)
+    prefs = store.current.with_cli(settings)
+    try:
+        engine = build_engine(library, settings.outputs_dir, policy_of(prefs), budgets_of(prefs))
+    except ValueError as error:
+        if any(getattr(settings, k) is not None for k in ("device", "precision", "attention_slicing")):
+            raise  # the command line asked for it: say so rather than run on something else
+        store.notes.append(f"the saved device settings cannot be used here ({error}); running with auto")
+        log.warning("%s: %s", store.path, store.notes[-1])
+        prefs = Preferences(ram_budget_gb=prefs.ram_budget_gb, vram_budget_gb=prefs.vram_budget_gb).with_cli(settings)
+        engine = build_engine(library, settings.outputs_dir, policy_of(prefs), budgets_of(prefs))
+    return UiContext(engine=engine, queue=JobQueue(engine), library=library, settings=settings, preferences=store)
+
+
+def build_app(settings: Settings, context: UiContext | None = None) -> gr.Blocks:
+    """The whole UI. Nothing is served until `serve`; the bench may call this to time a page build."""
+    import gradio as gr
+
+    from webui.ui import components_tab, model_bar, models_tab, pnginfo_tab, settings_tab, txt2img_tab
+
+    ctx = context or open_context(settings)
+    with gr.Blocks(title="webui — local Stable Diffusion studio", fill_width=True) as app:
+        bar = model_bar.build(ctx, app)
+        with gr.Tabs(elem_id="tabs") as tabs:
+            txt2img = txt2img_tab.build_tab(ctx, bar)
+            # The Compare tab goes here: compare_tab.build_tab(ctx, bar, txt2img), adding its
+            # "Send to Compare" button under the gallery with `with txt2img.actions: ...`.
+            components_tab.build_tab(ctx, bar)
+            models_tab.build_tab(ctx, bar)
+            pnginfo_tab.build_tab(ctx, txt2img, tabs)
+            settings_tab.build_tab(ctx, app)
     return app
 
 
-def launch(settings: Settings) -> int:
+def served_paths(settings: Settings, context: UiContext) -> tuple[list[str], list[str]]:
+    """(allowed, blocked) for Gradio: only outputs/ is served; the model folders and the settings file never
+    are (blocked wins over anything Gradio would allow). Gradio itself serves nothing else from the working
+    directory: /file= answers only for allowed paths, its upload dir and its cache."""
+    allowed = [str(settings.outputs_dir.resolve())]
+    blocked = [str(settings.models_dir.resolve()), str(settings.settings_path.resolve())]
+    blocked += [str(root.path.resolve()) for root in context.library.roots()]
+    return allowed, list(dict.fromkeys(blocked))
+
+
+def launch_options(settings: Settings, context: UiContext) -> dict[str, Any]:
+    """What Gradio 6 takes at launch() rather than in Blocks(): theme, css, served paths."""
+    import gradio as gr
+
+    from webui.ui.style import CSS
+
+    allowed, blocked = served_paths(settings, context)
+    theme = gr.themes.Default(primary_hue="orange", neutral_hue="slate", spacing_size="sm", radius_size="sm")
+    return {
+        "server_name": settings.host,
+        "server_port": settings.port,
+        "allowed_paths": allowed,
+        "blocked_paths": blocked,
+        "theme": theme,
+        "css": CSS,
+        "show_error": True,
+        "ssr_mode": False,
+        "share": False,
+        "footer_links": ["api", "settings"],
+    }
+
+
+def serve(settings: Settings, *, block: bool = True, context: UiContext | None = None) -> tuple[gr.Blocks, str]:
+    """Build and start the server (with background hashing of the library); returns (app, local URL).
+    With block=False it returns at once, the server running on its own thread (tests stop it with app.close())."""
+    from webui.cli import quiet_libraries
+
+    quiet_libraries()
     settings.outputs_dir.mkdir(parents=True, exist_ok=True)
-    app = build_app(settings)
-    app.queue().launch(
-        server_name=settings.host,
-        server_port=settings.port,
-        allowed_paths=[str(settings.outputs_dir.resolve())],
-        blocked_paths=[str(settings.models_dir.resolve())],
-        share=False,
-    )
+    ctx = context or open_context(settings)
+    app = build_app(settings, ctx)
+    ctx.library.start_background_hashing()
+    ctx.queue.start()
+    app.queue(default_concurrency_limit=None)
+    _, url, _ = app.launch(prevent_thread_lock=not block, **launch_options(settings, ctx))
+    return app, url
+
+
+def launch(settings: Settings) -> int:
+    serve(settings, block=True)
     return 0

@@ -1,31 +1,148 @@
-"""Models tab: everything the library found, with each file's problem, and a refresh."""
+"""Models tab: everything the library found with each file's problem, one file's details and metadata
+(a LoRA's family and trigger words), and conversion of a legacy .ckpt to .safetensors."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import gradio as gr
 
-COLUMNS = ["name", "kind", "architecture", "format", "size", "hash", "problem", "path"]
+from webui.models.kinds import FileFormat
+from webui.models.library import ModelEntry, ModelLibrary
+from webui.ui import adapter, choices, model_info
+from webui.ui.context import UiContext
+from webui.ui.convert import convert_to_safetensors
+from webui.ui.model_bar import ModelBar
+
+COLUMNS = ["name", "kind", "family", "format", "size", "hash", "problem", "path"]
 
 
-def library_rows(library: Any) -> list[list[Any]]:
-    rows = []
-    for entry in library.refresh():
-        data = entry.to_json()
-        data["size"] = f"{data['size'] / 2**20:.1f} MB"
-        rows.append([data.get(column) if data.get(column) is not None else "" for column in COLUMNS])
-    return rows
+def _size(nbytes: int) -> str:
+    return f"{nbytes / 2**20:,.1f} MB" if nbytes < 2**30 else f"{nbytes / 2**30:,.2f} GB"
 
 
-def build_tab(library: Any) -> None:
-    with gr.Tab("Models"):
-        refresh = gr.Button("Refresh", variant="secondary", elem_id="models-refresh")
+def row(entry: ModelEntry) -> list[Any]:
+    return [
+        choices.title(entry),
+        entry.kind.value,
+        entry.family.label,
+        entry.format.value,
+        _size(entry.size),
+        entry.hash or "",
+        entry.problem or "",
+        str(entry.path),
+    ]
+
+
+def library_rows(library: ModelLibrary, refresh: bool = True) -> list[list[Any]]:
+    """One table row per file; `refresh` re-reads what changed on disk first."""
+    if refresh:
+        library.refresh()
+    return [row(entry) for entry in library.entries()]
+
+
+def file_choices(library: ModelLibrary) -> list[tuple[str, str]]:
+    return [(f"{e.kind.value}: {choices.title(e)}", str(e.path)) for e in library.entries()]
+
+
+def _entry(library: ModelLibrary, path: str | None) -> ModelEntry | None:
+    if not path:
+        return None
+    wanted = Path(path).absolute()
+    return next((e for e in library.entries() if e.path == wanted), None)
+
+
+def details_of(library: ModelLibrary, path: str | None) -> tuple[dict[str, Any], Any, str]:
+    """(details JSON, the convert button's update, the trigger-word line) for one file."""
+    entry = _entry(library, path)
+    if entry is None:
+        return {}, gr.update(visible=False), ""
+    data = model_info.details(entry)
+    words = data.get("trigger_words") or []
+    line = f"**Trigger words:** {', '.join(words)}" if words else ""
+    if "target_family" in data:
+        line = f"**LoRA for:** {data['target_family']}" + (f" · {line}" if line else "")
+    return data, gr.update(visible=entry.format is FileFormat.PICKLE), line
+
+
+def build_tab(ctx: UiContext, bar: ModelBar) -> gr.Tab:
+    library = ctx.library
+    with gr.Tab("Models", id="models", elem_id="tab-models") as tab:
+        with gr.Row():
+            refresh = gr.Button("↻ Refresh", elem_id="models-refresh", scale=0, min_width=140)
+            gr.Markdown(f"Files under `{library.models_dir}` and its extra roots; problems say what to do.")
         table = gr.Dataframe(
             headers=COLUMNS,
-            value=lambda: library_rows(library),
+            value=library_rows(library, refresh=False),
             interactive=False,
             wrap=True,
+            max_height=420,
+            column_widths=["20%", "9%", "8%", "9%", "8%", "9%", "17%", "20%"],
             elem_id="models-table",
+            show_search="filter",
         )
-        refresh.click(lambda: library_rows(library), outputs=table, api_name="list_models")
+        with gr.Row():
+            with gr.Column(scale=2, min_width=300):
+                file = gr.Dropdown(choices=file_choices(library), value=None, label="Details of", elem_id="models-file")
+                summary = gr.Markdown("", elem_id="models-summary")
+                convert = gr.Button(
+                    "Convert to .safetensors", visible=False, elem_id="models-convert", variant="secondary"
+                )
+                convert_note = gr.Markdown("", elem_id="models-convert-note")
+            with gr.Column(scale=3, min_width=300):
+                details = gr.JSON(label="File details and metadata", elem_id="models-details", open=True)
+
+    def refreshed(current: str | None) -> tuple[Any, Any]:
+        with adapter.shown_in_ui("Refreshing the model list"):
+            rows = library_rows(library)
+        options = file_choices(library)
+        value = current if current in choices.values_of(options) else None
+        return rows, gr.update(choices=options, value=value)
+
+    refresh.click(refreshed, inputs=file, outputs=[table, file], api_name="list_models")
+    bar.app.load(
+        lambda: (library_rows(library, refresh=False), gr.update(choices=file_choices(library))),
+        outputs=[table, file],
+        api_visibility="private",
+        queue=False,
+    )
+    bar.refreshed.then(
+        lambda current: (library_rows(library, refresh=False), gr.update(choices=file_choices(library), value=current)),
+        inputs=file,
+        outputs=[table, file],
+        api_visibility="private",
+        queue=False,
+    )
+
+    def on_row(event: gr.SelectData) -> Any:
+        values = event.row_value or []
+        return values[-1] if len(values) == len(COLUMNS) else gr.update()
+
+    table.select(on_row, outputs=file, api_visibility="private", queue=False)
+
+    def show(path: str | None) -> tuple[dict[str, Any], Any, str, str]:
+        with adapter.shown_in_ui("Reading the file"):
+            data, button, line = details_of(library, path)
+        return data, button, line, ""
+
+    file.change(show, inputs=file, outputs=[details, convert, summary, convert_note], api_name="model_details")
+
+    def run_convert(path: str | None) -> tuple[str, list[list[Any]], Any]:
+        entry = _entry(library, path)
+        if entry is None:
+            raise gr.Error("Pick a file first.")
+        with adapter.shown_in_ui("Converting"):
+            target = convert_to_safetensors(entry)
+            rows = library_rows(library)
+        return f"Wrote `{target}`. The original is untouched.", rows, gr.update(choices=file_choices(library))
+
+    convert.click(
+        run_convert,
+        inputs=file,
+        outputs=[convert_note, table, file],
+        api_name="convert_to_safetensors",
+        concurrency_id="convert",
+        concurrency_limit=1,
+    )
+    return tab

@@ -1,0 +1,207 @@
+"""The one adapter between widgets and the engine: widget values travel by field name, never by position.
+
+Each tab keeps its request widgets in a dict `{field name: component}`; `by_name` turns a function of
+`values: dict[str, Any]` into a Gradio handler whose parameters carry those names (so the API takes
+them as keywords too), and `build_request` maps the names onto GenerationRequest / ModelChoice /
+LoraSpec. A name that is not a field fails at build time, not at the first click.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import logging
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import gradio as gr
+
+from webui.engine.infotext import parse_infotext
+from webui.engine.jobs import QueueFullError
+from webui.engine.lora import LoraSpec
+from webui.engine.pipelines import ModelChoice
+from webui.engine.prompts import extract_lora_tags
+from webui.engine.reproduce import Reproduction
+from webui.engine.request import GenerationRequest
+from webui.engine.samplers import AUTOMATIC
+from webui.models.files import ModelFileError
+from webui.models.kinds import Kind
+from webui.models.library import ModelLibrary
+from webui.ui import choices
+from webui.ui.preferences import MODEL_SAMPLER
+from webui.ui.runner import JobFailed
+
+log = logging.getLogger(__name__)
+
+REQUEST_FIELDS = tuple(f.name for f in dataclasses.fields(GenerationRequest) if f.name not in ("model", "loras"))
+MODEL_FIELDS = tuple(f.name for f in dataclasses.fields(ModelChoice))
+MODEL_KINDS = {"checkpoint": Kind.CHECKPOINT, "unet": None, "vae": None, "text_encoder": None, "text_encoder_2": None}
+INTEGER_FIELDS = frozenset({"steps", "width", "height", "seed", "batch_size", "batch_count", "clip_skip"})
+FLOAT_FIELDS = frozenset({"cfg_scale"})
+MAX_LORAS = 5
+# Errors a user can act on: shown as their message alone.
+USER_ERRORS = (ValueError, LookupError, OSError, ModelFileError, QueueFullError, JobFailed)
+
+
+def lora_names(row: int) -> dict[str, str]:
+    """Widget names of LoRA stack row `row` (1-based): the LoRA, its two weights, its toggle."""
+    base = f"lora_{row}"
+    return {
+        "name": base,
+        "unet_weight": f"{base}_unet_weight",
+        "te_weight": f"{base}_te_weight",
+        "enabled": f"{base}_enabled",
+    }
+
+
+LORA_FIELDS = tuple(name for row in range(1, MAX_LORAS + 1) for name in lora_names(row).values())
+KNOWN_NAMES = frozenset(REQUEST_FIELDS + MODEL_FIELDS + LORA_FIELDS)
+
+
+def check_names(names: Sequence[str]) -> None:
+    unknown = [n for n in names if n not in KNOWN_NAMES]
+    if unknown:
+        raise KeyError(f"not request fields: {', '.join(unknown)} (known: {', '.join(sorted(KNOWN_NAMES))})")
+
+
+def _number(name: str, value: Any, integer: bool) -> int | float:
+    if value is None or value == "":
+        raise ValueError(f"{name}: no value; give a number")
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name}: {value!r} is not a number") from None
+    if not integer:
+        return number
+    if not number.is_integer():
+        raise ValueError(f"{name}: {value} is not a whole number")
+    return int(number)
+
+
+def request_fields(values: Mapping[str, Any]) -> dict[str, Any]:
+    """GenerationRequest keyword arguments from the request-field widgets present in `values`."""
+    out: dict[str, Any] = {}
+    for name in REQUEST_FIELDS:
+        if name not in values:
+            continue
+        value = values[name]
+        if name in INTEGER_FIELDS or name in FLOAT_FIELDS:
+            value = _number(name, value, name in INTEGER_FIELDS)
+        elif name == "sampler":
+            value = None if value in (None, "", MODEL_SAMPLER) else str(value)
+        elif name == "schedule":
+            value = value or AUTOMATIC
+        else:
+            value = "" if value is None else str(value)
+        out[name] = value
+    return out
+
+
+def model_choice(values: Mapping[str, Any], library: ModelLibrary) -> ModelChoice:
+    if not values.get("checkpoint"):
+        raise ValueError("checkpoint: none chosen; pick one in the model bar (press Refresh after adding files)")
+    paths = {name: choices.resolve(library, values.get(name), MODEL_KINDS[name]) for name in MODEL_FIELDS}
+    return ModelChoice(**paths)
+
+
+def lora_stack(values: Mapping[str, Any], library: ModelLibrary) -> tuple[LoraSpec, ...]:
+    """The stack rows that name a LoRA, top to bottom; a row switched off stays in (its adapter is kept)."""
+    stack = []
+    for row in range(1, MAX_LORAS + 1):
+        names = lora_names(row)
+        if not values.get(names["name"]):
+            continue
+        path = choices.resolve(library, values[names["name"]], Kind.LORA)
+        stack.append(
+            LoraSpec(
+                path,
+                unet_weight=_number(names["unet_weight"], values.get(names["unet_weight"], 1.0), False),
+                te_weight=_number(names["te_weight"], values.get(names["te_weight"], 1.0), False),
+                enabled=bool(values.get(names["enabled"], True)),
+            )
+        )
+    return tuple(stack)
+
+
+def build_request(values: Mapping[str, Any], library: ModelLibrary) -> GenerationRequest:
+    """The request the widgets describe; ValueError / ModelNotFoundError name the field that is wrong."""
+    check_names(list(values))
+    return GenerationRequest(
+        model=model_choice(values, library), loras=lora_stack(values, library), **request_fields(values)
+    )
+
+
+def values_from_reproduction(reproduction: Reproduction, text: str, library: ModelLibrary) -> dict[str, Any]:
+    """Widget values (by name) that reproduce an image: its fields, its model and components, its LoRAs.
+
+    LoRAs named in the prompt stay there as `<lora:…>` tags; those listed only in `Lora hashes` (a
+    stack) fill stack rows at weight 1, since infotext does not carry stack weights."""
+    found = reproduction.values
+    out: dict[str, Any] = {k: v for k, v in found.items() if k in REQUEST_FIELDS}
+    out["sampler"] = found.get("sampler") or MODEL_SAMPLER
+    out["schedule"] = found.get("schedule") or AUTOMATIC
+    if found.get("checkpoint") is not None:
+        out["checkpoint"] = choices.title_for_path(library, found["checkpoint"])
+    for name in MODEL_FIELDS[1:]:
+        path = found.get(name)
+        out[name] = choices.title_for_path(library, path) if path is not None else choices.FROM_CHECKPOINT
+    in_prompt = {tag.name.lower() for tag in extract_lora_tags(found.get("prompt", ""))[1]}
+    stack = []
+    for item in parse_infotext(text)[2].get("Lora hashes", "").split(","):
+        name = item.split(":", 1)[0].strip()
+        if name and name.lower() not in in_prompt:
+            try:
+                stack.append(choices.title(library.find(name, Kind.LORA)))
+            except LookupError:
+                continue  # reproduce lists what is missing
+    for row in range(1, MAX_LORAS + 1):
+        names = lora_names(row)
+        lora = stack[row - 1] if row <= len(stack) else None
+        out.update({names["name"]: lora, names["unet_weight"]: 1.0, names["te_weight"]: 1.0, names["enabled"]: True})
+    return out
+
+
+@contextmanager
+def shown_in_ui(action: str) -> Iterator[None]:
+    """Errors become a gr.Error toast with the engine's message; the page and the queue stay usable."""
+    try:
+        yield
+    except gr.Error:
+        raise
+    except USER_ERRORS as error:
+        raise gr.Error(str(error), title=f"{action} failed") from error
+    except Exception as error:  # the UI boundary: log the traceback, show the message, keep serving
+        log.exception("%s failed", action)
+        raise gr.Error(f"{type(error).__name__}: {error}", title=f"{action} failed") from error
+
+
+def by_name(names: Sequence[str], fn: Callable[..., Any]) -> Callable[..., Any]:
+    """A Gradio handler taking `names` as parameters (in the order of the inputs list built from the same
+    dict) and calling `fn(values: dict[str, Any], request)`. Generators stay generators (streamed updates)."""
+    names = tuple(names)
+
+    def split(args: tuple[Any, ...]) -> tuple[dict[str, Any], Any]:
+        return dict(zip(names, args[: len(names)], strict=True)), args[len(names)] if len(args) > len(names) else None
+
+    if inspect.isgeneratorfunction(fn):
+
+        def handler(*args: Any) -> Iterator[Any]:
+            values, request = split(args)
+            yield from fn(values, request)
+
+    else:
+
+        def handler(*args: Any) -> Any:
+            values, request = split(args)
+            return fn(values, request)
+
+    # Defaults of None make every field optional for API clients (a widget's initial value is used instead).
+    keyword = inspect.Parameter.POSITIONAL_OR_KEYWORD
+    parameters = [inspect.Parameter(name, keyword, default=None) for name in names]
+    parameters.append(inspect.Parameter("request", keyword, default=None, annotation=gr.Request))
+    handler.__signature__ = inspect.Signature(parameters)  # type: ignore[attr-defined]
+    handler.__annotations__ = {"request": gr.Request}
+    handler.__name__ = getattr(fn, "__name__", "handler")
+    handler.__doc__ = fn.__doc__
+    return handler

@@ -1,0 +1,118 @@
+"""Dropdown choices from the model library: titles users see and pick, and the files they name."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from webui.engine.pipelines import FAMILY_ROLES
+from webui.models.identity import FAMILY_TEXT_ENCODERS, encoder_label
+from webui.models.kinds import Family, Kind, TextEncoderType
+from webui.models.library import ModelEntry, ModelLibrary
+from webui.models.loading import Role
+
+FROM_CHECKPOINT = "From checkpoint"
+ROLE_KINDS = {Role.UNET: Kind.UNET, Role.VAE: Kind.VAE, Role.TEXT_ENCODER: Kind.TEXT_ENCODER}
+ROLE_LABELS = {
+    Role.UNET: "UNet",
+    Role.VAE: "VAE",
+    Role.TEXT_ENCODER: "Text encoder",
+    Role.TEXT_ENCODER_2: "Text encoder 2",
+}
+
+
+def title(entry: ModelEntry) -> str:
+    """What a dropdown shows and sends back: the file name as `library.find` reads it (`sub/foo.safetensors`)."""
+    return entry.name if entry.path.is_dir() else f"{entry.name}{entry.path.suffix}"
+
+
+def title_for_path(library: ModelLibrary, path: Path | None) -> str | None:
+    if path is None:
+        return None
+    wanted = Path(path).absolute()
+    for entry in library.entries():
+        if entry.path == wanted:
+            return title(entry)
+    return str(path)
+
+
+def resolve(library: ModelLibrary, name: str | None, kind: Kind | None = None) -> Path | None:
+    """The file a dropdown value names; None for empty or "From checkpoint"; ModelNotFoundError otherwise."""
+    if not name or name == FROM_CHECKPOINT:
+        return None
+    return library.find(name, kind).path
+
+
+def checkpoints(library: ModelLibrary) -> list[str]:
+    return [title(e) for e in library.entries(Kind.CHECKPOINT) if e.usable]
+
+
+def checkpoint_entry(library: ModelLibrary, name: str | None) -> ModelEntry | None:
+    if not name:
+        return None
+    try:
+        return library.find(name, Kind.CHECKPOINT)
+    except LookupError:
+        return None
+
+
+def family_of(library: ModelLibrary, checkpoint: str | None) -> Family | None:
+    entry = checkpoint_entry(library, checkpoint)
+    return entry.family if entry is not None else None
+
+
+def encoder_for(role: Role, family: Family) -> TextEncoderType | None:
+    """The text-encoder architecture a family wants in `role` (SDXL: CLIP-L first, bigG second)."""
+    encoders = FAMILY_TEXT_ENCODERS.get(family, ())
+    roles = [r for r in FAMILY_ROLES.get(family, ()) if r in (Role.TEXT_ENCODER, Role.TEXT_ENCODER_2)]
+    return dict(zip(roles, encoders, strict=False)).get(role)
+
+
+def component_files(
+    library: ModelLibrary, role: Role, family: Family | None
+) -> tuple[list[ModelEntry], list[ModelEntry]]:
+    """The usable files for `role`: (those that fit `family`, the rest)."""
+    kind = ROLE_KINDS.get(role, Kind.TEXT_ENCODER)
+    wanted = encoder_for(role, family) if family is not None else None
+    fitting: list[ModelEntry] = []
+    others: list[ModelEntry] = []
+    for entry in library.entries(kind):
+        identity = entry.identity
+        if not entry.usable or identity is None:
+            continue
+        fits = family is None or identity.fits(family)
+        if fits and wanted is not None and identity.text_encoders:
+            fits = wanted in identity.text_encoders
+        (fitting if fits else others).append(entry)
+    return fitting, others
+
+
+def component_choices(library: ModelLibrary, role: Role, family: Family | None) -> list[tuple[str, str]]:
+    """(label, value) pairs: "From checkpoint", the files that fit `family`, then the rest labelled with
+    what they are (choosing one is allowed: loading refuses a mismatch and says why)."""
+    fitting, others = component_files(library, role, family)
+    return [
+        (FROM_CHECKPOINT, FROM_CHECKPOINT),
+        *((title(e), title(e)) for e in fitting),
+        *((f"{title(e)} ({_what(e)})", title(e)) for e in others),
+    ]
+
+
+def fitting_components(library: ModelLibrary, role: Role, family: Family | None) -> list[str]:
+    return [title(e) for e in component_files(library, role, family)[0]]
+
+
+def _what(entry: ModelEntry) -> str:
+    identity = entry.identity
+    if identity is not None and identity.text_encoders:
+        return encoder_label(identity.text_encoders)
+    return entry.family.label
+
+
+def loras(library: ModelLibrary, family: Family | None) -> list[str]:
+    """LoRAs usable with `family` (all of them when no checkpoint is chosen)."""
+    return [title(e) for e in library.entries(Kind.LORA, family) if e.usable]
+
+
+def values_of(choices: list[Any]) -> list[str]:
+    return [c[1] if isinstance(c, tuple) else c for c in choices]

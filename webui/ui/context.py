@@ -1,0 +1,89 @@
+"""What every tab is built from: the engine, the model library, the preferences, and the running jobs."""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+from webui.config import Settings
+from webui.engine.device import DevicePolicy
+from webui.engine.jobs import JobQueue
+from webui.engine.pipelines import PipelineManager, default_budgets
+from webui.engine.txt2img import Engine
+from webui.models.library import ModelLibrary
+from webui.models.tokenizers import TokenizerNotFoundError, load_clip_tokenizer
+from webui.ui.preferences import Preferences, PreferencesStore
+
+GPU = "gpu"  # the concurrency_id every event that touches the device shares (one at a time)
+GB = 2**30
+
+
+def owner_of(request: Any) -> str:
+    """Whose job it is: the signed-in user, else the browser session (API clients have one too)."""
+    return getattr(request, "username", None) or getattr(request, "session_hash", None) or "local"
+
+
+@dataclass
+class UiContext:
+    """The engine, its job queue (shared with the API, started by `webui.app.serve`), the library, the
+    command line's settings and the preferences file."""
+
+    engine: Engine
+    queue: JobQueue
+    library: ModelLibrary
+    settings: Settings
+    preferences: PreferencesStore
+    _tokenizer: Any = None
+    _tokenizer_error: str | None = None
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def prefs(self) -> Preferences:
+        """The saved preferences with the command line's device options on top."""
+        return self.preferences.current.with_cli(self.settings)
+
+    def tokenizer(self) -> Any:
+        """The CLIP tokenizer for the token counter (the same BPE for every SD text encoder), or None."""
+        with self._lock:
+            if self._tokenizer is None and self._tokenizer_error is None:
+                try:
+                    self._tokenizer = load_clip_tokenizer(self.library.models_dir)
+                except (TokenizerNotFoundError, OSError, ValueError) as error:
+                    self._tokenizer_error = str(error)
+            return self._tokenizer
+
+
+def apply_engine_preferences(engine: Engine, prefs: Preferences) -> list[str]:
+    """Device, precision, attention slicing and memory budgets, applied now; returns what changed.
+
+    A new device policy gets a new pipeline manager over the same component cache (dropped first when
+    the device or dtype changes); the next generation re-assembles its pipeline under the new policy."""
+    changes: list[str] = []
+    with engine.gpu_lock:
+        manager = engine.manager
+        policy = dataclasses.replace(
+            manager.policy, device=prefs.device, precision=prefs.precision, attention_slicing=prefs.attention_slicing
+        )
+        if policy != manager.policy:
+            fresh = PipelineManager(manager.models_dir, policy, cache=manager.cache)
+            if (fresh.device, fresh.dtype) != (manager.device, manager.dtype):
+                manager.cache.clear()
+                changes.append(f"device {fresh.device}, {str(fresh.dtype).removeprefix('torch.')}")
+            if policy.attention_slicing != manager.policy.attention_slicing:
+                changes.append(f"attention slicing {policy.attention_slicing}")
+            engine.manager = fresh
+        for device_type, nbytes in {**default_budgets(engine.manager.device), **budgets_of(prefs)}.items():
+            engine.manager.cache.set_budget(device_type, nbytes)
+    return changes
+
+
+def policy_of(prefs: Preferences) -> DevicePolicy:
+    return DevicePolicy(prefs.device, prefs.precision, prefs.attention_slicing)
+
+
+def budgets_of(prefs: Preferences) -> dict[str, int]:
+    """The memory budgets the preferences set (0 GB: the engine's default)."""
+    gigabytes = {"cpu": prefs.ram_budget_gb, "cuda": prefs.vram_budget_gb}
+    return {device: int(value * GB) for device, value in gigabytes.items() if value}

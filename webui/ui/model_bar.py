@@ -1,0 +1,211 @@
+"""The model bar above every tab: the checkpoint and its component choices, family badge, load state, cache.
+
+The bar owns the whole model selection: the checkpoint dropdown it shows, and the UNet / text-encoder /
+VAE dropdowns the Components tab renders (created here with render=False, so every tab can use them
+as inputs whatever the tab order).
+"""
+
+from __future__ import annotations
+
+import html
+from dataclasses import dataclass
+from typing import Any
+
+import gradio as gr
+
+from webui.engine.pipelines import FAMILY_ROLES
+from webui.models.kinds import Family
+from webui.models.loading import Role
+from webui.ui import adapter, choices, families, runner
+from webui.ui.context import GPU, UiContext, owner_of
+
+OVERRIDE_ROLES = (Role.UNET, Role.TEXT_ENCODER, Role.TEXT_ENCODER_2, Role.VAE)
+
+
+@dataclass
+class ModelBar:
+    checkpoint: gr.Dropdown
+    overrides: dict[str, gr.Dropdown]  # by ModelChoice field name: unet, text_encoder, text_encoder_2, vae
+    badge: gr.HTML
+    status: gr.HTML
+    refreshed: Any  # the Refresh button's event; `.then(...)` runs after the library is re-read
+    app: gr.Blocks
+
+    def on_models_changed(self, fn: Any, inputs: list[Any], outputs: list[Any]) -> None:
+        """Run `fn` when the checkpoint changes, after Refresh, and on every page load (choices go stale)."""
+        options = {"inputs": inputs, "outputs": outputs, "api_visibility": "private", "queue": False}
+        self.checkpoint.change(fn, **options)
+        self.refreshed.then(fn, **options)
+        self.app.load(fn, **options)
+
+    @property
+    def selection(self) -> dict[str, gr.Dropdown]:
+        """Every ModelChoice field's widget, by field name."""
+        return {"checkpoint": self.checkpoint, **self.overrides}
+
+
+def initial_checkpoint(ctx: UiContext) -> str | None:
+    names = choices.checkpoints(ctx.library)
+    wanted = ctx.preferences.current.checkpoint
+    return wanted if wanted in names else (names[0] if names else None)
+
+
+def badge_html(ctx: UiContext, checkpoint: str | None) -> str:
+    entry = choices.checkpoint_entry(ctx.library, checkpoint)
+    text = families.badge(entry)
+    if not text:
+        return '<span class="family-badge empty">no model</span>'
+    return f'<span class="family-badge">{html.escape(text)}</span>'
+
+
+def _mb(nbytes: int) -> str:
+    return f"{nbytes / 2**20:,.1f} MB" if nbytes < 2**30 else f"{nbytes / 2**30:,.2f} GB"
+
+
+def status_html(ctx: UiContext, note: str = "") -> str:
+    """Load state and time, the loaded combination, and what the component cache holds (with memory)."""
+    manager = ctx.engine.manager
+    loaded = manager.current
+    status = manager.status()
+    if loaded is None:
+        head = "not loaded yet: the model loads on first Generate"
+    else:
+        read = ", ".join(r.value for r in loaded.loaded_from_disk) or "nothing: all from cache"
+        parts = [f"<b>{html.escape(loaded.choice.name)}</b> loaded in {loaded.load_seconds:.2f} s (read {read})"]
+        for role in OVERRIDE_ROLES:
+            path = loaded.choice.override(role)
+            if path is not None:
+                parts.append(f"{choices.ROLE_LABELS[role]}: {html.escape(path.name)}")
+        head = " · ".join(parts)
+    items = "".join(
+        f"<li>{html.escape(item['label'])} — {_mb(item['nbytes'])} ({item['dtype']}, {item['device']})</li>"
+        for item in status["cached"]
+    )
+    cache = (
+        f"<details><summary>cache: {len(status['cached'])} components, {_mb(status['cached_bytes'])} "
+        f"on {html.escape(status['device'])}</summary><ul>{items}</ul></details>"
+    )
+    extra = f'<div class="model-note">{html.escape(note)}</div>' if note else ""
+    return f'<div class="model-status-text">{head}</div>{cache}{extra}'
+
+
+def override_updates(ctx: UiContext, checkpoint: str | None, current: dict[str, Any]) -> dict[str, Any]:
+    """Choices for each override dropdown under this checkpoint's family; a value that no longer exists
+    falls back to "From checkpoint"; roles the family lacks are hidden."""
+    family = choices.family_of(ctx.library, checkpoint)
+    roles = family_roles(family)
+    updates = {}
+    for role in OVERRIDE_ROLES:
+        options = choices.component_choices(ctx.library, role, family)
+        value = current.get(role.value) or choices.FROM_CHECKPOINT
+        if value not in choices.values_of(options):
+            value = choices.FROM_CHECKPOINT
+        updates[role.value] = gr.update(choices=options, value=value, visible=role in roles)
+    return updates
+
+
+def fitting_overrides(ctx: UiContext, values: dict[str, Any]) -> dict[str, Any]:
+    """The selection with the overrides the checkpoint's family cannot take reset to "From checkpoint"."""
+    family = choices.family_of(ctx.library, values.get("checkpoint"))
+    out = dict(values)
+    for role in OVERRIDE_ROLES:
+        if role not in family_roles(family) or out.get(role.value) not in choices.fitting_components(
+            ctx.library, role, family
+        ):
+            out[role.value] = choices.FROM_CHECKPOINT
+    return out
+
+
+def family_roles(family: Family | None) -> tuple[Role, ...]:
+    return FAMILY_ROLES.get(family, OVERRIDE_ROLES) if family is not None else OVERRIDE_ROLES
+
+
+def load_selection(ctx: UiContext, values: dict[str, Any], request: Any) -> str:
+    """Load the selected model now, as a job of the shared queue (a checkpoint pick, the Components tab's
+    Load now); a mismatch is refused with the engine's reason (ModelLoadError)."""
+    with adapter.shown_in_ui("Loading the model"):
+        choice = adapter.model_choice(values, ctx.library)
+
+        def load(engine: Any, _progress: Any, _cancel: Any) -> None:
+            with engine.gpu_lock:
+                engine.manager.load(choice)
+
+        runner.call(ctx.queue, load, owner_of(request), "load")
+    return status_html(ctx)
+
+
+def build(ctx: UiContext, app: gr.Blocks) -> ModelBar:
+    library = ctx.library
+    family = choices.family_of(library, initial_checkpoint(ctx))
+    with gr.Row(elem_id="model-bar", equal_height=True):
+        with gr.Column(scale=4, min_width=300), gr.Row(equal_height=True):  # dropdown and refresh side by side
+            checkpoint = gr.Dropdown(
+                choices=choices.checkpoints(library),
+                value=initial_checkpoint(ctx),
+                label="Checkpoint",
+                allow_custom_value=True,  # the library judges names (new files, API clients)
+                elem_id="model-checkpoint",
+                scale=1,
+                min_width=200,
+            )
+            refresh = gr.Button("↻", elem_id="model-refresh", scale=0, min_width=44, elem_classes=["tool-button"])
+        with gr.Column(scale=5, min_width=300), gr.Row(elem_id="model-state", equal_height=True):
+            badge = gr.HTML(badge_html(ctx, initial_checkpoint(ctx)), elem_id="model-badge", container=False, scale=0)
+            status = gr.HTML(status_html(ctx), elem_id="model-status", container=False, scale=1)
+    overrides = {
+        role.value: gr.Dropdown(
+            choices=choices.component_choices(library, role, family),
+            value=choices.FROM_CHECKPOINT,
+            label=choices.ROLE_LABELS[role],
+            allow_custom_value=True,
+            elem_id=f"component-{role.value.replace('_', '-')}",
+            visible=role in family_roles(family),
+            render=False,
+        )
+        for role in OVERRIDE_ROLES
+    }
+    selection = {"checkpoint": checkpoint, **overrides}
+    names, widgets = list(selection), list(selection.values())
+
+    def refresh_library(_values: dict[str, Any], _request: Any) -> str:
+        with adapter.shown_in_ui("Refreshing the model list"):
+            library.refresh()
+        changes = library.last_changes
+        note = f"{len(changes.added)} added, {len(changes.changed)} changed, {len(changes.removed)} removed"
+        return status_html(ctx, note=f"model list refreshed: {note}")
+
+    def sync(values: dict[str, Any], _request: Any) -> list[Any]:
+        """Choices after a checkpoint change, a refresh or a page load."""
+        available = choices.checkpoints(library)
+        current = values.get("checkpoint")
+        value = current if current in available else (available[0] if available else None)
+        updates = override_updates(ctx, value, values)
+        return [
+            gr.update(choices=available, value=value),
+            badge_html(ctx, value),
+            *(updates[name] for name in overrides),
+        ]
+
+    refreshed = refresh.click(
+        adapter.by_name(names, refresh_library), inputs=widgets, outputs=status, api_name="refresh_models"
+    )
+    bar = ModelBar(checkpoint, overrides, badge, status, refreshed, app)
+    app.load(
+        lambda: [gr.update(choices=choices.checkpoints(library), value=initial_checkpoint(ctx)), status_html(ctx)],
+        outputs=[checkpoint, status],
+        api_visibility="private",
+        queue=False,
+    )
+    bar.on_models_changed(
+        adapter.by_name(names, sync), inputs=widgets, outputs=[checkpoint, badge, *overrides.values()]
+    )
+    checkpoint.input(
+        adapter.by_name(names, lambda values, request: load_selection(ctx, fitting_overrides(ctx, values), request)),
+        inputs=widgets,
+        outputs=status,
+        api_name="load_model",
+        concurrency_id=GPU,
+        concurrency_limit=1,
+        show_progress="minimal",
+    )
+    return bar

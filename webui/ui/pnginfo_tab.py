@@ -1,0 +1,100 @@
+"""PNG Info tab: drop an image, read how it was made, and send its settings (model and LoRAs too) to txt2img."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import gradio as gr
+
+from webui.engine.infotext import parse_infotext
+from webui.engine.reproduce import request_from_infotext
+from webui.ui import adapter, choices
+from webui.ui.adapter import MAX_LORAS, lora_names
+from webui.ui.context import UiContext
+from webui.ui.pnginfo import read_image_metadata
+from webui.ui.txt2img_tab import Txt2ImgTab
+
+
+def parsed_view(text: str | None) -> dict[str, Any]:
+    if not text:
+        return {}
+    prompt, negative, params = parse_infotext(text)
+    return {"prompt": prompt, "negative_prompt": negative, "parameters": params}
+
+
+def read_image(path: str | None) -> tuple[str, dict[str, Any], str, Any]:
+    """(infotext, its parsed fields, other tools' metadata as text, the Send button's update)."""
+    if not path:
+        return "", {}, "", gr.update(interactive=False)
+    with adapter.shown_in_ui("Reading the image"):
+        metadata = read_image_metadata(path)
+    other = "\n\n".join(f"# {label}\n{text}" for label, text in metadata.other.items())
+    if not metadata.parameters and not other:
+        other = f"No generation parameters in this {metadata.format or 'image'} file."
+    return (
+        metadata.parameters or "",
+        parsed_view(metadata.parameters),
+        other,
+        gr.update(interactive=bool(metadata.parameters)),
+    )
+
+
+def build_tab(ctx: UiContext, txt2img: Txt2ImgTab, tabs: gr.Tabs) -> gr.Tab:
+    with gr.Tab("PNG Info", id="pnginfo", elem_id="tab-pnginfo") as tab:
+        with gr.Row():
+            with gr.Column(scale=1, min_width=300):
+                image = gr.Image(
+                    type="filepath",
+                    image_mode=None,
+                    sources=["upload", "clipboard"],
+                    label="Image",
+                    elem_id="pnginfo-image",
+                    height=360,
+                )
+                send = gr.Button("Send to txt2img", variant="primary", interactive=False, elem_id="pnginfo-send")
+            with gr.Column(scale=1, min_width=300):
+                infotext = gr.Textbox(
+                    label="Parameters (infotext)",
+                    lines=6,
+                    interactive=False,
+                    elem_id="pnginfo-parameters",
+                    buttons=["copy"],
+                )
+                parsed = gr.JSON(label="Parsed", elem_id="pnginfo-parsed", open=True)
+                other = gr.Textbox(
+                    label="Other metadata (ComfyUI, InvokeAI)", lines=6, interactive=False, elem_id="pnginfo-other"
+                )
+
+    image.change(read_image, inputs=image, outputs=[infotext, parsed, other, send], api_name="png_info")
+
+    fields = txt2img.fields
+    stack = txt2img.stack
+
+    def send_to_txt2img(text: str) -> dict[Any, Any]:
+        """Every field the infotext names, the model and components when the library has them, the LoRAs."""
+        if not text:
+            raise gr.Error("No parameters to send: drop an image made by this app or A1111 first.")
+        with adapter.shown_in_ui("Reading the parameters"):
+            reproduction = request_from_infotext(text, ctx.library)
+            values = adapter.values_from_reproduction(reproduction, text, ctx.library)
+        for item in reproduction.missing:
+            gr.Warning(f"Not in the library: {item}. Left as it was.")
+        for note in reproduction.notes:
+            gr.Info(note)
+        if not values.get("checkpoint"):
+            values.pop("checkpoint", None)
+        family = choices.family_of(ctx.library, values.get("checkpoint"))
+        updates: dict[Any, Any] = {fields[name]: value for name, value in values.items() if name in fields}
+        shown = [False] * MAX_LORAS
+        for number, row in enumerate(stack.rows, start=1):
+            lora = values.get(lora_names(number)["name"])
+            shown[number - 1] = bool(lora)
+            updates[row.lora] = gr.update(choices=choices.loras(ctx.library, family), value=lora)
+            updates[row.group] = gr.update(visible=bool(lora))
+        updates[stack.shown] = shown
+        updates[tabs] = gr.Tabs(selected="txt2img")
+        return updates
+
+    outputs = [*fields.values(), *(row.group for row in stack.rows), stack.shown, tabs]
+    send.click(send_to_txt2img, inputs=infotext, outputs=outputs, api_visibility="private", queue=False)
+    return tab

@@ -1,0 +1,53 @@
+"""The page's CSS (a module, not a file, so it ships with the package): compact, and stacking on a phone."""
+
+CSS = """
+/* webui: compact A1111-like layout that still stacks cleanly on a phone. */
+#model-bar { align-items: center; gap: 8px; }
+#model-bar .tool-button, .tool-button { max-width: 48px; min-width: 40px !important; font-size: 1.1rem; }
+.family-badge {
+  display: inline-block; padding: 4px 10px; border-radius: 999px; font-weight: 600; font-size: 0.85rem;
+  background: var(--primary-100); color: var(--primary-700); border: 1px solid var(--primary-300); white-space: nowrap;
+}
+.family-badge.empty { background: var(--neutral-100); color: var(--neutral-500); border-color: var(--neutral-300); }
+#model-status { font-size: 0.82rem; line-height: 1.35; color: var(--body-text-color-subdued); }
+#model-status details summary { cursor: pointer; }
+#model-status ul { margin: 2px 0 0 1rem; padding: 0; }
+.model-note { color: var(--primary-600); }
+
+.token-counter {
+  display: block; text-align: right; font-size: 0.78rem; color: var(--body-text-color-subdued);
+  margin-top: -6px; font-variant-numeric: tabular-nums;
+}
+#txt2img-buttons { justify-content: flex-start; gap: 8px; }
+#txt2img-generate { min-height: 64px; font-size: 1.15rem; }
+
+.gen-progress { font-size: 0.85rem; min-height: 1.6em; }
+.gen-bar { height: 8px; border-radius: 4px; background: var(--neutral-200); overflow: hidden; margin-bottom: 4px; }
+.gen-fill { height: 100%; background: var(--primary-500); transition: width 0.2s ease; }
+.gen-progress.interrupted .gen-fill { background: var(--neutral-400); }
+.gen-detail { color: var(--body-text-color-subdued); }
+
+.lora-row { padding: 6px; margin-bottom: 6px; }
+.lora-report { font-size: 0.8rem; }
+.lora-report.ok { color: #15803d; }
+.lora-report.warn { color: #b45309; }
+.lora-report.error { color: #b91c1c; }
+.lora-report.off { color: var(--body-text-color-subdued); }
+.trigger-words label { font-size: 0.8rem; }
+
+#txt2img-gallery { min-height: 240px; }
+
+@media (max-width: 640px) {
+  #model-bar { flex-wrap: wrap; }
+  #model-status { flex-basis: 100% !important; }
+  #txt2img-buttons { flex-direction: row !important; }
+  #txt2img-generate { min-height: 48px; }
+  .gradio-container { padding: 4px !important; }
+}
+
+/* Token counters sit in the bottom-right corner of their prompt box, as in A1111. */
+#txt2img-prompt-tokens, #txt2img-negative-tokens {
+  margin-top: calc(-1 * var(--layout-gap) - 26px) !important; margin-right: 18px; position: relative; z-index: 5;
+  pointer-events: none; min-height: 0 !important; margin-bottom: 6px;
+}
+"""

@@ -1,0 +1,395 @@
+"""txt2img tab: prompts with token counters, sampling settings, the LoRA stack, Generate / Interrupt with live
+progress and preview, and the gallery with the selected image's infotext and file."""
+
+from __future__ import annotations
+
+import html
+from dataclasses import dataclass
+from typing import Any
+
+import gradio as gr
+
+from webui.engine.jobs import JobState
+from webui.engine.progress import Progress
+from webui.engine.prompts import count_tokens
+from webui.engine.request import MAX_STEPS, MIN_SIDE, GenerationResult
+from webui.engine.samplers import DISTILLED_PRESET, SAMPLER_NAMES, SCHEDULE_TYPES, supported_schedules
+from webui.ui import adapter, choices, families, lora_stack, runner
+from webui.ui.context import GPU, UiContext, owner_of
+from webui.ui.lora_stack import LoraStack
+from webui.ui.model_bar import ModelBar, initial_checkpoint, status_html
+from webui.ui.preferences import MODEL_SAMPLER, REQUEST_DEFAULTS, Preferences
+
+MAX_SIDE_UI = 2048
+SAMPLER_CHOICES = [MODEL_SAMPLER, *SAMPLER_NAMES]
+DISTILLED_FIELDS = ("sampler", "schedule", "steps", "cfg_scale")
+
+
+@dataclass
+class Txt2ImgTab:
+    """What other tabs use: `fields` (every request widget by adapter name, model selection and LoRA stack
+    included), the results, and `actions`, a row under the gallery where a later tab (Compare) adds its
+    "send to" button with `with tab.actions: ...`."""
+
+    tab: gr.Tab
+    fields: dict[str, Any]
+    stack: LoraStack
+    gallery: gr.Gallery
+    results: gr.State
+    infotext: gr.Textbox
+    actions: gr.Row
+
+
+def token_counter(ctx: UiContext, text: str) -> str:
+    tokenizer = ctx.tokenizer()
+    if tokenizer is None:
+        return '<span class="token-counter" title="no CLIP tokenizer found">?/75</span>'
+    counts = count_tokens(tokenizer, text or "")
+    total, limit = sum(counts), 75 * len(counts)
+    detail = " + ".join(map(str, counts))
+    return f'<span class="token-counter" title="tokens per 75-token chunk: {detail}">{total}/{limit}</span>'
+
+
+def schedule_update(sampler: str | None, schedule: str | None) -> Any:
+    allowed = list(supported_schedules(sampler)) if sampler and sampler != MODEL_SAMPLER else ["Automatic"]
+    return gr.update(choices=allowed, value=schedule if schedule in allowed else "Automatic")
+
+
+def default_size(ctx: UiContext, prefs: Preferences) -> tuple[int, int]:
+    native = families.native_size(choices.checkpoint_entry(ctx.library, initial_checkpoint(ctx)))
+    return prefs.width or native[0], prefs.height or native[1]
+
+
+def field_defaults(ctx: UiContext) -> dict[str, Any]:
+    """The txt2img fields' values on a fresh page: the saved preferences (read again at every page load)."""
+    prefs = ctx.prefs
+    width, height = default_size(ctx, prefs)
+    values = {name: getattr(prefs, name) for name in REQUEST_DEFAULTS}
+    return {**values, "width": width, "height": height}
+
+
+def _request_widgets(d: dict[str, Any]) -> dict[str, Any]:
+    """Sampling settings, laid out as A1111 users expect, starting at the defaults `d`."""
+    w: dict[str, Any] = {}
+    with gr.Row():
+        w["sampler"] = gr.Dropdown(SAMPLER_CHOICES, value=d["sampler"], label="Sampler", elem_id="txt2img-sampler")
+        w["schedule"] = gr.Dropdown(
+            list(SCHEDULE_TYPES), value=d["schedule"], label="Schedule type", elem_id="txt2img-schedule"
+        )
+    w["steps"] = gr.Slider(1, MAX_STEPS, value=d["steps"], step=1, label="Steps", elem_id="txt2img-steps")
+    with gr.Row(equal_height=True):
+        with gr.Column(scale=4, min_width=200):
+            w["width"] = gr.Slider(
+                MIN_SIDE,
+                MAX_SIDE_UI,
+                value=d["width"],
+                step=8,
+                label="Width",
+                elem_id="txt2img-width",
+            )
+            w["height"] = gr.Slider(
+                MIN_SIDE,
+                MAX_SIDE_UI,
+                value=d["height"],
+                step=8,
+                label="Height",
+                elem_id="txt2img-height",
+            )
+        with gr.Column(scale=1, min_width=110):
+            swap = gr.Button("⇅ swap", elem_id="txt2img-swap", size="sm")
+            preset = gr.Dropdown([], value=None, label="Size preset", elem_id="txt2img-size-preset")
+    with gr.Row():
+        w["batch_count"] = gr.Slider(
+            1, 100, value=d["batch_count"], step=1, label="Batch count", elem_id="txt2img-batch-count", min_width=200
+        )
+        w["batch_size"] = gr.Slider(
+            1, 8, value=d["batch_size"], step=1, label="Batch size", elem_id="txt2img-batch-size", min_width=200
+        )
+    w["cfg_scale"] = gr.Slider(0, 30, value=d["cfg_scale"], step=0.5, label="CFG scale", elem_id="txt2img-cfg")
+    with gr.Row(equal_height=True):
+        w["seed"] = gr.Number(
+            value=-1,
+            label="Seed (-1: random)",
+            precision=0,
+            minimum=-1,
+            maximum=2**32 - 1,
+            elem_id="txt2img-seed",
+            scale=4,
+            min_width=160,
+        )
+        random_seed = gr.Button("⚄", elem_id="txt2img-seed-random", scale=0, min_width=44, elem_classes=["tool-button"])
+        reuse_seed = gr.Button("♻", elem_id="txt2img-seed-reuse", scale=0, min_width=44, elem_classes=["tool-button"])
+    with gr.Row(equal_height=True):
+        w["clip_skip"] = gr.Slider(
+            1, 12, value=d["clip_skip"], step=1, label="Clip skip", elem_id="txt2img-clip-skip", min_width=200
+        )
+        distilled = gr.Checkbox(
+            False, label="Distilled preset (Turbo / LCM)", elem_id="txt2img-distilled", min_width=200
+        )
+    w["_swap"], w["_preset"], w["_random"], w["_reuse"], w["_distilled"] = (
+        swap,
+        preset,
+        random_seed,
+        reuse_seed,
+        distilled,
+    )
+    return w
+
+
+def build_tab(ctx: UiContext, bar: ModelBar) -> Txt2ImgTab:
+    defaults = field_defaults(ctx)
+    with gr.Tab("txt2img", id="txt2img", elem_id="tab-txt2img") as tab:
+        with gr.Row(elem_id="txt2img-top"):
+            with gr.Column(scale=5, min_width=300):
+                prompt = gr.Textbox(
+                    value=defaults["prompt"],
+                    label="Prompt",
+                    lines=3,
+                    max_lines=12,
+                    elem_id="txt2img-prompt",
+                    placeholder="a photo of a cat, (detailed:1.2) <lora:name:0.8>",
+                )
+                prompt_tokens = gr.HTML(
+                    token_counter(ctx, ""), elem_id="txt2img-prompt-tokens", container=False, padding=False
+                )
+                negative = gr.Textbox(
+                    value=defaults["negative_prompt"],
+                    label="Negative prompt",
+                    lines=2,
+                    max_lines=8,
+                    elem_id="txt2img-negative",
+                )
+                negative_tokens = gr.HTML(
+                    token_counter(ctx, ""), elem_id="txt2img-negative-tokens", container=False, padding=False
+                )
+            with gr.Column(scale=1, min_width=160, elem_id="txt2img-buttons"):
+                generate = gr.Button("Generate", variant="primary", elem_id="txt2img-generate", size="lg")
+                interrupt = gr.Button("Interrupt", variant="stop", elem_id="txt2img-interrupt")
+        with gr.Row(elem_id="txt2img-main"):
+            with gr.Column(scale=1, min_width=320, elem_id="txt2img-settings"):
+                widgets = _request_widgets(defaults)
+                stack = lora_stack.build(ctx, bar, prompt)
+            with gr.Column(scale=1, min_width=320, elem_id="txt2img-output"):
+                progress = gr.HTML(runner.idle_html(), elem_id="txt2img-progress")
+                preview = gr.Image(
+                    label="Live preview", visible=False, interactive=False, elem_id="txt2img-preview", height=256
+                )
+                gallery = gr.Gallery(
+                    label="Images",
+                    columns=2,
+                    height="auto",
+                    object_fit="contain",
+                    elem_id="txt2img-gallery",
+                    buttons=["download", "fullscreen"],
+                    interactive=False,
+                )
+                saved = gr.Textbox(label="File", interactive=False, elem_id="txt2img-file", buttons=["copy"])
+                infotext = gr.Textbox(
+                    label="Infotext (generation parameters)",
+                    lines=4,
+                    interactive=False,
+                    elem_id="txt2img-infotext",
+                    buttons=["copy"],
+                )
+                other_loras = gr.HTML("", elem_id="txt2img-lora-report")
+                actions = gr.Row(elem_id="txt2img-actions")
+        results = gr.State([])
+        selected = gr.State(0)
+        # Inside the tab: a stray child of gr.Tabs becomes a phantom tab.
+        interrupt_note = gr.Textbox(visible=False, label="Interrupt", elem_id="txt2img-interrupt-note")
+
+    swap, preset, random_seed, reuse_seed, distilled = (
+        widgets.pop(k) for k in ("_swap", "_preset", "_random", "_reuse", "_distilled")
+    )
+    fields: dict[str, Any] = {
+        "prompt": prompt,
+        "negative_prompt": negative,
+        **widgets,
+        **bar.selection,
+        **stack.fields,
+    }
+    adapter.check_names(list(fields))
+    names = list(defaults)
+    bar.app.load(
+        lambda: [field_defaults(ctx)[name] for name in names],
+        outputs=[fields[name] for name in names],
+        api_visibility="private",
+        queue=False,
+    )
+    _wire_helpers(ctx, bar, fields, prompt, prompt_tokens, negative, negative_tokens, swap, preset, distilled)
+
+    random_seed.click(lambda: -1, outputs=fields["seed"], api_visibility="private", queue=False)
+    reuse_seed.click(
+        lambda items, index: items[index]["seed"] if 0 <= index < len(items) else gr.update(),
+        inputs=[results, selected],
+        outputs=fields["seed"],
+        api_visibility="private",
+        queue=False,
+    )
+
+    def on_select(items: list[dict[str, Any]], event: gr.SelectData) -> tuple[int, str, str]:
+        index = event.index if isinstance(event.index, int) else 0
+        if not 0 <= index < len(items):
+            return 0, "", ""
+        return index, items[index]["path"], items[index]["infotext"]
+
+    gallery.select(
+        on_select, inputs=results, outputs=[selected, saved, infotext], api_visibility="private", queue=False
+    )
+
+    outputs = [
+        gallery,
+        saved,
+        infotext,
+        progress,
+        preview,
+        other_loras,
+        bar.status,
+        results,
+        selected,
+        *(row.report for row in stack.rows),
+    ]
+
+    def run(values: dict[str, Any], request: gr.Request | None) -> Any:
+        """Generate, as a job of the shared queue: progress and previews while it runs, then the saved images."""
+        with adapter.shown_in_ui("Generation"):
+            generation = adapter.build_request(values, ctx.library)
+            job = ctx.queue.submit(generation, owner_of(request), "txt2img", preview_every=ctx.prefs.preview_every)
+        yield {progress: runner.queued_html(job.position), preview: gr.update(visible=True, value=None)}
+        with adapter.shown_in_ui("Generation"):
+            for current in runner.stream(job):
+                if current.state.finished:
+                    yield _finished(ctx, values, current.result, stack, outputs)
+                elif current.state is JobState.QUEUED:
+                    yield {progress: runner.queued_html(current.position)}
+                else:
+                    report = current.progress
+                    update = {progress: runner.progress_html(report if isinstance(report, Progress) else None)}
+                    if getattr(report, "preview", None) is not None:
+                        update[preview] = gr.update(value=report.preview, visible=True)
+                    yield update
+
+    generate.click(
+        adapter.by_name(list(fields), run),
+        inputs=list(fields.values()),
+        outputs=outputs,
+        api_name="generate",
+        concurrency_id=GPU,
+        concurrency_limit=1,
+        show_progress="minimal",
+        show_progress_on=[progress],
+    )
+
+    def stop(request: gr.Request) -> str:
+        """Interrupt this user's jobs (running or waiting); other users' jobs go on."""
+        stopped = ctx.queue.interrupt(owner_of(request))
+        return "interrupting…" if stopped else "nothing running"
+
+    interrupt.click(
+        stop, outputs=interrupt_note, api_name="interrupt", concurrency_limit=None, concurrency_id="interrupt"
+    )
+    return Txt2ImgTab(tab, fields, stack, gallery, results, infotext, actions)
+
+
+def _finished(
+    ctx: UiContext, values: dict[str, Any], result: GenerationResult | None, stack: LoraStack, outputs: list[Any]
+) -> dict[Any, Any]:
+    """The outputs once a job has ended; `result` is None for a job interrupted before it started."""
+    gallery, saved, infotext, progress, preview, other_loras, bar_status, results, selected, *reports = outputs
+    if result is None:
+        return {progress: runner.done_html(None), preview: gr.update(visible=False, value=None)}
+    items = [{"path": str(i.path), "seed": i.seed, "infotext": i.infotext} for i in result.images]
+    row_reports, rest = stack.match_reports(values, result.loras, ctx.library)
+    prompt_loras = "".join(
+        f'<div class="prompt-lora"><b>{html.escape(r.name)}</b> (prompt tag) {lora_stack.report_html(r)}</div>'
+        for r in rest
+    )
+    first = items[0] if items else {"path": "", "infotext": ""}
+    return {
+        gallery: [(i["path"], f"seed {i['seed']}") for i in items],
+        saved: first["path"],
+        infotext: first["infotext"],
+        progress: runner.done_html(result),
+        preview: gr.update(visible=False, value=None),
+        other_loras: prompt_loras,
+        bar_status: status_html(ctx),
+        results: items,
+        selected: 0,
+        **{widget: lora_stack.report_html(r) for widget, r in zip(reports, row_reports, strict=True)},
+    }
+
+
+def _wire_helpers(
+    ctx: UiContext,
+    bar: ModelBar,
+    fields: dict[str, Any],
+    prompt: gr.Textbox,
+    prompt_tokens: gr.HTML,
+    negative: gr.Textbox,
+    negative_tokens: gr.HTML,
+    swap: gr.Button,
+    preset: gr.Dropdown,
+    distilled: gr.Checkbox,
+) -> None:
+    """Token counters, sampler → schedule types, size presets and swap, the distilled preset."""
+    quiet = {"api_visibility": "private", "queue": False}
+    for box, counter in ((prompt, prompt_tokens), (negative, negative_tokens)):
+        box.change(
+            lambda text: token_counter(ctx, text), inputs=box, outputs=counter, trigger_mode="always_last", **quiet
+        )
+    sampler, schedule, width, height = fields["sampler"], fields["schedule"], fields["width"], fields["height"]
+    sampler.change(schedule_update, inputs=[sampler, schedule], outputs=schedule, **quiet)
+    swap.click(lambda w, h: (h, w), inputs=[width, height], outputs=[width, height], **quiet)
+    preset.input(
+        lambda label: families.parse_size_label(label) if label else (gr.update(), gr.update()),
+        inputs=preset,
+        outputs=[width, height],
+        **quiet,
+    )
+
+    def presets_for(checkpoint: str | None) -> Any:
+        sizes = families.size_presets(choices.checkpoint_entry(ctx.library, checkpoint))
+        return gr.update(choices=[families.size_label(s) for s in sizes], value=None)
+
+    bar.on_models_changed(
+        adapter.by_name(["checkpoint"], lambda values, _r: presets_for(values["checkpoint"])),
+        inputs=[bar.checkpoint],
+        outputs=[preset],
+    )
+
+    def on_checkpoint_picked(checkpoint: str | None, w: int, h: int, distilled_on: bool) -> list[Any]:
+        """A checkpoint picked by hand: the family's native size unless the size already fits it, and the
+        distilled preset switched on or off to match the model."""
+        entry = choices.checkpoint_entry(ctx.library, checkpoint)
+        sizes = families.size_presets(entry)
+        size = (w, h) if (w, h) in sizes else sizes[0]
+        preset_fields = families.distilled_preset(entry)
+        updates: list[Any] = [*size, gr.update()]
+        if preset_fields is not None:
+            values = preset_fields.request_fields()
+            updates[2] = True
+            return updates + [values["sampler"], values["schedule"], values["steps"], values["cfg_scale"]]
+        if distilled_on:
+            prefs = ctx.prefs
+            updates[2] = False
+            return updates + [prefs.sampler, prefs.schedule, prefs.steps, prefs.cfg_scale]
+        return updates + [gr.update()] * 4
+
+    preset_outputs = [fields[name] for name in DISTILLED_FIELDS]
+    bar.checkpoint.input(
+        on_checkpoint_picked,
+        inputs=[bar.checkpoint, width, height, distilled],
+        outputs=[width, height, distilled, *preset_outputs],
+        **quiet,
+    )
+
+    def on_distilled(on: bool, checkpoint: str | None) -> list[Any]:
+        if on:
+            chosen = families.distilled_preset(choices.checkpoint_entry(ctx.library, checkpoint)) or DISTILLED_PRESET
+            values = chosen.request_fields()
+            return [values[name] for name in DISTILLED_FIELDS]
+        prefs = ctx.prefs
+        return [prefs.sampler, prefs.schedule, prefs.steps, prefs.cfg_scale]
+
+    distilled.input(on_distilled, inputs=[distilled, bar.checkpoint], outputs=preset_outputs, **quiet)
+    bar.app.load(schedule_update, inputs=[sampler, schedule], outputs=schedule, **quiet)
