@@ -1,0 +1,129 @@
+"""The one adapter: widget values map onto GenerationRequest by name, whatever their order; reproduction back."""
+
+from __future__ import annotations
+
+import inspect
+import random
+
+import gradio as gr
+import pytest
+
+from webui.engine.reproduce import request_from_infotext
+from webui.engine.request import GenerationRequest
+from webui.models.library import ModelNotFoundError, open_library
+from webui.ui import adapter
+from webui.ui.choices import FROM_CHECKPOINT
+from webui.ui.preferences import MODEL_SAMPLER
+
+VALUES = {
+    "prompt": "a cat",
+    "negative_prompt": "blurry",
+    "steps": 12.0,  # sliders and numbers arrive as floats
+    "cfg_scale": 6,
+    "width": 64.0,
+    "height": 32,
+    "seed": 5.0,
+    "batch_size": 2.0,
+    "batch_count": 1,
+    "sampler": "Euler",
+    "schedule": "Karras",
+    "clip_skip": 2.0,
+    "checkpoint": "tiny-sd1.safetensors",
+    "unet": FROM_CHECKPOINT,
+    "text_encoder": FROM_CHECKPOINT,
+    "text_encoder_2": FROM_CHECKPOINT,
+    "vae": "tiny-sd1-vae-alt.safetensors",
+    "lora_1": "tiny-sd1-kohya.safetensors",
+    "lora_1_unet_weight": 0.5,
+    "lora_1_te_weight": 0.25,
+    "lora_1_enabled": False,
+    "lora_2": None,
+    "lora_2_unet_weight": 1.0,
+    "lora_2_te_weight": 1.0,
+    "lora_2_enabled": True,
+}
+
+
+@pytest.fixture(scope="module")
+def library(tiny_models_dir):
+    lib = open_library(tiny_models_dir)
+    lib.scan()
+    return lib
+
+
+def test_every_request_field_has_a_name_and_unknown_names_fail(library):
+    fields = {f for f in GenerationRequest.__dataclass_fields__ if f not in ("model", "loras")}
+    assert set(adapter.REQUEST_FIELDS) == fields
+    with pytest.raises(KeyError, match="stepz"):
+        adapter.build_request({**VALUES, "stepz": 3}, library)
+
+
+def test_values_map_by_name_in_any_order(library, tiny_models_dir):
+    items = list(VALUES.items())
+    random.Random(0).shuffle(items)
+    request = adapter.build_request(dict(items), library)
+    assert request == adapter.build_request(VALUES, library)
+    assert (request.steps, request.width, request.height, request.seed, request.batch_size) == (12, 64, 32, 5, 2)
+    assert isinstance(request.steps, int) and request.cfg_scale == 6.0 and request.clip_skip == 2
+    assert (request.sampler, request.schedule) == ("Euler", "Karras")
+    assert request.model.checkpoint == tiny_models_dir / "checkpoints" / "tiny-sd1.safetensors"
+    assert request.model.vae == tiny_models_dir / "vae" / "tiny-sd1-vae-alt.safetensors"
+    assert request.model.unet is None and request.model.text_encoder is None
+    (lora,) = request.loras
+    assert lora.path.name == "tiny-sd1-kohya.safetensors"
+    assert (lora.unet_weight, lora.te_weight, lora.enabled) == (0.5, 0.25, False)
+
+
+def test_model_default_sampler_is_none_and_bad_values_name_their_field(library):
+    assert adapter.build_request({**VALUES, "sampler": MODEL_SAMPLER, "schedule": "Automatic"}, library).sampler is None
+    with pytest.raises(ValueError, match="steps: 2.5 is not a whole number"):
+        adapter.build_request({**VALUES, "steps": 2.5}, library)
+    with pytest.raises(ValueError, match="width: 36 is not a multiple of 8"):
+        adapter.build_request({**VALUES, "width": 36}, library)
+    with pytest.raises(ValueError, match="checkpoint: none chosen"):
+        adapter.build_request({**VALUES, "checkpoint": None}, library)
+    with pytest.raises(ModelNotFoundError, match="no-such-vae"):
+        adapter.build_request({**VALUES, "vae": "no-such-vae"}, library)
+
+
+def test_handler_takes_widget_names_as_parameters_and_stays_a_generator():
+    seen = []
+
+    def run(values, request):
+        seen.append((values, request))
+        yield values["prompt"]
+
+    handler = adapter.by_name(["prompt", "steps"], run)
+    parameters = inspect.signature(handler).parameters
+    assert list(parameters) == ["prompt", "steps", "request"]
+    assert all(p.default is None for p in parameters.values())
+    assert handler.__annotations__["request"] is gr.Request
+    assert inspect.isgeneratorfunction(handler)
+    assert list(handler("hi", 3, "req")) == ["hi"]
+    assert seen == [({"prompt": "hi", "steps": 3}, "req")]
+
+
+def test_errors_become_gr_error_with_the_engine_message():
+    with pytest.raises(gr.Error, match="width: 36 is not a multiple of 8"), adapter.shown_in_ui("Generation"):
+        raise ValueError("width: 36 is not a multiple of 8")
+    with pytest.raises(gr.Error, match="RuntimeError: boom"), adapter.shown_in_ui("Generation"):
+        raise RuntimeError("boom")
+
+
+def test_reproduction_fills_fields_model_components_and_stack_loras(library):
+    text = (
+        "a fox <lora:tiny-sd1-peft:0.6>\nNegative prompt: rain\n"
+        "Steps: 3, Sampler: Euler, Schedule type: Karras, CFG scale: 5, Seed: 42, Size: 32x48, "
+        "Model hash: 0000000000, Model: tiny-sd1, VAE: tiny-sd1-vae-alt.safetensors, Clip skip: 2, "
+        'Lora hashes: "tiny-sd1-peft: 0123456789ab, tiny-sd1-kohya: 0123456789ab", Version: webui 0.1.0'
+    )
+    values = adapter.values_from_reproduction(request_from_infotext(text, library), text, library)
+    assert values["prompt"] == "a fox <lora:tiny-sd1-peft:0.6>" and values["negative_prompt"] == "rain"
+    assert (values["steps"], values["cfg_scale"], values["seed"], values["clip_skip"]) == (3, 5.0, 42, 2)
+    assert (values["width"], values["height"], values["sampler"], values["schedule"]) == (32, 48, "Euler", "Karras")
+    assert values["checkpoint"] == "tiny-sd1.safetensors"
+    assert values["vae"] == "tiny-sd1-vae-alt.safetensors" and values["unet"] == FROM_CHECKPOINT
+    # the prompt's tag stays in the prompt; the stack-only LoRA fills row 1
+    assert values["lora_1"] == "tiny-sd1-kohya.safetensors" and values["lora_2"] is None
+    request = adapter.build_request(values, library)
+    assert request.steps == 3 and request.model.vae is not None and len(request.loras) == 1
