@@ -49,7 +49,7 @@ def build_app(settings: Settings, context: UiContext | None = None) -> gr.Blocks
     ctx = context or open_context(settings)
     with gr.Blocks(title="webui — local Stable Diffusion studio", fill_width=True) as app:
         bar = model_bar.build(ctx, app)
-        with gr.Tabs(elem_id="tabs") as tabs:
+        with gr.Tabs(elem_id="tabs", overflow_behavior="wrap") as tabs:  # every tab in sight on a phone
             txt2img = txt2img_tab.build_tab(ctx, bar)
             # The Compare tab goes here: compare_tab.build_tab(ctx, bar, txt2img), adding its
             # "Send to Compare" button under the gallery with `with txt2img.actions: ...`.

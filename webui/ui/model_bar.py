@@ -160,6 +160,7 @@ def build(ctx: UiContext, app: gr.Blocks) -> ModelBar:
             allow_custom_value=True,
             elem_id=f"component-{role.value.replace('_', '-')}",
             visible=role in family_roles(family),
+            min_width=240,
             render=False,
         )
         for role in OVERRIDE_ROLES

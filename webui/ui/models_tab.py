@@ -78,7 +78,7 @@ def build_tab(ctx: UiContext, bar: ModelBar) -> gr.Tab:
             interactive=False,
             wrap=True,
             max_height=420,
-            column_widths=["20%", "9%", "8%", "9%", "8%", "9%", "17%", "20%"],
+            column_widths=["220px", "100px", "80px", "115px", "90px", "110px", "190px", "300px"],  # scrolls on a phone
             elem_id="models-table",
             show_search="filter",
         )
