@@ -1,0 +1,224 @@
+"""The UI in a real browser (headless Chromium via Playwright) over the tiny models: generate, LoRA stack, VAE
+swap, PNG Info round trip, interrupt, and a screenshot of every tab (test-artifacts/, desktop and phone)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+from PIL import Image
+from ui_server import TINY_SD1, running_app
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
+playwright_api = pytest.importorskip("playwright.sync_api")
+expect = playwright_api.expect
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+]
+DESKTOP = {"width": 1280, "height": 800}
+PHONE = {"width": 390, "height": 844}
+ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
+SLOW = 60_000  # ms: a busy 2-core box
+
+
+@pytest.fixture(scope="module")
+def app(tiny_models_dir, tmp_path_factory):
+    with running_app(tiny_models_dir, tmp_path_factory.mktemp("ui-browser")) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def browser():
+    expect.set_options(timeout=SLOW)
+    if not CHROMIUM.is_file():
+        pytest.skip(f"no Chromium at {CHROMIUM}")
+    with playwright_api.sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture
+def page(browser, app):
+    context = browser.new_context(viewport=DESKTOP)
+    context.set_default_timeout(SLOW)
+    page = context.new_page()
+    page.goto(app.url, timeout=SLOW)
+    page.wait_for_selector("#txt2img-generate")
+    expect(page.locator("#model-checkpoint input")).not_to_have_value("")  # page-load events have run
+    yield page
+    context.close()
+
+
+def shot(page, name: str, full_page: bool = True) -> None:
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=full_page)
+
+
+def pick(page, elem_id: str, option: str) -> None:
+    """Choose an entry of a Gradio dropdown as a user does: open it, click the option."""
+    page.locator(f"#{elem_id} input").click()
+    page.get_by_role("option", name=option, exact=True).click()
+    expect(page.locator(f"#{elem_id} input")).to_have_value(option)
+
+
+def set_number(page, elem_id: str, value: float) -> None:
+    """Type into the number box of a slider or number field."""
+    box = page.locator(f"#{elem_id} input[type=number]")
+    box.fill(str(value))
+    box.press("Enter")
+    expect(box).to_have_value(str(value))
+
+
+def small_sd1(page) -> None:
+    """Tiny SD1, 32x32, 2 steps: the checkpoint pick loads it (the model bar says so)."""
+    pick(page, "model-checkpoint", TINY_SD1)
+    expect(page.locator("#model-status")).to_contain_text("tiny-sd1 loaded")
+    expect(page.locator("#model-badge")).to_have_text("SD1.x")
+    for elem_id, value in (("txt2img-width", 32), ("txt2img-height", 32), ("txt2img-steps", 2)):
+        set_number(page, elem_id, value)
+
+
+def generate(page) -> str:
+    """Press Generate and wait for the infotext of the new image; returns it."""
+    before = page.locator("#txt2img-infotext textarea").input_value()
+    page.locator("#txt2img-generate").click()
+    expect(page.locator("#txt2img-progress")).to_contain_text(re.compile(r"\d+ images? in"))
+    expect(page.locator("#txt2img-infotext textarea")).not_to_have_value(before)
+    return page.locator("#txt2img-infotext textarea").input_value()
+
+
+def saved_file(page) -> Path:
+    return Path(page.locator("#txt2img-file textarea, #txt2img-file input").first.input_value())
+
+
+def test_typed_prompt_generates_an_image_shown_and_saved_with_infotext(page, app):
+    small_sd1(page)
+    page.locator("#txt2img-prompt textarea").fill("a red fox in the snow")
+    expect(page.locator("#txt2img-prompt-tokens")).to_have_text(re.compile(r"^\s*[1-9]\d*/75\s*$"))
+    infotext = generate(page)
+    assert infotext.startswith("a red fox in the snow\nSteps: 2,") and "Size: 32x32" in infotext
+    expect(page.locator("#txt2img-gallery img")).to_have_count(1)
+    path = saved_file(page)
+    assert path.is_relative_to(app.outputs_dir.resolve())
+    with Image.open(path) as image:
+        assert image.size == (32, 32) and image.text["parameters"] == infotext
+    expect(page.locator("#model-status")).to_contain_text("cache: 3 components")
+    shot(page, "txt2img")
+
+
+def test_lora_row_weight_and_trigger_words_apply_and_stay_set(page):
+    small_sd1(page)
+    page.locator("#txt2img-prompt textarea").fill("a portrait")
+    page.locator("#lora-add").click()
+    pick(page, "lora-1", "tiny-sd1-kohya.safetensors")
+    page.locator("#lora-1-triggers label", has_text="tinytrigger").click()
+    expect(page.locator("#txt2img-prompt textarea")).to_have_value("a portrait, tinytrigger")
+    set_number(page, "lora-1-unet", 0.5)
+    infotext = generate(page)
+    assert 'Lora hashes: "tiny-sd1-kohya: ' in infotext
+    expect(page.locator("#lora-1-report")).to_contain_text("modules patched")
+    shot(page, "txt2img-lora")
+    generate(page)  # the stack stays as set across generations
+    expect(page.locator("#lora-1 input")).to_have_value("tiny-sd1-kohya.safetensors")
+    expect(page.locator("#lora-1-unet input[type=number]")).to_have_value("0.5")
+    page.locator("#lora-1-remove").click()
+    expect(page.locator("#lora-1")).to_be_hidden()
+    assert "Lora hashes" not in generate(page)
+
+
+def test_vae_swap_shows_in_infotext_and_model_bar_and_a_mismatch_is_refused(page):
+    small_sd1(page)
+    page.get_by_role("tab", name="Components").click()
+    pick(page, "component-vae", "tiny-sd1-vae-alt.safetensors")
+    shot(page, "components")
+    page.get_by_role("tab", name="txt2img").click()
+    page.locator("#txt2img-prompt textarea").fill("vae swap")
+    assert "VAE: tiny-sd1-vae-alt.safetensors" in generate(page)
+    expect(page.locator("#model-status")).to_contain_text("VAE: tiny-sd1-vae-alt.safetensors")
+    page.get_by_role("tab", name="Components").click()
+    page.locator("#component-text-encoder input").click()
+    page.get_by_role("option", name=re.compile(r"^tiny-sd2-open-clip-h\.safetensors")).click()
+    page.locator("#components-apply").click()
+    expect(page.locator("[data-testid='toast-body']").first).to_contain_text("text encoder")
+    page.locator("#components-reset").click()
+    expect(page.locator("#component-vae input")).to_have_value("From checkpoint")
+    page.get_by_role("tab", name="txt2img").click()
+    assert "VAE:" not in generate(page)  # the UI stays usable after the refusal
+
+
+def test_png_info_round_trip_fills_every_field(page, app):
+    small_sd1(page)
+    page.locator("#txt2img-prompt textarea").fill("a lighthouse at dusk")
+    page.locator("#txt2img-negative textarea").fill("lowres")
+    set_number(page, "txt2img-steps", 3)
+    set_number(page, "txt2img-cfg", 5.5)
+    page.locator("#txt2img-seed input").fill("1234")
+    pick(page, "txt2img-sampler", "Euler")
+    page.locator("#lora-add").click()
+    pick(page, "lora-1", "tiny-sd1-kohya.safetensors")
+    page.get_by_role("tab", name="Components").click()
+    pick(page, "component-vae", "tiny-sd1-vae-alt.safetensors")
+    page.get_by_role("tab", name="txt2img").click()
+    infotext = generate(page)
+    png = saved_file(page)
+
+    page.goto(app.url)  # a fresh page: every field back at its default
+    page.wait_for_selector("#txt2img-generate")
+    expect(page.locator("#txt2img-seed input")).to_have_value("-1")
+    page.get_by_role("tab", name="PNG Info").click()
+    page.set_input_files("#pnginfo-image input[type=file]", str(png))
+    expect(page.locator("#pnginfo-parameters textarea")).to_have_value(infotext)
+    expect(page.locator("#pnginfo-parsed")).to_contain_text("a lighthouse at dusk")
+    shot(page, "pnginfo")
+    page.locator("#pnginfo-send").click()
+    expect(page.get_by_role("tab", name="txt2img")).to_have_attribute("aria-selected", "true")
+    expect(page.locator("#txt2img-prompt textarea")).to_have_value("a lighthouse at dusk")
+    expect(page.locator("#txt2img-negative textarea")).to_have_value("lowres")
+    expect(page.locator("#txt2img-seed input")).to_have_value("1234")
+    for elem_id, value in (("txt2img-steps", "3"), ("txt2img-cfg", "5.5"), ("txt2img-width", "32")):
+        expect(page.locator(f"#{elem_id} input[type=number]")).to_have_value(value)
+    expect(page.locator("#txt2img-sampler input")).to_have_value("Euler")
+    expect(page.locator("#model-checkpoint input")).to_have_value(TINY_SD1)
+    expect(page.locator("#lora-1 input")).to_have_value("tiny-sd1-kohya.safetensors")
+    page.get_by_role("tab", name="Components").click()
+    expect(page.locator("#component-vae input")).to_have_value("tiny-sd1-vae-alt.safetensors")
+    page.get_by_role("tab", name="txt2img").click()
+    again = generate(page)
+    assert again.split("Version:")[0] == infotext.split("Version:")[0]  # the same request, reproduced
+
+
+def test_interrupt_stops_a_running_generation(page):
+    small_sd1(page)
+    set_number(page, "txt2img-steps", 150)
+    set_number(page, "txt2img-batch-count", 20)
+    page.locator("#txt2img-generate").click()
+    expect(page.locator("#txt2img-progress")).to_contain_text(re.compile(r"step \d+/\d+"))
+    page.locator("#txt2img-interrupt").click()
+    expect(page.locator("#txt2img-progress")).to_contain_text("interrupted")
+    set_number(page, "txt2img-steps", 2)
+    set_number(page, "txt2img-batch-count", 1)
+    generate(page)  # and the next one runs
+
+
+@pytest.mark.parametrize("viewport", ["desktop", "phone"])
+def test_screenshot_of_every_tab(page, viewport):
+    page.set_viewport_size(DESKTOP if viewport == "desktop" else PHONE)
+    for tab in ("txt2img", "Components", "Models", "PNG Info", "Settings"):
+        page.get_by_role("tab", name=tab).click()
+        expect(page.get_by_role("tab", name=tab)).to_have_attribute("aria-selected", "true")
+        if tab == "Models":
+            expect(page.locator("#models-table")).to_contain_text(TINY_SD1)
+            pick(page, "models-file", "lora: tiny-sd1-kohya.safetensors")
+            expect(page.locator("#models-summary")).to_contain_text("Trigger words: tinytrigger, red hat")
+        shot(page, f"{viewport}-{tab.lower().replace(' ', '')}")
+    if viewport == "phone":  # nothing wider than the phone's screen
+        assert page.evaluate("document.documentElement.scrollWidth") <= PHONE["width"]
