@@ -1,0 +1,163 @@
+"""Targets, the JSON report and its markdown table (figure, value, target, met?, what was measured)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from webui.bench.machine import describe
+
+
+@dataclass(frozen=True)
+class Target:
+    op: str | None  # ">=", "<=", or None: reported without a target
+    value: float | None = None
+    where: str = ""
+
+    def met(self, value: float | None) -> bool | None:
+        if value is None or self.op is None or self.value is None:
+            return None
+        return value >= self.value if self.op == ">=" else value <= self.value
+
+    def label(self) -> str:
+        if self.op is None:
+            return "—"
+        text = f"{'≥' if self.op == '>=' else '≤'} {self.value:g}"
+        return f"{text} ({self.where})" if self.where else text
+
+
+TARGETS: Mapping[str, Target] = {
+    "engine_vs_diffusers_speed": Target(">=", 0.98),
+    "request_overhead": Target("<=", 1.05, "at 512×512"),
+    "cached_switch_vs_cold_load": Target("<=", 0.01),
+    "cold_load_vs_file_read": Target("<=", 2),
+    "vae_swap_ms": Target("<=", 20),
+    "lora_weight_change_vs_step": Target("<=", 0.05),
+    "lora_first_load_vs_file_read": Target(None),
+    "memory_vs_unique_components": Target("<=", 1.1),
+    "ui_roundtrip_vs_engine": Target("<=", 1.1, "at 512×512 on a GPU"),
+}
+FIGURES = tuple(TARGETS)
+
+
+def _s(seconds: float) -> str:
+    return f"{seconds * 1000:.3g} ms" if seconds < 1 else f"{seconds:.3g} s"
+
+
+def _mb(nbytes: float) -> str:
+    return f"{nbytes / 2**20:.4g} MiB"
+
+
+def _median(raw: Mapping[str, Any], key: str) -> float:
+    return raw[key]["median"]
+
+
+SUMMARIES: Mapping[str, Callable[[Mapping[str, Any]], str]] = {
+    "engine_vs_diffusers_speed": lambda r: (
+        f"{_median(r, 'engine_it_s'):.3g} vs {_median(r, 'diffusers_it_s'):.3g} it/s"
+    ),
+    "request_overhead": lambda r: f"{_s(_median(r, 'engine_request_s'))} vs {_s(_median(r, 'bare_pipeline_s'))}",
+    "cached_switch_vs_cold_load": lambda r: f"{_s(_median(r, 'switch_s'))} vs {_s(_median(r, 'cold_load_s'))}",
+    "cold_load_vs_file_read": lambda r: (
+        f"{_s(_median(r, 'cold_load_s'))} vs {_s(_median(r, 'file_read_s'))} for {_mb(r['file_bytes'])}"
+    ),
+    "vae_swap_ms": lambda r: f"{_s(_median(r, 'swap_s'))} per swap",
+    "lora_weight_change_vs_step": lambda r: (
+        f"{_s(_median(r, 'weight_change_s'))} vs {_s(_median(r, 'denoising_step_s'))} per step"
+    ),
+    "lora_first_load_vs_file_read": lambda r: (
+        f"{_s(_median(r, 'first_load_s'))} vs {_s(_median(r, 'file_read_s'))} for {_mb(r['file_bytes'])}"
+    ),
+    "memory_vs_unique_components": lambda r: (
+        f"peak +{_mb(r['rss_peak_growth_bytes'])} RSS for {_mb(r['unique_component_bytes'])} of components"
+    ),
+    "ui_roundtrip_vs_engine": lambda r: f"{_s(_median(r, 'ui_roundtrip_s'))} vs {_s(_median(r, 'engine_request_s'))}",
+}
+
+
+LEGEND = (
+    "value: ratio of the medians (vae_swap_ms: the median); fastest runs: the same ratio over each side's least "
+    "disturbed run. On a shared machine, trust a figure where the two agree."
+)
+
+
+def _value(value: float | None) -> str:
+    if value is None:
+        return "—"
+    return f"{value:.3g}" if abs(value) < 1000 else f"{value:.0f}"
+
+
+def _met(met: bool | None) -> str:
+    return {True: "yes", False: "**no**", None: "n/a"}[met]
+
+
+def _table(block: Mapping[str, Any]) -> list[str]:
+    lines = ["| figure | value | target | met? | measured |", "| --- | --- | --- | --- | --- |"]
+    for key in FIGURES:
+        raw = block["raw"].get(key) or {}
+        try:
+            summary = SUMMARIES[key](raw) if raw else block["notes"].get(key, "")
+        except KeyError:
+            summary = ""
+        if raw.get("fastest_runs_ratio") is not None:
+            summary += f"; fastest runs: {raw['fastest_runs_ratio']:.3g}"
+        lines.append(
+            f"| {key} | {_value(block[key])} | {TARGETS[key].label()} | {_met(block['met'][key])} | {summary} |"
+        )
+    return lines
+
+
+def _settings_line(settings: Mapping[str, Any]) -> str:
+    return (
+        f"{settings['model']}: {settings['width']}×{settings['height']}, {settings['steps']} steps, "
+        f"{settings['sampler']}, CFG {settings['cfg_scale']:g}; median of {settings['repeats']} runs "
+        f"({settings['fast_repeats']} for millisecond figures) after {settings['warmup']} warm-up"
+    )
+
+
+def markdown(report: Mapping[str, Any]) -> str:
+    versions = ", ".join(f"{k} {v}" for k, v in report["versions"].items() if v and k in ("torch", "diffusers"))
+    lines = [
+        f"### `bench --size {report['size']}` on {report['device']} ({report['dtype']})",
+        "",
+        f"Machine: {describe(report['machine'])}; {versions}. Measured {report['date']}, "
+        f"{report['total_seconds']:.0f} s in all.",
+        "",
+    ]
+    for block in [report, *report.get("more_families", {}).values()]:
+        lines += [_settings_line(block["settings"]), "", *_table(block), "", LEGEND, ""]
+        for key, note in block["notes"].items():
+            lines.append(f"- {key}: {note}")
+        lines.append("")
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def family_block(settings: dict[str, Any], figures: Mapping[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
+    """Figure values (top-level keys), targets, met?, raw numbers and notes for one family's run."""
+    block: dict[str, Any] = {"settings": settings}
+    notes: dict[str, str] = {}
+    raw: dict[str, Any] = {}
+    for key in FIGURES:
+        figure = figures.get(key)
+        block[key] = None if figure is None else figure.value
+        raw[key] = None if figure is None else figure.raw
+        if figure is not None and figure.note:
+            notes[key] = figure.note
+    block["targets"] = {key: TARGETS[key].label() for key in FIGURES}
+    block["met"] = {key: TARGETS[key].met(block[key]) for key in FIGURES}
+    block["raw"] = raw
+    block["notes"] = notes
+    block.update(extra)
+    return block
+
+
+def write(report: Mapping[str, Any], out_dir: Path) -> tuple[Path, Path]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stem = f"{report['size']}-{report['device']}"
+    json_path, md_path = out_dir / f"{stem}.json", out_dir / f"{stem}.md"
+    json_path.write_text(json.dumps(report, indent=2, default=str) + "\n")
+    md_path.write_text(markdown(report))
+    return json_path, md_path

@@ -1,0 +1,69 @@
+"""`python -m webui bench`: the engine's figures against plain diffusers, as JSON and a markdown table."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import sys
+from pathlib import Path
+
+from webui.bench import SIZES
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from webui.bench.report import write
+    from webui.bench.runner import BenchOptions, run
+
+    options = BenchOptions(
+        size=args.size,
+        device=args.device,
+        models_dir=args.models_dir,
+        out=args.out,
+        repeats=args.repeats,
+        warmup=args.warmup,
+        steps=args.steps,
+        threads=args.threads,
+    )
+    with contextlib.redirect_stdout(sys.stderr):  # servers and libraries print; stdout carries only the report
+        report = run(options)
+    json_path, md_path = write(report, args.out)  # written first, so "files" below is true
+    report["files"] = {"json": str(json_path), "markdown": str(md_path)}
+    json_path.write_text(json.dumps(report, indent=2, default=str) + "\n")
+    if args.json:
+        json.dump(report, sys.stdout, indent=2, default=str)
+        sys.stdout.write("\n")
+    else:
+        sys.stdout.write(md_path.read_text())
+        print(f"\nWrote {json_path} and {md_path}")
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser(
+        "bench",
+        help="measure the engine against plain diffusers (speed, overhead, loads, LoRA, memory, UI)",
+        description="Each figure: median of several runs after a warm-up, min and max kept, as a ratio against "
+        "plain diffusers (or raw I/O) measured in the same run. Writes <out>/<size>-<device>.json and .md.",
+    )
+    parser.add_argument(
+        "--size",
+        choices=SIZES,
+        default="tiny",
+        help="tiny: test fixtures (about a minute); "
+        "small: a few-hundred-MB SD1-shaped model; full: real-size SD1.5 and SDXL (GPU)",
+    )
+    parser.add_argument("--device", default="auto", help="auto, cpu or cuda (cuda:N)")
+    parser.add_argument("--json", action="store_true", help="print the JSON report instead of the table")
+    parser.add_argument(
+        "--models-dir",
+        type=Path,
+        help="tiny: a folder from `make-tiny-models` (default: written to a temp dir); "
+        "small/full: where the generated benchmark models are written once and reused (default: OUT/cache)",
+    )
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results"), help="where the report goes")
+    parser.add_argument("--repeats", type=int, help="timed runs per figure (default: by size and device)")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed runs before timing (default 1)")
+    parser.add_argument("--steps", type=int, help="denoising steps per image (default: by size and device)")
+    parser.add_argument("--threads", type=int, help="torch CPU threads (default: 1 for tiny, all cores otherwise)")
+    parser.set_defaults(func=cmd_bench)
