@@ -196,6 +196,27 @@ def test_png_info_round_trip_fills_every_field(page, app):
     assert again.split("Version:")[0] == infotext.split("Version:")[0]  # the same request, reproduced
 
 
+def test_sizes_follow_the_family_and_the_distilled_preset_toggles(page):
+    small_sd1(page)
+    pick(page, "txt2img-size-preset", "768×512")
+    expect(page.locator("#txt2img-width input[type=number]")).to_have_value("768")
+    page.locator("#txt2img-swap").click()
+    expect(page.locator("#txt2img-width input[type=number]")).to_have_value("512")
+    expect(page.locator("#txt2img-height input[type=number]")).to_have_value("768")
+    pick(page, "model-checkpoint", "tiny-sdxl.safetensors")
+    expect(page.locator("#model-badge")).to_have_text("SDXL")
+    expect(page.locator("#txt2img-width input[type=number]")).to_have_value("1024")  # SDXL's native size
+    expect(page.locator("#model-status")).to_contain_text("tiny-sdxl loaded")
+    page.locator("#txt2img-distilled input").check()
+    expect(page.locator("#txt2img-sampler input")).to_have_value("Euler a")
+    expect(page.locator("#txt2img-schedule input")).to_have_value("SGM Uniform")
+    expect(page.locator("#txt2img-steps input[type=number]")).to_have_value("4")
+    expect(page.locator("#txt2img-cfg input[type=number]")).to_have_value("1")
+    page.locator("#txt2img-distilled input").uncheck()
+    expect(page.locator("#txt2img-sampler input")).to_have_value("Model default")
+    expect(page.locator("#txt2img-steps input[type=number]")).to_have_value("20")
+
+
 def test_interrupt_stops_a_running_generation(page):
     small_sd1(page)
     set_number(page, "txt2img-steps", 150)

@@ -168,7 +168,7 @@ def build(ctx: UiContext, app: gr.Blocks) -> ModelBar:
     selection = {"checkpoint": checkpoint, **overrides}
     names, widgets = list(selection), list(selection.values())
 
-    def refresh_library(_values: dict[str, Any], _request: Any) -> str:
+    def refresh_library() -> str:
         with adapter.shown_in_ui("Refreshing the model list"):
             library.refresh()
         changes = library.last_changes
@@ -187,9 +187,7 @@ def build(ctx: UiContext, app: gr.Blocks) -> ModelBar:
             *(updates[name] for name in overrides),
         ]
 
-    refreshed = refresh.click(
-        adapter.by_name(names, refresh_library), inputs=widgets, outputs=status, api_name="refresh_models"
-    )
+    refreshed = refresh.click(refresh_library, outputs=status, api_name="refresh_models")
     bar = ModelBar(checkpoint, overrides, badge, status, refreshed, app)
     app.load(
         lambda: [gr.update(choices=choices.checkpoints(library), value=initial_checkpoint(ctx)), status_html(ctx)],

@@ -12,7 +12,7 @@ from webui.ui import adapter, choices
 from webui.ui.adapter import MAX_LORAS, lora_names
 from webui.ui.context import UiContext
 from webui.ui.pnginfo import read_image_metadata
-from webui.ui.txt2img_tab import Txt2ImgTab
+from webui.ui.txt2img_tab import Txt2ImgTab, schedule_update
 
 
 def parsed_view(text: str | None) -> dict[str, Any]:
@@ -85,6 +85,7 @@ def build_tab(ctx: UiContext, txt2img: Txt2ImgTab, tabs: gr.Tabs) -> gr.Tab:
             values.pop("checkpoint", None)
         family = choices.family_of(ctx.library, values.get("checkpoint"))
         updates: dict[Any, Any] = {fields[name]: value for name, value in values.items() if name in fields}
+        updates[fields["schedule"]] = schedule_update(values["sampler"], values["schedule"])
         shown = [False] * MAX_LORAS
         for number, row in enumerate(stack.rows, start=1):
             lora = values.get(lora_names(number)["name"])

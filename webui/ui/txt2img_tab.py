@@ -51,8 +51,16 @@ def token_counter(ctx: UiContext, text: str) -> str:
 
 
 def schedule_update(sampler: str | None, schedule: str | None) -> Any:
+    """The schedule types `sampler` can use; the value changes only when the current one is not among them."""
     allowed = list(supported_schedules(sampler)) if sampler and sampler != MODEL_SAMPLER else ["Automatic"]
-    return gr.update(choices=allowed, value=schedule if schedule in allowed else "Automatic")
+    if schedule in allowed:
+        return gr.update(choices=allowed, value=schedule)
+    return gr.update(choices=allowed, value="Automatic")
+
+
+def sampling_values(sampler: str, schedule: str, steps: int, cfg_scale: float) -> list[Any]:
+    """Values for (sampler, schedule, steps, cfg) set together: the schedule's choices follow the sampler."""
+    return [sampler, schedule_update(sampler, schedule), steps, cfg_scale]
 
 
 def default_size(ctx: UiContext, prefs: Preferences) -> tuple[int, int]:
@@ -338,7 +346,8 @@ def _wire_helpers(
             lambda text: token_counter(ctx, text), inputs=box, outputs=counter, trigger_mode="always_last", **quiet
         )
     sampler, schedule, width, height = fields["sampler"], fields["schedule"], fields["width"], fields["height"]
-    sampler.change(schedule_update, inputs=[sampler, schedule], outputs=schedule, **quiet)
+    # By hand only: code that sets a sampler sets its schedule with it (sampling_values).
+    sampler.input(schedule_update, inputs=[sampler, schedule], outputs=schedule, **quiet)
     swap.click(lambda w, h: (h, w), inputs=[width, height], outputs=[width, height], **quiet)
     preset.input(
         lambda label: families.parse_size_label(label) if label else (gr.update(), gr.update()),
@@ -368,11 +377,13 @@ def _wire_helpers(
         if preset_fields is not None:
             values = preset_fields.request_fields()
             updates[2] = True
-            return updates + [values["sampler"], values["schedule"], values["steps"], values["cfg_scale"]]
+            return updates + sampling_values(
+                values["sampler"], values["schedule"], values["steps"], values["cfg_scale"]
+            )
         if distilled_on:
             prefs = ctx.prefs
             updates[2] = False
-            return updates + [prefs.sampler, prefs.schedule, prefs.steps, prefs.cfg_scale]
+            return updates + sampling_values(prefs.sampler, prefs.schedule, prefs.steps, prefs.cfg_scale)
         return updates + [gr.update()] * 4
 
     preset_outputs = [fields[name] for name in DISTILLED_FIELDS]
@@ -387,9 +398,9 @@ def _wire_helpers(
         if on:
             chosen = families.distilled_preset(choices.checkpoint_entry(ctx.library, checkpoint)) or DISTILLED_PRESET
             values = chosen.request_fields()
-            return [values[name] for name in DISTILLED_FIELDS]
+            return sampling_values(values["sampler"], values["schedule"], values["steps"], values["cfg_scale"])
         prefs = ctx.prefs
-        return [prefs.sampler, prefs.schedule, prefs.steps, prefs.cfg_scale]
+        return sampling_values(prefs.sampler, prefs.schedule, prefs.steps, prefs.cfg_scale)
 
     distilled.input(on_distilled, inputs=[distilled, bar.checkpoint], outputs=preset_outputs, **quiet)
     bar.app.load(schedule_update, inputs=[sampler, schedule], outputs=schedule, **quiet)
