@@ -3,12 +3,16 @@ swap, PNG Info round trip, interrupt, and a screenshot of every tab (test-artifa
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
 import pytest
 from PIL import Image
 from ui_server import TINY_SD1, running_app
+
+from webui.ui.context import apply_engine_preferences
+from webui.ui.preferences import Preferences
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 playwright_api = pytest.importorskip("playwright.sync_api")
@@ -223,11 +227,29 @@ def test_interrupt_stops_a_running_generation(page):
     set_number(page, "txt2img-batch-count", 20)
     page.locator("#txt2img-generate").click()
     expect(page.locator("#txt2img-progress")).to_contain_text(re.compile(r"step \d+/\d+"))
+    expect(page.locator("#txt2img-preview img")).to_be_visible()  # the live preview
     page.locator("#txt2img-interrupt").click()
     expect(page.locator("#txt2img-progress")).to_contain_text("interrupted")
     set_number(page, "txt2img-steps", 2)
     set_number(page, "txt2img-batch-count", 1)
     generate(page)  # and the next one runs
+
+
+def test_settings_are_saved_applied_and_become_the_defaults_on_reload(page, app):
+    page.get_by_role("tab", name="Settings").click()
+    set_number(page, "settings-steps", 7)
+    page.locator("#settings-ram-budget input").fill("1.5")
+    page.locator("#settings-save").click()
+    expect(page.locator("#settings-result")).to_contain_text("Saved to")
+    saved = json.loads(app.settings.settings_path.read_text())
+    assert saved["steps"] == 7 and saved["ram_budget_gb"] == 1.5
+    assert app.context.engine.manager.cache._budgets["cpu"] == int(1.5 * 2**30)  # applied without a restart
+    try:
+        page.reload()
+        expect(page.locator("#txt2img-steps input[type=number]")).to_have_value("7")
+    finally:
+        app.context.preferences.save(Preferences())
+        apply_engine_preferences(app.context.engine, Preferences())
 
 
 @pytest.mark.parametrize("viewport", ["desktop", "phone"])

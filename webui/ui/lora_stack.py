@@ -211,7 +211,9 @@ def build(ctx: UiContext, bar: ModelBar, prompt: gr.Textbox) -> LoraStack:
         out = []
         for number in range(1, MAX_LORAS + 1):
             current = values.get(lora_names(number)["name"])
-            out.append(gr.update(choices=available, value=current if current in available else None))
+            # The value is set only when it must go: a page-load or refresh answer never undoes a pick.
+            keep = current is None or current in available
+            out.append(gr.update(choices=available) if keep else gr.update(choices=available, value=None))
         return out
 
     names = ["checkpoint", *(lora_names(n)["name"] for n in range(1, MAX_LORAS + 1))]

@@ -97,10 +97,10 @@ def override_updates(ctx: UiContext, checkpoint: str | None, current: dict[str, 
     updates = {}
     for role in OVERRIDE_ROLES:
         options = choices.component_choices(ctx.library, role, family)
-        value = current.get(role.value) or choices.FROM_CHECKPOINT
-        if value not in choices.values_of(options):
-            value = choices.FROM_CHECKPOINT
-        updates[role.value] = gr.update(choices=options, value=value, visible=role in roles)
+        update = gr.update(choices=options, visible=role in roles)
+        if (current.get(role.value) or choices.FROM_CHECKPOINT) not in choices.values_of(options):
+            update["value"] = choices.FROM_CHECKPOINT  # only when it must change: never undo a pick
+        updates[role.value] = update
     return updates
 
 
@@ -182,15 +182,25 @@ def build(ctx: UiContext, app: gr.Blocks) -> ModelBar:
         value = current if current in available else (available[0] if available else None)
         updates = override_updates(ctx, value, values)
         return [
-            gr.update(choices=available, value=value),
+            gr.update(choices=available) if value == current else gr.update(choices=available, value=value),
             badge_html(ctx, value),
             *(updates[name] for name in overrides),
         ]
 
     refreshed = refresh.click(refresh_library, outputs=status, api_name="refresh_models")
     bar = ModelBar(checkpoint, overrides, badge, status, refreshed, app)
+    built_with = initial_checkpoint(ctx)
+
+    def page_load() -> list[Any]:
+        """The checkpoint list as it is now; the checkpoint itself only if Settings changed it since start."""
+        wanted = initial_checkpoint(ctx)
+        update = gr.update(choices=choices.checkpoints(library))
+        if wanted != built_with:
+            update["value"] = wanted
+        return [update, status_html(ctx)]
+
     app.load(
-        lambda: [gr.update(choices=choices.checkpoints(library), value=initial_checkpoint(ctx)), status_html(ctx)],
+        page_load,
         outputs=[checkpoint, status],
         api_visibility="private",
         queue=False,

@@ -106,13 +106,16 @@ def build_tab(ctx: UiContext, app: gr.Blocks) -> gr.Tab:
     names = list(widgets)
     assert set(names) == set(PREFERENCE_NAMES), "every preference has a widget"
 
+    built = ctx.preferences.current
+
     def page_load() -> list[Any]:
-        current = ctx.preferences.current
-        return [
-            gr.update(choices=["", *choices.checkpoints(ctx.library)], value=current.checkpoint),
-            *(getattr(current, name) for name in names[1:]),
-            _file_note(ctx),
-        ]
+        """What was saved since the page was built (a page-load answer must not undo what was typed)."""
+        now = ctx.preferences.current
+        listing = gr.update(choices=["", *choices.checkpoints(ctx.library)])
+        if now.checkpoint != built.checkpoint:
+            listing["value"] = now.checkpoint
+        values = [gr.skip() if getattr(now, n) == getattr(built, n) else getattr(now, n) for n in names[1:]]
+        return [listing, *values, _file_note(ctx)]
 
     assert names[0] == "checkpoint"
     app.load(page_load, outputs=[*widgets.values(), result], api_visibility="private", queue=False)

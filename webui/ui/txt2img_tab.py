@@ -50,12 +50,17 @@ def token_counter(ctx: UiContext, text: str) -> str:
     return f'<span class="token-counter" title="tokens per 75-token chunk: {detail}">{total}/{limit}</span>'
 
 
-def schedule_update(sampler: str | None, schedule: str | None) -> Any:
-    """The schedule types `sampler` can use; the value changes only when the current one is not among them."""
+def schedule_update(sampler: str | None, schedule: str | None, *, set_value: bool = True) -> Any:
+    """The schedule types `sampler` can use, and `schedule` if among them (else Automatic). With
+    set_value=False the value is sent only when it must change (after a pick by hand, at page load)."""
     allowed = list(supported_schedules(sampler)) if sampler and sampler != MODEL_SAMPLER else ["Automatic"]
-    if schedule in allowed:
-        return gr.update(choices=allowed, value=schedule)
-    return gr.update(choices=allowed, value="Automatic")
+    if schedule not in allowed:
+        return gr.update(choices=allowed, value="Automatic")
+    return gr.update(choices=allowed, value=schedule) if set_value else gr.update(choices=allowed)
+
+
+def schedule_choices(sampler: str | None, schedule: str | None) -> Any:
+    return schedule_update(sampler, schedule, set_value=False)
 
 
 def sampling_values(sampler: str, schedule: str, steps: int, cfg_scale: float) -> list[Any]:
@@ -219,7 +224,8 @@ def build_tab(ctx: UiContext, bar: ModelBar) -> Txt2ImgTab:
     adapter.check_names(list(fields))
     names = list(defaults)
     bar.app.load(
-        lambda: [field_defaults(ctx)[name] for name in names],
+        # Only the defaults Settings changed since start: a page-load answer must not undo what was typed.
+        lambda: [gr.skip() if v == defaults[k] else v for k, v in field_defaults(ctx).items()],
         outputs=[fields[name] for name in names],
         api_visibility="private",
         queue=False,
@@ -347,7 +353,7 @@ def _wire_helpers(
         )
     sampler, schedule, width, height = fields["sampler"], fields["schedule"], fields["width"], fields["height"]
     # By hand only: code that sets a sampler sets its schedule with it (sampling_values).
-    sampler.input(schedule_update, inputs=[sampler, schedule], outputs=schedule, **quiet)
+    sampler.input(schedule_choices, inputs=[sampler, schedule], outputs=schedule, **quiet)
     swap.click(lambda w, h: (h, w), inputs=[width, height], outputs=[width, height], **quiet)
     preset.input(
         lambda label: families.parse_size_label(label) if label else (gr.update(), gr.update()),
@@ -403,4 +409,4 @@ def _wire_helpers(
         return sampling_values(prefs.sampler, prefs.schedule, prefs.steps, prefs.cfg_scale)
 
     distilled.input(on_distilled, inputs=[distilled, bar.checkpoint], outputs=preset_outputs, **quiet)
-    bar.app.load(schedule_update, inputs=[sampler, schedule], outputs=schedule, **quiet)
+    bar.app.load(schedule_choices, inputs=[sampler, schedule], outputs=schedule, **quiet)
