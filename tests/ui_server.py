@@ -47,6 +47,6 @@ def running_app(models_dir: Path, scratch: Path) -> Iterator[RunningApp]:
     try:
         yield RunningApp(url.rstrip("/"), settings, context)
     finally:
-        app.close(verbose=False)
+        app.close()
         context.queue.stop(timeout=30)
         context.library.stop_background_hashing()
