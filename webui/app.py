@@ -57,6 +57,11 @@ def build_app(settings: Settings, context: UiContext | None = None) -> gr.Blocks
             models_tab.build_tab(ctx, bar)
             pnginfo_tab.build_tab(ctx, txt2img, tabs)
             settings_tab.build_tab(ctx, app)
+        if settings.host not in ("127.0.0.1", "localhost", "::1"):
+            from webui.security import server_urls
+
+            urls = server_urls(settings.host, settings.port, settings.tls_keyfile is not None)
+            gr.Markdown("Shared on your network: " + " · ".join(urls), elem_id="lan-address")
     return app
 
 
@@ -92,20 +97,21 @@ def launch_options(settings: Settings, context: UiContext) -> dict[str, Any]:
     }
 
 
-def serve(settings: Settings, *, block: bool = True, context: UiContext | None = None) -> tuple[gr.Blocks, str]:
-    """Build and start the server (with background hashing of the library); returns (app, local URL).
-    With block=False it returns at once, the server running on its own thread (tests stop it with app.close())."""
+def serve(settings: Settings, *, block: bool = True, context: UiContext | None = None) -> tuple[Any, str]:
+    """Build and start the server (with background hashing of the library); returns (server, local URL).
+    With block=False it returns at once, the server running on its own thread (stop it with `.close()`)."""
     from webui.cli import quiet_libraries
+    from webui.server import start
 
     quiet_libraries()
     settings.outputs_dir.mkdir(parents=True, exist_ok=True)
     ctx = context or open_context(settings)
-    app = build_app(settings, ctx)
     ctx.library.start_background_hashing()
     ctx.queue.start()
-    app.queue(default_concurrency_limit=None)
-    _, url, _ = app.launch(prevent_thread_lock=not block, **launch_options(settings, ctx))
-    return app, url
+    running = start(settings, ctx, block=block)
+    scheme = "https" if settings.tls_keyfile else "http"
+    host = "127.0.0.1" if settings.host in ("0.0.0.0", "::") else settings.host
+    return running, f"{scheme}://{host}:{settings.port}/"
 
 
 def launch(settings: Settings) -> int:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 DEFAULT_PORT = 7860
@@ -34,6 +34,15 @@ class Settings:
     vram_budget_gb: float | None = None
     settings_file: Path | None = None  # None: default_settings_file()
     extra_model_paths: Path | None = None
+    # Sharing (A1111 flag names). Secrets are kept out of repr so they never reach a log or a page.
+    auth: tuple[str, ...] = field(default=(), repr=False)
+    auth_file: Path | None = None
+    tls_keyfile: Path | None = None
+    tls_certfile: Path | None = None
+    insecure_no_auth: bool = False
+    api: bool = False
+    queue_size: int = 32
+    max_upload_mb: int = 50
 
     def __post_init__(self) -> None:
         if not 1 <= self.port <= 65535:
@@ -44,6 +53,10 @@ class Settings:
             raise ValueError(f"precision: {self.precision!r} is unknown; use {', '.join(PRECISIONS)}")
         if self.attention_slicing is not None and self.attention_slicing not in SLICING_MODES:
             raise ValueError(f"attention_slicing: {self.attention_slicing!r} is unknown; use auto, on or off")
+        if (self.tls_keyfile is None) != (self.tls_certfile is None):
+            raise ValueError("tls: give both --tls-keyfile and --tls-certfile, or neither")
+        if not 1 <= self.queue_size <= 1000:
+            raise ValueError(f"queue_size: {self.queue_size} is out of range; allowed 1..1000")
         for name in ("ram_budget_gb", "vram_budget_gb"):
             value = getattr(self, name)
             if value is not None and value <= 0:
@@ -71,6 +84,24 @@ def launch_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="launch.py", description="Start the web UI.")
     add_path_arguments(parser)
     parser.add_argument("--port", type=int, default=DEFAULT_PORT, help="TCP port (default 7860)")
+    parser.add_argument(
+        "--listen",
+        nargs="?",
+        const="0.0.0.0",
+        default=None,
+        metavar="ADDRESS",
+        help="share on the LAN: listen on ADDRESS (0.0.0.0 when given alone) instead of 127.0.0.1; needs --auth",
+    )
+    parser.add_argument("--auth", action="append", default=[], metavar="USER:PASS", help="a login (repeatable)")
+    parser.add_argument("--auth-file", type=Path, help="a file of logins, one USER:PASS a line")
+    parser.add_argument("--tls-keyfile", type=Path, help="serve HTTPS with this private key")
+    parser.add_argument("--tls-certfile", type=Path, help="serve HTTPS with this certificate")
+    parser.add_argument(
+        "--insecure-no-auth", action="store_true", help="allow --listen without a password (not recommended)"
+    )
+    parser.add_argument("--share", action="store_true", help="Gradio's public share tunnel (not supported)")
+    parser.add_argument("--api", action="store_true", help="serve the A1111-compatible API under /sdapi/v1")
+    parser.add_argument("--queue-size", type=int, default=32, help="most jobs waiting at once (default 32)")
     parser.add_argument("--device", default=None, help="auto, cpu, cuda, cuda:N or mps (default: settings, else auto)")
     parser.add_argument("--precision", default=None, choices=PRECISIONS, help="weights dtype (default: auto)")
     parser.add_argument(
@@ -99,4 +130,12 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         vram_budget_gb=getattr(args, "vram_budget_gb", None),
         settings_file=getattr(args, "settings_file", None),
         extra_model_paths=args.extra_model_paths,
+        host=getattr(args, "listen", None) or "127.0.0.1",
+        auth=tuple(getattr(args, "auth", ()) or ()),
+        auth_file=getattr(args, "auth_file", None),
+        tls_keyfile=getattr(args, "tls_keyfile", None),
+        tls_certfile=getattr(args, "tls_certfile", None),
+        insecure_no_auth=getattr(args, "insecure_no_auth", False),
+        api=getattr(args, "api", False),
+        queue_size=getattr(args, "queue_size", 32),
     )

@@ -1,0 +1,136 @@
+"""The HTTP server: Gradio mounted in a FastAPI app with the A1111 API, logins, Host/Origin checks and TLS."""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import uvicorn
+from fastapi import FastAPI, HTTPException, Request
+
+from webui.config import Settings
+from webui.security import (
+    HostOriginMiddleware,
+    LoginThrottle,
+    LoginThrottleMiddleware,
+    allowed_hosts,
+    check_basic_auth,
+    check_listen_policy,
+    is_loopback,
+    parse_credentials,
+    server_urls,
+)
+
+if TYPE_CHECKING:
+    import gradio as gr
+
+    from webui.ui.context import UiContext
+
+log = logging.getLogger(__name__)
+
+
+def api_user_dependency(credentials: dict[str, str]) -> Any:
+    """Who is calling the API: the Basic-auth user when logins are on (else 401), the client address when off."""
+
+    def api_user(request: Request) -> str:
+        if not credentials:
+            return request.client.host if request.client else "local"
+        user = check_basic_auth(request.headers.get("authorization"), credentials)
+        if user is None:
+            raise HTTPException(401, "Incorrect username or password", headers={"WWW-Authenticate": "Basic"})
+        return user
+
+    return api_user
+
+
+@dataclass
+class RunningServer:
+    """A started server; `close()` stops it (tests and the bench run it on a thread)."""
+
+    server: uvicorn.Server
+    thread: threading.Thread | None
+    blocks: gr.Blocks
+    urls: list[str]
+
+    def close(self, verbose: bool = False) -> None:
+        self.server.should_exit = True
+        if self.thread is not None:
+            self.thread.join(timeout=30)
+
+
+def create_app(settings: Settings, context: UiContext, credentials: dict[str, str]) -> tuple[FastAPI, gr.Blocks]:
+    """The ASGI app: our routes first, Gradio mounted at / (its own login when credentials are set)."""
+    import gradio as gr
+
+    from webui.app import build_app, launch_options
+
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    blocks = build_app(settings, context)
+    blocks.queue(default_concurrency_limit=None, api_open=False, max_size=settings.queue_size)
+    outer = FastAPI(openapi_url=None, docs_url=None, redoc_url=None)  # no schema endpoints beside the API's own
+    if settings.api:
+        from webui.api import ApiOptions, build_api_router
+
+        options = ApiOptions.from_preferences(context.preferences.current)
+        user = api_user_dependency(credentials)
+        outer.include_router(build_api_router(context.queue, context.library, options, current_user=user))
+    launch = launch_options(settings, context)
+    app = gr.mount_gradio_app(
+        outer,
+        blocks,
+        path="/",
+        auth=list(credentials.items()) or None,
+        auth_message="Log in to the studio",
+        allowed_paths=launch["allowed_paths"],
+        blocked_paths=launch["blocked_paths"],
+        max_file_size=f"{settings.max_upload_mb}mb",
+        theme=launch["theme"],
+        css=launch["css"],
+        show_error=True,
+        ssr_mode=False,
+        footer_links=launch["footer_links"],
+        server_name=settings.host,
+        server_port=settings.port,
+    )
+    if not is_loopback(settings.host):
+        app.add_middleware(HostOriginMiddleware, hosts=allowed_hosts(settings.host, settings.port))
+    if credentials:
+        app.add_middleware(LoginThrottleMiddleware, throttle=LoginThrottle())
+    return app, blocks
+
+
+def start(settings: Settings, context: UiContext, block: bool = True) -> RunningServer:
+    """Check the sharing policy, build the app, and serve it (on this thread, or a background one)."""
+    credentials = parse_credentials(settings.auth, settings.auth_file)
+    warning = check_listen_policy(settings.host, credentials, settings.insecure_no_auth)
+    if warning:
+        log.warning(warning)
+        print(f"\n{'!' * 80}\n{warning}\n{'!' * 80}\n", flush=True)
+    app, blocks = create_app(settings, context, credentials)
+    tls = settings.tls_keyfile is not None
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        ssl_keyfile=str(settings.tls_keyfile) if tls else None,
+        ssl_certfile=str(settings.tls_certfile) if tls else None,
+        log_level="warning",
+    )
+    server = uvicorn.Server(config)
+    urls = server_urls(settings.host, settings.port, tls)
+    print("webui is running. Open " + " or ".join(urls), flush=True)
+    if block:
+        server.run()
+        return RunningServer(server, None, blocks, urls)
+    thread = threading.Thread(target=server.run, name="webui-server", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 60
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError(f"the server did not start on {settings.host}:{settings.port}")
+        time.sleep(0.05)
+    return RunningServer(server, thread, blocks, urls)
