@@ -148,7 +148,7 @@ class LoginThrottle:
 
 
 class LoginThrottleMiddleware:
-    """Counts failed POST /login (Gradio answers 400) and API 401s per client address; throttles with 429."""
+    """Counts failed POST /login (Gradio answers 400) and refused API credentials per client address; then 429."""
 
     def __init__(self, app: ASGIApp, throttle: LoginThrottle) -> None:
         self.app, self.throttle = app, throttle
@@ -159,6 +159,8 @@ class LoginThrottleMiddleware:
             return
         client = (scope.get("client") or ("unknown", 0))[0]
         is_login = scope["method"] == "POST" and scope["path"] in LOGIN_PATHS
+        # A wrong password: a failed login form, or credentials sent to the API and refused.
+        tried_password = is_login or any(key.lower() == b"authorization" for key, _ in scope["headers"])
         if self.throttle.blocked(client) and (is_login or scope["path"].startswith("/sdapi/")):
             message = {"detail": "Too many failed logins; wait a minute and try again."}
             await JSONResponse(message, 429)(scope, receive, send)
@@ -167,7 +169,7 @@ class LoginThrottleMiddleware:
         async def watch(message: dict) -> None:
             if message["type"] == "http.response.start":
                 status = message["status"]
-                if (is_login and status in (400, 401)) or status == 401:
+                if tried_password and status in (400, 401):
                     self.throttle.failed(client)
             await send(message)
 
