@@ -137,3 +137,43 @@ def test_listening_on_the_network_without_a_password_refuses_to_start(tmp_path):
     )  # fmt: skip
     assert result.returncode != 0
     assert "--auth" in result.stderr and "Refusing to listen" in result.stderr
+
+
+def test_four_clients_ten_jobs_each_all_complete_one_pipeline_call_at_a_time(server, monkeypatch):
+    import json
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    from webui.engine.txt2img import Engine
+
+    url, _ = server
+    active, peak, lock = [0], [0], threading.Lock()
+    real_denoise = Engine.denoise
+
+    def counted(self, *args, **kwargs):
+        with lock:
+            active[0] += 1
+            peak[0] = max(peak[0], active[0])
+        try:
+            return real_denoise(self, *args, **kwargs)
+        finally:
+            with lock:
+                active[0] -= 1
+
+    monkeypatch.setattr(Engine, "denoise", counted)
+
+    def client(number: int) -> list[int]:
+        seeds = []
+        with httpx.Client(base_url=url, headers=basic(), timeout=300) as http:
+            for job in range(10):
+                body = {"prompt": "a hat", "steps": 1, "width": 32, "height": 32, "seed": 1000 * number + job,
+                        "override_settings": {"sd_model_checkpoint": "tiny-sd1"}}  # fmt: skip
+                response = http.post("/sdapi/v1/txt2img", json=body)
+                assert response.status_code == 200, response.text[:300]
+                seeds.append(json.loads(response.json()["info"])["seed"])
+        return seeds
+
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(client, range(4)))
+    assert results == [[1000 * n + j for j in range(10)] for n in range(4)]
+    assert peak[0] == 1
