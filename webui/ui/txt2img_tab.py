@@ -377,9 +377,9 @@ def _wire_helpers(
         distilled preset switched on or off to match the model."""
         entry = choices.checkpoint_entry(ctx.library, checkpoint)
         sizes = families.size_presets(entry)
-        size = (w, h) if (w, h) in sizes else sizes[0]
+        # Only what changes is sent: a late answer must not undo a size typed meanwhile.
+        updates: list[Any] = [gr.skip(), gr.skip(), gr.skip()] if (w, h) in sizes else [*sizes[0], gr.skip()]
         preset_fields = families.distilled_preset(entry)
-        updates: list[Any] = [*size, gr.update()]
         if preset_fields is not None:
             values = preset_fields.request_fields()
             updates[2] = True
@@ -390,7 +390,7 @@ def _wire_helpers(
             prefs = ctx.prefs
             updates[2] = False
             return updates + sampling_values(prefs.sampler, prefs.schedule, prefs.steps, prefs.cfg_scale)
-        return updates + [gr.update()] * 4
+        return updates + [gr.skip()] * 4
 
     preset_outputs = [fields[name] for name in DISTILLED_FIELDS]
     bar.checkpoint.input(
