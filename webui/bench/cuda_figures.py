@@ -38,7 +38,7 @@ def peak_tflops(name: str) -> float | None:
     return next((peak for key, peak in PEAK_FP16_TFLOPS if key in name), None)
 
 
-def _engine_its(session: Session, policy: DevicePolicy) -> tuple[float, dict[str, Any]]:
+def _engine_its(session: Session, policy: DevicePolicy) -> tuple[float, dict[str, Any], list[Any]]:
     """Denoising it/s through an engine with `policy`, sharing the session's component cache where dtypes agree."""
     manager = PipelineManager(session.bench_set.models_dir, policy, session.manager.cache)
     engine = Engine(manager, session.scratch / "cuda-outputs")
@@ -51,15 +51,16 @@ def _engine_its(session: Session, policy: DevicePolicy) -> tuple[float, dict[str
     stat = measure(run, session.repeats, session.warmup).per(session.steps, "it/s")
     sliced = any(type(p).__name__.startswith("Sliced") for p in loaded.pipeline.unet.attn_processors.values())
     loaded.pipeline.disable_attention_slicing()  # slicing lives on the shared UNet; leave it as found
-    return stat.median, {"it_s": stat.to_json(), "attention_sliced": sliced}
+    return stat.median, {"it_s": stat.to_json(), "attention_sliced": sliced}, list(loaded.keys.values())
 
 
 def cuda_figures(session: Session) -> dict[str, Any]:
     device = str(session.manager.device)
     session.manager.load(session.choice()).pipeline.disable_attention_slicing()  # start from plain SDPA
-    fp16_its, fp16 = _engine_its(session, DevicePolicy(device=device, precision="fp16"))
-    fp32_its, fp32 = _engine_its(session, DevicePolicy(device=device, precision="fp32"))
-    session.manager.cache.evict()  # the fp32 copies are no longer needed
+    fp16_its, fp16, _keys = _engine_its(session, DevicePolicy(device=device, precision="fp16"))
+    fp32_its, fp32, fp32_keys = _engine_its(session, DevicePolicy(device=device, precision="fp32"))
+    session.manager.load(session.choice())  # pins the fp16 model again, so that the fp32 copies can go
+    session.manager.cache.evict(fp32_keys)
     modes = ("off", "auto", "on")
     slicing = {mode: _engine_its(session, DevicePolicy(device=device, attention_slicing=mode)) for mode in modes}
     step = unet_step(session)
@@ -69,7 +70,7 @@ def cuda_figures(session: Session) -> dict[str, Any]:
         "fp16_vs_fp32_speed": fp16_its / fp32_its,
         "fp16": fp16,
         "fp32": fp32,
-        "attention_slicing": {mode: raw for mode, (_its, raw) in slicing.items()},
+        "attention_slicing": {mode: raw for mode, (_its, raw, _keys) in slicing.items()},
         "slicing_on_vs_off_speed": slicing["on"][0] / slicing["off"][0],
         "slicing_auto_vs_off_speed": slicing["auto"][0] / slicing["off"][0],
         "unet_step": step,

@@ -154,10 +154,12 @@ def family_block(settings: dict[str, Any], figures: Mapping[str, Any], extra: Ma
     return block
 
 
-def write(report: Mapping[str, Any], out_dir: Path) -> tuple[Path, Path]:
+def write(report: Mapping[str, Any], out_dir: Path) -> dict[str, Any]:
+    """Write `<size>-<device>.json` and `.md` under `out_dir`; returns the report with their paths under "files"."""
     out_dir.mkdir(parents=True, exist_ok=True)
     stem = f"{report['size']}-{report['device']}"
     json_path, md_path = out_dir / f"{stem}.json", out_dir / f"{stem}.md"
-    json_path.write_text(json.dumps(report, indent=2, default=str) + "\n")
-    md_path.write_text(markdown(report))
-    return json_path, md_path
+    written = {**report, "files": {"json": str(json_path), "markdown": str(md_path)}}
+    json_path.write_text(json.dumps(written, indent=2, default=str) + "\n")
+    md_path.write_text(markdown(written))
+    return written

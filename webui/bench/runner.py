@@ -163,6 +163,7 @@ def _run(options: BenchOptions) -> dict[str, Any]:
     device = policy.resolve_device()
     if device.type not in ("cpu", "cuda"):
         raise ValueError(f"device: the benchmark runs on cpu or cuda, not {device.type}")
+    machine = machine_info(device)  # before the run: free RAM and load average as the run found them
     skipped: dict[str, str] = {}
     blocks = []
     with tempfile.TemporaryDirectory(prefix="webui-bench-") as tmp:
@@ -181,7 +182,7 @@ def _run(options: BenchOptions) -> dict[str, Any]:
         "dtype": dtype,
         "date": dt.datetime.now().astimezone().isoformat(timespec="seconds"),
         "about": ABOUT[options.size],
-        "machine": machine_info(device),
+        "machine": machine,
         "versions": versions(),
         **first,
         "more_families": {block["settings"]["model"]: block for block in more},

@@ -141,8 +141,9 @@ def generated_set(recipe: Recipe, root: Path) -> BenchSet:
     paths = _paths(recipe, root)
     if _is_current(recipe, root):
         return paths
-    free = shutil.disk_usage(root if root.exists() else root.parent).free if root.parent.exists() else None
-    if free is not None and free < file_bytes(recipe) * 1.1:
+    existing = next(folder for folder in (root, *root.parents) if folder.exists())
+    free = shutil.disk_usage(existing).free
+    if free < file_bytes(recipe) * 1.1:
         raise OSError(
             f"{root}: the {recipe.name} benchmark models need about {file_bytes(recipe) / 2**30:.1f} GiB of disk, "
             f"only {free / 2**30:.1f} GiB is free; pass --models-dir on a larger disk"

@@ -27,15 +27,13 @@ def cmd_bench(args: argparse.Namespace) -> int:
     )
     with contextlib.redirect_stdout(sys.stderr):  # servers and libraries print; stdout carries only the report
         report = run(options)
-    json_path, md_path = write(report, args.out)  # written first, so "files" below is true
-    report["files"] = {"json": str(json_path), "markdown": str(md_path)}
-    json_path.write_text(json.dumps(report, indent=2, default=str) + "\n")
+    report = write(report, args.out)
     if args.json:
         json.dump(report, sys.stdout, indent=2, default=str)
         sys.stdout.write("\n")
     else:
-        sys.stdout.write(md_path.read_text())
-        print(f"\nWrote {json_path} and {md_path}")
+        sys.stdout.write(Path(report["files"]["markdown"]).read_text())
+        print(f"\nWrote {report['files']['json']} and {report['files']['markdown']}")
     return 0
 
 
