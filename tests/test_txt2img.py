@@ -8,6 +8,7 @@ from PIL import Image
 
 from webui.cli import main
 from webui.engine.infotext import format_infotext, parse_infotext
+from webui.engine.lora import LoraSpec
 from webui.engine.pipelines import ModelChoice, PipelineManager
 from webui.engine.progress import CancelToken
 from webui.engine.reproduce import request_from_infotext
@@ -165,9 +166,11 @@ def test_reproduce_round_trip_gives_the_same_image(engine, library, tiny_models_
             seed=77,
             sampler="Euler a",
             clip_skip=2,
+            loras=(LoraSpec(tiny_models_dir / "loras/tiny-sd1-peft.safetensors", 0.5, 0.25),),
         )
     ).images[0]
     assert "VAE: tiny-sd1-vae-alt.safetensors" in original.infotext and "Lora hashes" in original.infotext
+    assert 'LoRA stack: "tiny-sd1-peft: 0.5/0.25"' in original.infotext
     code = main(["generate", "--models-dir", str(tiny_models_dir), "--outputs-dir", str(tmp_path),
                  "--infotext", str(original.path), "--json"])  # fmt: skip
     assert code == 0

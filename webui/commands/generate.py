@@ -148,7 +148,7 @@ def request_from_args(args: argparse.Namespace, library: Any) -> Any:
         "text_encoder_2": te[1] if len(te) > 1 else None,
     }
     model.update({k: v for k, v in given.items() if v is not None})
-    loras = tuple(parse_lora_flag(v, library) for v in args.lora or [])
+    loras = tuple(values.pop("loras", ())) + tuple(parse_lora_flag(v, library) for v in args.lora or [])
     return GenerationRequest(model=ModelChoice(**{k: model.get(k) for k in given}), loras=loras, **values)
 
 

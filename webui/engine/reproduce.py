@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from webui.engine.infotext import parse_infotext
+from webui.engine.lora import LoraSpec
 from webui.engine.pipelines import ModelChoice
 from webui.engine.prompts import extract_lora_tags
 from webui.engine.request import GenerationRequest
@@ -85,6 +86,20 @@ def request_from_infotext(text: str, library: Any) -> Reproduction:
     for tag in extract_lora_tags(prompt)[1]:
         if _find(library, Kind.LORA, tag.name) is None:
             missing.append(f"LoRA {tag.name}")
+    loras = []
+    for item in filter(None, (part.strip() for part in params.get("LoRA stack", "").split(","))):
+        name, _, weights = item.rpartition(":")
+        path = _find(library, Kind.LORA, name.strip())
+        try:
+            unet_weight, te_weight = (float(w) for w in weights.split("/"))
+        except ValueError:
+            notes.append(f"LoRA stack: {item!r} is not NAME: UNET/TE; left out")
+            continue
+        if path is None:
+            missing.append(f"LoRA {name.strip()}")
+            continue
+        loras.append(LoraSpec(path, unet_weight, te_weight))
+    values["loras"] = tuple(loras)
     values["checkpoint"] = checkpoint
     values.update(components)
     request = None

@@ -96,6 +96,9 @@ class Engine:
         folder = day_folder(outputs_dir or self.outputs_dir, "txt2img")
         params = self._params(request, loaded)
         applied = [s for s, r in zip(stack, reports[len(unresolved) :], strict=True) if s.active and r.error is None]
+        from_stack = [s for s in applied if s in request.loras]  # prompt tags already stand in the prompt
+        if from_stack:  # our key: A1111's infotext has no place for LoRAs outside the prompt
+            params["LoRA stack"] = ", ".join(f"{s.path.stem}: {s.unet_weight:g}/{s.te_weight:g}" for s in from_stack)
         if applied:
             params["Lora hashes"] = ", ".join(f"{s.path.stem}: {self.hasher(s.path) or ''}" for s in applied)
         reporter = StepReporter(loaded.family, request.steps, request.batch_count, progress, cancel, preview_every)

@@ -135,8 +135,8 @@ def build_request(values: Mapping[str, Any], library: ModelLibrary) -> Generatio
 def values_from_reproduction(reproduction: Reproduction, text: str, library: ModelLibrary) -> dict[str, Any]:
     """Widget values (by name) that reproduce an image: its fields, its model and components, its LoRAs.
 
-    LoRAs named in the prompt stay there as `<lora:…>` tags; those listed only in `Lora hashes` (a
-    stack) fill stack rows at weight 1, since infotext does not carry stack weights."""
+    LoRAs named in the prompt stay there as `<lora:…>` tags; the stack fills the LoRA rows with its weights
+    (from our `LoRA stack` key; A1111 images list stack LoRAs only in `Lora hashes`, so those get weight 1)."""
     found = reproduction.values
     out: dict[str, Any] = {k: v for k, v in found.items() if k in REQUEST_FIELDS}
     out["sampler"] = found.get("sampler") or MODEL_SAMPLER
@@ -146,19 +146,24 @@ def values_from_reproduction(reproduction: Reproduction, text: str, library: Mod
     for name in MODEL_FIELDS[1:]:
         path = found.get(name)
         out[name] = choices.title_for_path(library, path) if path is not None else choices.FROM_CHECKPOINT
-    in_prompt = {tag.name.lower() for tag in extract_lora_tags(found.get("prompt", ""))[1]}
-    stack = []
-    for item in parse_infotext(text)[2].get("Lora hashes", "").split(","):
-        name = item.split(":", 1)[0].strip()
-        if name and name.lower() not in in_prompt:
-            try:
-                stack.append(choices.title(library.find(name, Kind.LORA)))
-            except LookupError:
-                continue  # reproduce lists what is missing
+    # The stack with its weights (our `LoRA stack` key); else LoRAs listed only in `Lora hashes`, at weight 1.
+    stack = [(choices.title_for_path(library, s.path), s.unet_weight, s.te_weight) for s in found.get("loras", ())]
+    if not stack:
+        in_prompt = {tag.name.lower() for tag in extract_lora_tags(found.get("prompt", ""))[1]}
+        for item in parse_infotext(text)[2].get("Lora hashes", "").split(","):
+            name = item.split(":", 1)[0].strip()
+            if name and name.lower() not in in_prompt:
+                try:
+                    stack.append((choices.title(library.find(name, Kind.LORA)), 1.0, 1.0))
+                except LookupError:
+                    continue  # reproduce lists what is missing
     for row in range(1, MAX_LORAS + 1):
         names = lora_names(row)
-        lora = stack[row - 1] if row <= len(stack) else None
-        out.update({names["name"]: lora, names["unet_weight"]: 1.0, names["te_weight"]: 1.0, names["enabled"]: True})
+        lora, unet_weight, te_weight = stack[row - 1] if row <= len(stack) else (None, 1.0, 1.0)
+        out.update(
+            {names["name"]: lora, names["unet_weight"]: unet_weight, names["te_weight"]: te_weight,
+             names["enabled"]: True}
+        )  # fmt: skip
     return out
 
 
