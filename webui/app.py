@@ -44,15 +44,14 @@ def build_app(settings: Settings, context: UiContext | None = None) -> gr.Blocks
     """The whole UI. Nothing is served until `serve`; the bench may call this to time a page build."""
     import gradio as gr
 
-    from webui.ui import components_tab, model_bar, models_tab, pnginfo_tab, settings_tab, txt2img_tab
+    from webui.ui import compare_tab, components_tab, model_bar, models_tab, pnginfo_tab, settings_tab, txt2img_tab
 
     ctx = context or open_context(settings)
     with gr.Blocks(title="webui — local Stable Diffusion studio", fill_width=True) as app:
         bar = model_bar.build(ctx, app)
         with gr.Tabs(elem_id="tabs", overflow_behavior="wrap") as tabs:  # every tab in sight on a phone
             txt2img = txt2img_tab.build_tab(ctx, bar)
-            # The Compare tab goes here: compare_tab.build_tab(ctx, bar, txt2img), adding its
-            # "Send to Compare" button under the gallery with `with txt2img.actions: ...`.
+            compare_tab.build_tab(ctx, bar, txt2img, tabs)  # adds "Send to Compare" under txt2img's gallery
             components_tab.build_tab(ctx, bar)
             models_tab.build_tab(ctx, bar)
             pnginfo_tab.build_tab(ctx, txt2img, tabs)
