@@ -119,6 +119,7 @@ def start(settings: Settings, context: UiContext, block: bool = True) -> Running
         ssl_keyfile=str(settings.tls_keyfile) if tls else None,
         ssl_certfile=str(settings.tls_certfile) if tls else None,
         log_level="warning",
+        timeout_graceful_shutdown=3,  # open event streams would otherwise hold a shutdown for long
     )
     server = uvicorn.Server(config)
     urls = server_urls(settings.host, settings.port, tls)
