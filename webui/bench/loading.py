@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from webui.bench.session import Figure, Session
+from webui.bench.session import Figure, Session, release
 from webui.bench.stats import Case, Stat, interleaved, measure
 from webui.engine.pipelines import ModelChoice
 
@@ -14,11 +14,6 @@ def read_file(path: Path) -> int:
     return len(path.read_bytes())
 
 
-def _drop_everything(session: Session) -> None:
-    session.manager.cache.clear()
-    session.manager.current = None  # the previous pipeline would keep its modules alive
-
-
 def cold_load(session: Session) -> tuple[Figure, Stat]:
     """`cold_load_vs_file_read`, and the cold-load times the switch figure divides by."""
     path = session.bench_set.checkpoint
@@ -26,7 +21,7 @@ def cold_load(session: Session) -> tuple[Figure, Stat]:
     size = read_file(path)  # into the page cache: the ratio is our overhead over raw I/O
     stats = interleaved(
         {
-            "cold_load": Case(lambda: session.manager.load(choice), setup=lambda: _drop_everything(session)),
+            "cold_load": Case(lambda: session.manager.load(choice), setup=lambda: release(session.manager)),
             "file_read": Case(lambda: read_file(path)),
         },
         session.repeats,

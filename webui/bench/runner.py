@@ -22,7 +22,7 @@ from webui.bench.lora_figures import lora_figures
 from webui.bench.machine import machine_info, versions
 from webui.bench.memory_probe import memory_figure
 from webui.bench.report import family_block
-from webui.bench.session import Figure, Session
+from webui.bench.session import Figure, Session, release
 from webui.bench.ui_roundtrip import UiServer, start_ui
 from webui.engine.device import DevicePolicy
 
@@ -72,8 +72,9 @@ def _full_recipes(device: torch.device, skipped: dict[str, str]) -> list[sets.Re
     available = psutil.virtual_memory().available
     fits = []
     for recipe in sets.FULL:
-        # CPU: both checkpoints in fp32 plus a load's transient copy; CUDA: fp16 weights pass through RAM.
-        per_weight = 4 * 2.5 if device.type == "cpu" else 2 * 2.5
+        # Bytes per parameter at the peak. CPU: two fp32 models (two checkpoints, or the engine's and the UI
+        # app's) plus a load's fp16 file pages and its conversion; CUDA: fp16 weights pass through RAM.
+        per_weight = 12 if device.type == "cpu" else 6
         needed = int(recipe.parameters() * per_weight)
         if needed > available:
             skipped[recipe.name] = (
@@ -113,6 +114,8 @@ def _measure(session: Session) -> tuple[dict[str, Figure], dict[str, Any]]:
     figures["cold_load_vs_file_read"], cold = cold_load(session)
     figures["cached_switch_vs_cold_load"] = cached_switch(session, cold)
     figures["vae_swap_ms"] = vae_swap(session)
+    session.manager.load(session.choice())
+    session.manager.cache.evict()  # from here on one model is enough: the second checkpoint's RAM goes back
     figures["engine_vs_diffusers_speed"], step = speed(session)
     with ExitStack() as stack:
         try:
@@ -127,8 +130,7 @@ def _measure(session: Session) -> tuple[dict[str, Figure], dict[str, Any]]:
     extra["cuda"] = cuda_figures(session) if cuda else None
     if not cuda:
         extra["notes_cuda"] = "fp16 vs fp32, attention slicing and TFLOP/s vs peak are measured on CUDA only"
-    session.manager.cache.clear()  # the memory probe's process needs the RAM more than this one
-    session.manager.current = None
+    release(session.manager)  # the memory probe's process needs the RAM more than this one
     try:
         figures["memory_vs_unique_components"] = memory_figure(session)
     except (RuntimeError, subprocess.TimeoutExpired) as error:

@@ -100,6 +100,12 @@ class Session:
         }
 
 
+def release(manager: PipelineManager) -> None:
+    """Drop every cached model and the current pipeline (which would keep its modules alive)."""
+    manager.cache.clear()
+    manager.current = None
+
+
 def plain_pipeline(loaded: LoadedModel) -> Any:
     """Stock diffusers over the engine's cached modules, with a scheduler built the plain diffusers way."""
     import diffusers

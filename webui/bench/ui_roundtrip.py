@@ -11,7 +11,7 @@ import socket
 from contextlib import ExitStack
 from typing import Any
 
-from webui.bench.session import CFG_SCALE, NEGATIVE, PROMPT, SAMPLER, SEED, Session
+from webui.bench.session import CFG_SCALE, NEGATIVE, PROMPT, SAMPLER, SEED, Session, release
 from webui.engine.txt2img import Engine
 
 ENDPOINT = "/generate"
@@ -60,6 +60,7 @@ def _real_app(session: Session, stack: ExitStack) -> UiServer:
         settings_file=session.scratch / "app-settings.json",
     )
     context = open_context(settings)
+    stack.callback(release, context.engine.manager)  # its models' memory goes back with the server
     app, url = serve(settings, block=False, context=context)
     stack.callback(app.close, verbose=False)
     context.library.start_background_hashing().wait(HASHING_TIMEOUT_S)  # no hashing thread while timing
