@@ -208,3 +208,10 @@ def test_cli_flags_build_the_request(library, tiny_models_dir):
 def test_bad_request_fields_are_named(tiny_models_dir, field, value, message):
     with pytest.raises(ValueError, match=message):
         GenerationRequest(model=sd1(tiny_models_dir), **{field: value})
+
+
+def test_the_sdxl_refiner_loads_but_txt2img_refuses_it_clearly(engine, tiny_models_dir):
+    refiner = ModelChoice(tiny_models_dir / "checkpoints/tiny-sdxl-refiner.safetensors")
+    assert engine.manager.load(refiner).family.value == "sdxl_refiner"
+    with pytest.raises(ValueError, match="refiner"):
+        engine.generate(GenerationRequest(model=refiner, prompt="x", steps=2, width=32, height=32))

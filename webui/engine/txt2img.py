@@ -23,6 +23,7 @@ from webui.engine.progress import CancelToken, ProgressCallback, StepReporter
 from webui.engine.prompts import extract_lora_tags
 from webui.engine.request import GeneratedImage, GenerationRequest, GenerationResult
 from webui.engine.samplers import make_scheduler, sampler_label
+from webui.models.kinds import Family
 from webui.models.loading import Role
 
 Hasher = Callable[[Path], str | None]
@@ -84,6 +85,11 @@ class Engine:
     ) -> GenerationResult:
         started = time.perf_counter()
         loaded = self.manager.load(request.model)
+        if loaded.family is Family.SDXL_REFINER:
+            raise ValueError(
+                f"model: {loaded.choice.name} is an SDXL refiner, which refines an existing image; "
+                "txt2img needs an SDXL base (or SD1/SD2) checkpoint"
+            )
         timings = {"load": time.perf_counter() - started, "denoise": 0.0, "decode": 0.0, "save": 0.0}
         stack, unresolved = self.lora_stack(request)
         reports = unresolved + self.loras.apply(loaded.pipeline, loaded.family, stack, fuse=self.fuse_loras)
