@@ -138,6 +138,7 @@ class LoraStackApplier:
         self._reports: dict[str, LoraReport] = {}
         self._originals: list[tuple[torch.nn.Module, torch.Tensor]] = []  # base weights saved by a fuse
         self._fused: Any = None  # the pipeline whose weights are fused
+        self._active: tuple[Any, ...] | None = None  # (UNet identity, adapter weights) last set
         self.file_reads = 0  # LoRA files read from disk (tests check that weight changes read nothing)
 
     def apply(
@@ -221,7 +222,8 @@ class LoraStackApplier:
         total = count_lora_modules(state_dict)
         with _capturing_unexpected_keys() as unexpected:
             try:
-                pipeline.load_lora_weights(state_dict, adapter_name=name)
+                self._active = None  # loading makes the new adapter the active one
+                pipeline.load_lora_weights(state_dict, adapter_name=name, low_cpu_mem_usage=True)
             except (ValueError, KeyError, RuntimeError) as error:
                 return LoraReport(label, unapplied=total, error=f"{spec.path.name}: no layer of it fits ({error})")
         applied = _applied_modules(pipeline, name)
@@ -230,24 +232,30 @@ class LoraStackApplier:
         self._reports[name] = report
         return report
 
-    @staticmethod
-    def _activate(pipeline: Any, active: list[tuple[str, LoraSpec]]) -> None:
+    def _activate(self, pipeline: Any, active: list[tuple[str, LoraSpec]]) -> None:
         if not pipeline.get_list_adapters():
+            return
+        # set_adapters walks every module; skip it when this pipeline already has exactly these weights.
+        modules = tuple(id(getattr(pipeline, c, None)) for c in _COMPONENTS)
+        wanted = (modules, tuple((name, s.unet_weight, s.te_weight) for name, s in active))
+        if wanted == self._active:
             return
         if not active:
             pipeline.disable_lora()
-            return
-        pipeline.enable_lora()
-        names = [name for name, _ in active]
-        weights = []
-        for name, spec in active:
-            parts = _components_with(pipeline, name)
-            weights.append({c: (spec.unet_weight if c == "unet" else spec.te_weight) for c in parts})
-        pipeline.set_adapters(names, adapter_weights=weights)
+        else:
+            pipeline.enable_lora()
+            names = [name for name, _ in active]
+            weights = []
+            for name, spec in active:
+                parts = _components_with(pipeline, name)
+                weights.append({c: (spec.unet_weight if c == "unet" else spec.te_weight) for c in parts})
+            pipeline.set_adapters(names, adapter_weights=weights)
+        self._active = wanted
 
     def _prune(self, pipeline: Any, keep: set[str]) -> None:
         present = {n for names in pipeline.get_list_adapters().values() for n in names}
         inactive = [n for n in self._recent if n in present and n not in keep]
         for name in inactive[: max(0, len(inactive) - self.keep_inactive)]:
             pipeline.delete_adapters(name)
+            self._active = None
             self._recent.pop(name, None)

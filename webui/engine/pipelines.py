@@ -13,6 +13,7 @@ import logging
 import threading
 import time
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -88,13 +89,25 @@ class LoadedModel:
 
 
 def _identify(path: Path):  # noqa: ANN202 (webui.models.identify.Identity)
-    from webui.models.files import ModelFileError, read_header
-    from webui.models.identify import identify
+    """The file's identity, read from its header once per file version (every switch asks again)."""
+    from webui.models.files import ModelFileError
 
     try:
-        return identify(read_header(path))
+        stat = path.stat()
+    except OSError as error:
+        raise ModelLoadError(f"{path}: cannot read it ({error.strerror}); refresh the model list") from error
+    try:
+        return _identify_version(str(path.resolve()), stat.st_size, stat.st_mtime_ns)
     except ModelFileError as error:
         raise ModelLoadError(f"{path}: {error.problem}") from error
+
+
+@lru_cache(maxsize=512)
+def _identify_version(path: str, _size: int, _mtime_ns: int):  # noqa: ANN202
+    from webui.models.files import read_header
+    from webui.models.identify import identify
+
+    return identify(read_header(path))
 
 
 def default_budgets(device: torch.device) -> dict[str, int]:

@@ -154,6 +154,8 @@ class Tokenizer(Protocol):
 
     def get_vocab(self) -> dict[str, int]: ...
 
+    def convert_tokens_to_ids(self, tokens: str) -> int | None: ...
+
 
 @dataclass(frozen=True)
 class EmbeddingMatch:
@@ -184,6 +186,12 @@ class PromptChunk:
         return [bos, *self.tokens, eos, *[pad] * fill], [1.0, *self.weights, *[1.0] * (fill + 1)]
 
 
+def _comma_id(tokenizer: Tokenizer) -> int | None:
+    """The id of "," (get_vocab() would copy the whole 49k-entry vocabulary on every prompt)."""
+    found = tokenizer.convert_tokens_to_ids(",</w>")
+    return None if found is None or found == getattr(tokenizer, "unk_token_id", None) else found
+
+
 def chunk_prompt(tokenizer: Tokenizer, prompt: str, embeddings: EmbeddingMatcher | None = None) -> list[PromptChunk]:
     """Weighted 75-token chunks of `prompt`, split as A1111 splits them.
 
@@ -194,7 +202,7 @@ def chunk_prompt(tokenizer: Tokenizer, prompt: str, embeddings: EmbeddingMatcher
     """
     pieces = parse_prompt_attention(prompt)
     ids = tokenizer([text for text, _ in pieces], truncation=False, add_special_tokens=False, verbose=False)
-    comma = tokenizer.get_vocab().get(",</w>")
+    comma = _comma_id(tokenizer)
     chunks: list[PromptChunk] = []
     tokens: list[int] = []
     weights: list[float] = []
