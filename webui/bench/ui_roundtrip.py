@@ -62,6 +62,8 @@ def _real_app(session: Session, stack: ExitStack) -> UiServer:
     context = open_context(settings)
     stack.callback(release, context.engine.manager)  # its models' memory goes back with the server
     app, url = serve(settings, block=False, context=context)
+    stack.callback(context.library.stop_background_hashing)  # callbacks run last-first: after the server
+    stack.callback(context.queue.stop, timeout=30)
     stack.callback(app.close, verbose=False)
     context.library.start_background_hashing().wait(HASHING_TIMEOUT_S)  # no hashing thread while timing
     client = _client(url, session)
