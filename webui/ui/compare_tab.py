@@ -11,14 +11,19 @@ import gradio as gr
 from webui.engine.compare import run_compare
 from webui.engine.compare_plan import CompareJob, library_resolver, plan
 from webui.engine.jobs import Job, JobState
-from webui.engine.reproduce import request_from_infotext
 from webui.engine.request import MAX_STEPS, MIN_SIDE
-from webui.ui import adapter, choices, compare_form, compare_pickers, runner
-from webui.ui.adapter import MAX_LORAS, lora_names
+from webui.ui import adapter, compare_form, compare_pickers, runner
 from webui.ui.compare_form import AXES, BASE_FIELDS
 from webui.ui.context import GPU, UiContext, owner_of
 from webui.ui.model_bar import ModelBar, status_html
-from webui.ui.txt2img_tab import MAX_SIDE_UI, SAMPLER_CHOICES, Txt2ImgTab, field_defaults, schedule_update
+from webui.ui.txt2img_tab import (
+    MAX_SIDE_UI,
+    SAMPLER_CHOICES,
+    Txt2ImgTab,
+    field_defaults,
+    schedule_update,
+    updates_from_infotext,
+)
 
 QUIET = {"api_visibility": "private", "queue": False}
 
@@ -225,29 +230,7 @@ def _selected_infotext(cell_list: list[dict[str, Any]], event: gr.SelectData) ->
 
 
 def _send_to_txt2img(ctx: UiContext, txt2img: Txt2ImgTab, tabs: gr.Tabs, text: str) -> dict[Any, Any]:
-    """The cell's settings into txt2img, model and LoRAs too. The same steps as PNG Info's "Send to txt2img"
-    (webui/ui/pnginfo_tab.py), whose function is local to that tab's build and so cannot be called from here."""
+    """The cell's settings into txt2img, model and LoRAs too (as PNG Info's "Send to txt2img")."""
     if not text:
         raise gr.Error("No cell with an image chosen: click one in the Cells gallery first.")
-    with adapter.shown_in_ui("Reading the cell's parameters"):
-        reproduction = request_from_infotext(text, ctx.library)
-        values = adapter.values_from_reproduction(reproduction, text, ctx.library)
-    for item in reproduction.missing:
-        gr.Warning(f"Not in the library: {item}. Left as it was.")
-    for note in reproduction.notes:
-        gr.Info(note)
-    if not values.get("checkpoint"):
-        values.pop("checkpoint", None)
-    fields, stack = txt2img.fields, txt2img.stack
-    family = choices.family_of(ctx.library, values.get("checkpoint"))
-    updates: dict[Any, Any] = {fields[name]: value for name, value in values.items() if name in fields}
-    updates[fields["schedule"]] = schedule_update(values["sampler"], values["schedule"])
-    shown = [False] * MAX_LORAS
-    for number, row in enumerate(stack.rows, start=1):
-        lora = values.get(lora_names(number)["name"])
-        shown[number - 1] = bool(lora)
-        updates[row.lora] = gr.update(choices=choices.loras(ctx.library, family), value=lora)
-        updates[row.group] = gr.update(visible=bool(lora))
-    updates[stack.shown] = shown
-    updates[tabs] = gr.Tabs(selected="txt2img")
-    return updates
+    return updates_from_infotext(ctx, txt2img, tabs, text, "cell's parameters")

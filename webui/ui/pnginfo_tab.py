@@ -7,12 +7,10 @@ from typing import Any
 import gradio as gr
 
 from webui.engine.infotext import parse_infotext
-from webui.engine.reproduce import request_from_infotext
-from webui.ui import adapter, choices
-from webui.ui.adapter import MAX_LORAS, lora_names
+from webui.ui import adapter
 from webui.ui.context import UiContext
 from webui.ui.pnginfo import read_image_metadata
-from webui.ui.txt2img_tab import Txt2ImgTab, schedule_update
+from webui.ui.txt2img_tab import Txt2ImgTab, updates_from_infotext
 
 
 def parsed_view(text: str | None) -> dict[str, Any]:
@@ -74,27 +72,7 @@ def build_tab(ctx: UiContext, txt2img: Txt2ImgTab, tabs: gr.Tabs) -> gr.Tab:
         """Every field the infotext names, the model and components when the library has them, the LoRAs."""
         if not text:
             raise gr.Error("No parameters to send: drop an image made by this app or A1111 first.")
-        with adapter.shown_in_ui("Reading the parameters"):
-            reproduction = request_from_infotext(text, ctx.library)
-            values = adapter.values_from_reproduction(reproduction, text, ctx.library)
-        for item in reproduction.missing:
-            gr.Warning(f"Not in the library: {item}. Left as it was.")
-        for note in reproduction.notes:
-            gr.Info(note)
-        if not values.get("checkpoint"):
-            values.pop("checkpoint", None)
-        family = choices.family_of(ctx.library, values.get("checkpoint"))
-        updates: dict[Any, Any] = {fields[name]: value for name, value in values.items() if name in fields}
-        updates[fields["schedule"]] = schedule_update(values["sampler"], values["schedule"])
-        shown = [False] * MAX_LORAS
-        for number, row in enumerate(stack.rows, start=1):
-            lora = values.get(lora_names(number)["name"])
-            shown[number - 1] = bool(lora)
-            updates[row.lora] = gr.update(choices=choices.loras(ctx.library, family), value=lora)
-            updates[row.group] = gr.update(visible=bool(lora))
-        updates[stack.shown] = shown
-        updates[tabs] = gr.Tabs(selected="txt2img")
-        return updates
+        return updates_from_infotext(ctx, txt2img, tabs, text, "parameters")
 
     outputs = [*fields.values(), *(row.group for row in stack.rows), stack.shown, tabs]
     send.click(send_to_txt2img, inputs=infotext, outputs=outputs, api_visibility="private", queue=False)

@@ -410,3 +410,32 @@ def _wire_helpers(
 
     distilled.input(on_distilled, inputs=[distilled, bar.checkpoint], outputs=preset_outputs, **quiet)
     bar.app.load(schedule_choices, inputs=[sampler, schedule], outputs=schedule, **quiet)
+
+
+def updates_from_infotext(ctx: UiContext, txt2img: Txt2ImgTab, tabs: gr.Tabs, text: str, what: str) -> dict[Any, Any]:
+    """Every txt2img field an infotext names, the model and components when the library has them, the LoRA
+    rows, and a switch to the txt2img tab: what PNG Info's and Compare's "Send to txt2img" do."""
+    from webui.engine.reproduce import request_from_infotext
+
+    with adapter.shown_in_ui(f"Reading the {what}"):
+        reproduction = request_from_infotext(text, ctx.library)
+        values = adapter.values_from_reproduction(reproduction, text, ctx.library)
+    for item in reproduction.missing:
+        gr.Warning(f"Not in the library: {item}. Left as it was.")
+    for note in reproduction.notes:
+        gr.Info(note)
+    if not values.get("checkpoint"):
+        values.pop("checkpoint", None)
+    fields, stack = txt2img.fields, txt2img.stack
+    family = choices.family_of(ctx.library, values.get("checkpoint"))
+    updates: dict[Any, Any] = {fields[name]: value for name, value in values.items() if name in fields}
+    updates[fields["schedule"]] = schedule_update(values["sampler"], values["schedule"])
+    shown = [False] * adapter.MAX_LORAS
+    for number, row in enumerate(stack.rows, start=1):
+        lora = values.get(adapter.lora_names(number)["name"])
+        shown[number - 1] = bool(lora)
+        updates[row.lora] = gr.update(choices=choices.loras(ctx.library, family), value=lora)
+        updates[row.group] = gr.update(visible=bool(lora))
+    updates[stack.shown] = shown
+    updates[tabs] = gr.Tabs(selected="txt2img")
+    return updates
