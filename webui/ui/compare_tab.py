@@ -10,7 +10,7 @@ import gradio as gr
 
 from webui.engine.compare import run_compare
 from webui.engine.compare_plan import CompareJob, library_resolver, plan
-from webui.engine.jobs import Job, JobState
+from webui.engine.jobs import Job
 from webui.engine.request import MAX_STEPS, MIN_SIDE
 from webui.ui import adapter, compare_form, compare_pickers, runner
 from webui.ui.compare_form import AXES, BASE_FIELDS
@@ -141,19 +141,14 @@ def build_tab(ctx: UiContext, bar: ModelBar, txt2img: Txt2ImgTab, tabs: gr.Tabs)
                 owner_of(request),
                 "compare",
             )
-        yield {progress: runner.queued_html(queued.position), preview: gr.update(visible=True, value=None)}
         with adapter.shown_in_ui("Comparison"):
-            for current in runner.stream(queued):
-                if current.state.finished:
-                    yield _finished(ctx, job, current, outputs)
-                elif current.state is JobState.QUEUED:
-                    yield {progress: runner.queued_html(current.position)}
-                else:
-                    report = current.progress
-                    update = {progress: compare_form.progress_html(report)}
-                    if getattr(report, "preview", None) is not None:
-                        update[preview] = gr.update(value=report.preview, visible=True)
-                    yield update
+            yield from runner.job_updates(
+                queued,
+                progress,
+                preview,
+                compare_form.progress_html,
+                lambda current: _finished(ctx, job, current, outputs),
+            )
 
     run_button.click(
         adapter.by_name(list(fields), run),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import html
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from webui.engine.jobs import Job, JobCall, JobQueue, JobState
@@ -40,6 +40,31 @@ def stream(job: Job, poll_seconds: float = 0.05) -> Iterator[Job]:
     finally:
         if not finished:
             job.cancel(job.owner)
+
+
+def job_updates(
+    job: Job,
+    progress: Any,
+    preview: Any,
+    progress_text: Callable[[Any], str],
+    finished: Callable[[Job], dict[Any, Any]],
+) -> Iterator[dict[Any, Any]]:
+    """Gradio updates for a streamed job: its place in line, then its progress text and live preview, then
+    what `finished` shows. `progress` and `preview` are the components to update."""
+    import gradio as gr
+
+    yield {progress: queued_html(job.position), preview: gr.update(visible=True, value=None)}
+    for current in stream(job):
+        if current.state.finished:
+            yield finished(current)
+        elif current.state is JobState.QUEUED:
+            yield {progress: queued_html(current.position)}
+        else:
+            report = current.progress
+            update = {progress: progress_text(report)}
+            if getattr(report, "preview", None) is not None:
+                update[preview] = gr.update(value=report.preview, visible=True)
+            yield update
 
 
 def call(queue: JobQueue, fn: JobCall, owner: str, kind: str) -> Any:

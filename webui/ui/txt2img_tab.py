@@ -9,7 +9,6 @@ from typing import Any
 
 import gradio as gr
 
-from webui.engine.jobs import JobState
 from webui.engine.progress import Progress
 from webui.engine.prompts import count_tokens
 from webui.engine.request import MAX_STEPS, MIN_SIDE, GenerationResult
@@ -269,19 +268,14 @@ def build_tab(ctx: UiContext, bar: ModelBar) -> Txt2ImgTab:
         with adapter.shown_in_ui("Generation"):
             generation = adapter.build_request(values, ctx.library)
             job = ctx.queue.submit(generation, owner_of(request), "txt2img", preview_every=ctx.prefs.preview_every)
-        yield {progress: runner.queued_html(job.position), preview: gr.update(visible=True, value=None)}
         with adapter.shown_in_ui("Generation"):
-            for current in runner.stream(job):
-                if current.state.finished:
-                    yield _finished(ctx, values, current.result, stack, outputs)
-                elif current.state is JobState.QUEUED:
-                    yield {progress: runner.queued_html(current.position)}
-                else:
-                    report = current.progress
-                    update = {progress: runner.progress_html(report if isinstance(report, Progress) else None)}
-                    if getattr(report, "preview", None) is not None:
-                        update[preview] = gr.update(value=report.preview, visible=True)
-                    yield update
+            yield from runner.job_updates(
+                job,
+                progress,
+                preview,
+                lambda report: runner.progress_html(report if isinstance(report, Progress) else None),
+                lambda current: _finished(ctx, values, current.result, stack, outputs),
+            )
 
     generate.click(
         adapter.by_name(list(fields), run),
