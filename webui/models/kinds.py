@@ -48,6 +48,17 @@ class Kind(str, Enum):
     UNKNOWN = "unknown"
 
 
+class Role(str, Enum):
+    """A component's place in a pipeline; the value is its diffusers component (and subfolder) name."""
+
+    UNET = "unet"
+    TRANSFORMER = "transformer"  # the denoiser of DiT / MMDiT families
+    VAE = "vae"
+    TEXT_ENCODER = "text_encoder"
+    TEXT_ENCODER_2 = "text_encoder_2"
+    TEXT_ENCODER_3 = "text_encoder_3"
+
+
 class TextEncoderType(str, Enum):
     """Text encoder architectures, by the hidden width that names them."""
 

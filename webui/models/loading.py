@@ -12,7 +12,6 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from enum import Enum
 from pathlib import Path
 from typing import Any
 
@@ -26,16 +25,7 @@ from webui.models.derive import (
     derive_unet_config,
     derive_vae_config,
 )
-from webui.models.kinds import Family, TextEncoderType
-
-
-class Role(str, Enum):
-    """A component's place in a pipeline; the value is its diffusers subfolder name."""
-
-    UNET = "unet"
-    VAE = "vae"
-    TEXT_ENCODER = "text_encoder"
-    TEXT_ENCODER_2 = "text_encoder_2"
+from webui.models.kinds import Family, Role, TextEncoderType
 
 
 class ComponentLoadError(ValueError):

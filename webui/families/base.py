@@ -1,0 +1,352 @@
+"""The frozen dataclasses a model family is described by: the vocabulary every family module fills in.
+
+Nothing here imports torch, diffusers or transformers at import time; the few behaviours a description
+carries (building its diffusers pipeline, importing its fixture writer) import what they need when called.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from enum import Enum
+from types import MappingProxyType
+from typing import Any
+
+from webui.models.kinds import Prediction, Role, TextEncoderType
+
+
+def frozen(mapping: Mapping[str, Any] | None = None, **values: Any) -> Mapping[str, Any]:
+    """A read-only mapping, for the dict-shaped facts of a description (configs, metadata)."""
+    return MappingProxyType({**(mapping or {}), **values})
+
+
+def _resolve(reference: str) -> Any:
+    """`package.module:attribute` or `package.attribute` -> the object, imported now."""
+    module, _, attribute = reference.partition(":") if ":" in reference else reference.rpartition(".")
+    return getattr(importlib.import_module(module), attribute)
+
+
+class Part(str, Enum):
+    """What a role is for, whatever its diffusers name."""
+
+    DENOISER = "denoiser"  # a UNet or a DiT / MMDiT transformer
+    VAE = "vae"
+    TEXT_ENCODER = "text_encoder"
+
+
+class CheckpointLayout(str, Enum):
+    """How a role's keys are named inside the family's original single-file checkpoint."""
+
+    LDM_UNET = "ldm_unet"  # input_blocks / middle_block / output_blocks
+    LDM_VAE = "ldm_vae"  # encoder.down.N.block.M, attention as 1x1 convs
+    HF_CLIP = "hf_clip"  # Hugging Face CLIP names under `text_model.`
+    OPEN_CLIP = "open_clip"  # OpenCLIP names: transformer.resblocks.N, in_proj (q, k, v stacked)
+    NONE = "none"  # not written by the LDM writer (yet)
+
+
+@dataclass(frozen=True)
+class RoleSpec:
+    """One component of a family's pipeline.
+
+    `role` is the diffusers component name (and subfolder); `component_class` the library class as
+    `"diffusers.UNet2DConditionModel"` / `"transformers.CLIPTextModelWithProjection"`; `checkpoint_prefix`
+    where the role's keys sit in the family's single file (read and written); `tokenizer` the pipeline's
+    tokenizer component for a text encoder. `optional`: the pipeline runs without it (SD3's T5).
+    `truncate_to_config_layers`: keep only the bundled config's layer count (diffusers drops OpenCLIP-H's
+    last layer so that the last hidden state is the penultimate one the family was trained on).
+    """
+
+    role: Role
+    part: Part
+    component_class: str
+    checkpoint_prefix: str = ""
+    checkpoint_layout: CheckpointLayout = CheckpointLayout.NONE
+    encoder: TextEncoderType | None = None
+    tokenizer: str | None = None
+    optional: bool = False
+    truncate_to_config_layers: bool = False
+
+    def component_type(self) -> type:
+        """The library class (imports diffusers or transformers now)."""
+        return _resolve(self.component_class)
+
+
+@dataclass(frozen=True)
+class VaeArchitecture:
+    """A VAE shared by several families: the header shows its latent channels, not which family trained it."""
+
+    label: str  # what a lone VAE file is called, e.g. "SD-family VAE (SD1/SD2/SDXL)"
+    latent_channels: int
+
+
+@dataclass(frozen=True)
+class LatentFormat:
+    """The latent space: VAE architecture, scaling (and shift) into the denoiser's range, cheap RGB preview.
+
+    `rgb_factors` is (channels × 3): latent channel → RGB, plus `rgb_bias`, as the peers' "approx cheap"
+    previews (ComfyUI's latent_formats.py). `downscale`: pixels per latent pixel per side.
+    """
+
+    vae: VaeArchitecture
+    scaling_factor: float
+    rgb_factors: tuple[tuple[float, float, float], ...]
+    rgb_bias: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    shift_factor: float | None = None
+    downscale: int = 8
+
+    @property
+    def channels(self) -> int:
+        return self.vae.latent_channels
+
+
+class SchedulerKind(str, Enum):
+    NOISE_PREDICTION = "noise_prediction"  # epsilon / v: the A1111 sampler list applies
+    FLOW_MATCHING = "flow_matching"  # FLUX, SD3: flow-matching Euler with a (resolution-dependent) shift
+
+
+@dataclass(frozen=True)
+class SchedulerSpec:
+    """The family's scheduler: its kind, and the sampler names that apply (None: every noise-prediction
+    sampler in webui.engine.samplers). The config itself is bundled (`configs/<id>/scheduler/`)."""
+
+    kind: SchedulerKind = SchedulerKind.NOISE_PREDICTION
+    samplers: tuple[str, ...] | None = None
+    default_sampler: str | None = None  # None: the user's preference
+
+
+@dataclass(frozen=True)
+class ClipChunks:
+    """A1111-weighted CLIP conditioning: 75-token chunks, `(word:1.2)` weights, clip skip, over every
+    text-encoder role of the family in order (their hidden states concatenated on the last axis).
+
+    `clip_skip_offset`: which hidden layer clip skip 1 reads, counted from the last (0: the last, with the
+    final layer norm; 1: the penultimate, raw, as SDXL). `pooled`: the last encoder's projected pooled output
+    of the first chunk is passed too. `zero_empty_negative`: an empty negative prompt is all zeros when the
+    pipeline's `force_zeros_for_empty_prompt` says so (diffusers' and A1111's SDXL default).
+    """
+
+    clip_skip_offset: int = 0
+    pooled: bool = False
+    zero_empty_negative: bool = False
+
+    @property
+    def final_norm(self) -> bool:
+        return self.clip_skip_offset == 0
+
+
+@dataclass(frozen=True)
+class Defaults:
+    """What a user of the family starts from. `sizes` are (width, height), native size first;
+    `sizes_v_prediction` replaces them for v-prediction files (SD2-768-v). `cfg_scale` / `steps` None:
+    the user's preference. `distilled_guidance`: the default of a guidance-distilled model (None: none).
+    `negative_prompt`: whether a negative prompt means anything at the default settings."""
+
+    sizes: tuple[tuple[int, int], ...]
+    sizes_v_prediction: tuple[tuple[int, int], ...] | None = None
+    steps: int | None = None
+    cfg_scale: float | None = None
+    distilled_guidance: float | None = None
+    negative_prompt: bool = True
+
+    def size_presets(self, prediction: Prediction | None) -> tuple[tuple[int, int], ...]:
+        if prediction is Prediction.V and self.sizes_v_prediction:
+            return self.sizes_v_prediction
+        return self.sizes
+
+
+@dataclass(frozen=True)
+class PipelineSpec:
+    """The diffusers pipeline class and the init arguments its real repo's model_index.json sets.
+
+    `absent`: components the class takes but the family does not have (passed as None);
+    `flags`: other init arguments, e.g. `requires_aesthetics_score`."""
+
+    class_name: str
+    absent: tuple[str, ...] = ()
+    flags: Mapping[str, Any] = field(default_factory=frozen)
+
+    def pipeline_class(self) -> type:
+        import diffusers
+
+        return getattr(diffusers, self.class_name)
+
+    def create(self, components: Mapping[str, Any]) -> Any:
+        """The pipeline over `components` (diffusers names: unet, vae, text_encoder, tokenizer, scheduler, ...)."""
+        kwargs = dict.fromkeys(self.absent)
+        kwargs.update(self.flags)
+        kwargs.update(components)
+        return self.pipeline_class()(**kwargs)
+
+
+@dataclass(frozen=True)
+class UnetFacts:
+    """What names a UNet family from its header, and what its config takes that weights cannot show.
+
+    `context_dim`: the cross-attention (attn2.to_k) input width; `linear_proj`: transformer proj_in is a
+    Linear rather than a 1x1 conv; `add_embedding_in`: the text_time add-embedding input (None: none).
+    `head_channels`: attention heads are `channels // head_channels` wide per level (None: the bundled
+    config's fixed head count is kept, as SD1's 8 heads)."""
+
+    context_dim: int
+    linear_proj: bool
+    add_embedding_in: int | None
+    head_channels: int | None
+
+    def describe(self) -> str:
+        proj = "linear" if self.linear_proj else "conv"
+        return f"{self.context_dim}/{proj}/{self.add_embedding_in or 'none'}"
+
+
+@dataclass(frozen=True)
+class Telltale:
+    """Keys that name a transformer denoiser: some key starts with one of `prefixes`, and every key of
+    `requires` is present."""
+
+    prefixes: tuple[str, ...]
+    note: str
+    requires: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Recognition:
+    """How a file is matched to the family beyond its UNet widths (see identify.py for the order).
+
+    `denoiser`: telltales of a transformer denoiser. `metadata_hints`: substrings of
+    `modelspec.architecture` / `ss_base_model_version`; the longest hint found over all families wins, so
+    "refiner" beats "-xl" beats "v1". `metadata_flags`: (key, value) pairs that name the family (`ss_v2`).
+    `lora_blocks`: module-name parts of the denoiser's blocks in a LoRA; `lora_transformer_widths`: the
+    hidden width of a diffusers-named transformer LoRA; `lora_weak`: kohya module-name starts that only
+    suggest the family when nothing else decides."""
+
+    denoiser: tuple[Telltale, ...] = ()
+    metadata_hints: tuple[str, ...] = ()
+    metadata_flags: tuple[tuple[str, str], ...] = ()
+    lora_blocks: tuple[str, ...] = ()
+    lora_transformer_widths: tuple[int, ...] = ()
+    lora_weak: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class LoraFacts:
+    """How the family's LoRAs are named and loaded.
+
+    `kohya_text_encoders`: (role, kohya module prefix) per text encoder, e.g. (text_encoder, "lora_te1_").
+    `kohya_unet_names`: "diffusers" or "ldm" (sd-scripts names SDXL's UNet modules by LDM keys).
+    `base_model_version` / `metadata`: the `ss_*` fields sd-scripts writes for the family.
+    `convert`: `module:function` turning a state dict into what diffusers' `load_lora_weights` takes
+    (None: diffusers converts it itself, as for the SD families)."""
+
+    kohya_text_encoders: tuple[tuple[Role, str], ...] = ()
+    kohya_unet_names: str = "diffusers"
+    base_model_version: str | None = None
+    metadata: Mapping[str, str] = field(default_factory=frozen)
+    convert: str | None = None
+
+    def converter(self) -> Callable[[dict[str, Any]], dict[str, Any]] | None:
+        return None if self.convert is None else _resolve(self.convert)
+
+
+@dataclass(frozen=True)
+class EmbeddingFormat:
+    """A textual-inversion file with one tensor per text encoder (SDXL: `clip_l`, `clip_g`)."""
+
+    keys: tuple[tuple[Role, str], ...]
+
+
+@dataclass(frozen=True)
+class SecondPass:
+    """How a second pass (hires fix, img2img) may treat the family's latents."""
+
+    latent_upscale: bool = True  # False for flow/DiT families: their latents do not survive resampling
+
+
+@dataclass(frozen=True)
+class FixtureSpec:
+    """Tiny random models of the family, for tests and the tiny benchmark.
+
+    `writer`: `module:function(root, description) -> list[FixtureFile]`, imported when fixtures are written.
+    The rest is data the shared UNet-family writer (webui.testing.tiny) reads: the tiny UNet config on top
+    of the shared tiny base, the VAE's `force_upcast`, the prediction type the files hold, which text
+    encoders are written as separate files and in which layout ("hf": `text_model.*`, "hf5": transformers 5
+    names, "ldm": the checkpoint's own prefix and layout), extra markers and metadata in the single file,
+    an A1111 `.yaml` beside it, a legacy `.ckpt` copy, a second VAE, LoRAs and embeddings.
+    """
+
+    writer: str
+    unet: Mapping[str, Any] = field(default_factory=frozen)
+    vae_force_upcast: bool = False
+    prediction: Prediction = Prediction.EPSILON
+    text_encoder_files: tuple[tuple[Role, str], ...] = ()
+    checkpoint_markers: tuple[str, ...] = ()
+    checkpoint_metadata: Mapping[str, str] = field(default_factory=frozen)
+    checkpoint_yaml: str | None = None
+    pickle: bool = False
+    alt_vae: bool = False
+    loras: bool = False
+    unet_only_lora: bool = False
+
+    def write(self, root: Any, description: FamilyDescription) -> list[Any]:
+        return _resolve(self.writer)(root, description)
+
+
+@dataclass(frozen=True)
+class BenchSpec:
+    """What `python -m webui bench` runs on the family: `tiny` (its fixtures), `small` (config overrides of a
+    scaled-down model; None: not run), `full` (the real-size model from the bundled configs)."""
+
+    tiny: bool = False
+    small: Mapping[str, Mapping[str, Any]] | None = None
+    full: bool = False
+
+
+@dataclass(frozen=True)
+class FamilyDescription:
+    """Everything one model family means to the studio. `id` is the value written to JSON and infotext
+    (`"sdxl"`), `member` the `Family` enum member's name, `label` what users read. The registry
+    (webui.families.registry) holds one per family; the rest of the code asks it, never names a family."""
+
+    id: str
+    member: str
+    label: str
+    supported: bool
+    roles: tuple[RoleSpec, ...] = ()
+    latent: LatentFormat | None = None
+    unet: UnetFacts | None = None
+    recognition: Recognition = field(default_factory=Recognition)
+    scheduler: SchedulerSpec = field(default_factory=SchedulerSpec)
+    conditioning: ClipChunks | None = None
+    defaults: Defaults = field(default_factory=lambda: Defaults(sizes=((512, 512),)))
+    pipeline: PipelineSpec | None = None
+    txt2img: bool = True  # False: the model refines an existing image (the SDXL refiner)
+    lora: LoraFacts = field(default_factory=LoraFacts)
+    embedding: EmbeddingFormat | None = None
+    second_pass: SecondPass = field(default_factory=SecondPass)
+    fixtures: FixtureSpec | None = None
+    bench: BenchSpec | None = None
+
+    def role(self, role: Role) -> RoleSpec:
+        for spec in self.roles:
+            if spec.role is role:
+                return spec
+        raise KeyError(f"{self.label} has no {role.value}")
+
+    def has(self, role: Role) -> bool:
+        return any(spec.role is role for spec in self.roles)
+
+    @property
+    def role_names(self) -> tuple[Role, ...]:
+        return tuple(spec.role for spec in self.roles)
+
+    @property
+    def denoiser(self) -> RoleSpec:
+        return next(spec for spec in self.roles if spec.part is Part.DENOISER)
+
+    @property
+    def text_encoders(self) -> tuple[RoleSpec, ...]:
+        return tuple(spec for spec in self.roles if spec.part is Part.TEXT_ENCODER)
+
+    @property
+    def encoder_types(self) -> tuple[TextEncoderType, ...]:
+        """The text-encoder architectures, in role order (optional ones included)."""
+        return tuple(spec.encoder for spec in self.text_encoders if spec.encoder is not None)

@@ -1,0 +1,97 @@
+"""Stable Diffusion 1.x: CLIP-L text encoder, 4-channel KL-f8 VAE, epsilon prediction, 512 px.
+
+Single-file layout as the original CompVis LDM checkpoints (v1-5-pruned-emaonly.safetensors) store it;
+the tiny fixtures follow TINY_SPEC.md; the latent-to-RGB factors are ComfyUI's `SD15` latent format's.
+"""
+
+from __future__ import annotations
+
+from webui.families.base import (
+    BenchSpec,
+    CheckpointLayout,
+    ClipChunks,
+    Defaults,
+    FamilyDescription,
+    FixtureSpec,
+    LatentFormat,
+    LoraFacts,
+    Part,
+    PipelineSpec,
+    Recognition,
+    RoleSpec,
+    UnetFacts,
+    VaeArchitecture,
+    frozen,
+)
+from webui.models.kinds import Role, TextEncoderType
+
+# The shared pieces the other SD families reuse (they import these names from here).
+UNET_PREFIX = "model.diffusion_model."
+VAE_PREFIX = "first_stage_model."
+SD_VAE = VaeArchitecture("SD-family VAE (SD1/SD2/SDXL)", latent_channels=4)
+SD_LATENT = LatentFormat(
+    vae=SD_VAE,
+    scaling_factor=0.18215,
+    rgb_factors=(
+        (0.3512, 0.2297, 0.3227),
+        (0.3250, 0.4974, 0.2350),
+        (-0.2829, 0.1762, 0.2721),
+        (-0.2120, -0.2616, -0.7177),
+    ),
+)
+UNET_ROLE = RoleSpec(Role.UNET, Part.DENOISER, "diffusers.UNet2DConditionModel", UNET_PREFIX, CheckpointLayout.LDM_UNET)
+VAE_ROLE = RoleSpec(Role.VAE, Part.VAE, "diffusers.AutoencoderKL", VAE_PREFIX, CheckpointLayout.LDM_VAE)
+SD_PIPELINE = PipelineSpec(
+    "StableDiffusionPipeline",
+    absent=("safety_checker", "feature_extractor"),
+    flags=frozen(requires_safety_checker=False),
+)
+SD1_SIZES = ((512, 512), (512, 768), (768, 512), (640, 512), (512, 640))
+# The tiny UNet's blocks (TINY_SPEC.md): attention on the first level only, as SD1/SD2's first levels.
+TINY_SD_BLOCKS = frozen(
+    down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+    up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+)
+TINY_WRITER = "webui.testing.tiny:write_unet_family"
+# Real SD1 configs narrowed and made shallower: about 230 M parameters, a 460 MB fp16 checkpoint.
+SMALL_BENCH = frozen(
+    unet=frozen(block_out_channels=[160, 320, 640, 640], layers_per_block=1),
+    vae=frozen(block_out_channels=[64, 128, 256, 256], layers_per_block=1),
+    text_encoder=frozen(num_hidden_layers=4),
+)
+
+DESCRIPTION = FamilyDescription(
+    id="sd1",
+    member="SD1",
+    label="SD1.x",
+    supported=True,
+    roles=(
+        UNET_ROLE,
+        VAE_ROLE,
+        RoleSpec(
+            Role.TEXT_ENCODER,
+            Part.TEXT_ENCODER,
+            "transformers.CLIPTextModel",
+            "cond_stage_model.transformer.",
+            CheckpointLayout.HF_CLIP,
+            encoder=TextEncoderType.CLIP_L,
+            tokenizer="tokenizer",
+        ),
+    ),
+    latent=SD_LATENT,
+    unet=UnetFacts(context_dim=768, linear_proj=False, add_embedding_in=None, head_channels=None),
+    recognition=Recognition(metadata_hints=("v1",)),
+    conditioning=ClipChunks(),
+    defaults=Defaults(sizes=SD1_SIZES),
+    pipeline=SD_PIPELINE,
+    lora=LoraFacts(kohya_text_encoders=((Role.TEXT_ENCODER, "lora_te_"),), base_model_version="sd_v1"),
+    fixtures=FixtureSpec(
+        writer=TINY_WRITER,
+        unet=frozen(TINY_SD_BLOCKS, cross_attention_dim=768, attention_head_dim=8),
+        text_encoder_files=((Role.TEXT_ENCODER, "hf"), (Role.TEXT_ENCODER, "ldm")),
+        pickle=True,
+        alt_vae=True,
+        loras=True,
+    ),
+    bench=BenchSpec(tiny=True, small=SMALL_BENCH, full=True),
+)

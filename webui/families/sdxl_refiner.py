@@ -1,0 +1,38 @@
+"""The SDXL refiner: an img2img UNet over SDXL latents, conditioned by OpenCLIP-bigG alone.
+
+Its UNet takes the pooled bigG embedding plus 5 time ids (size, crop, aesthetic score: 1280 + 5 × 256);
+single-file layout as stabilityai's sd_xl_refiner_1.0.safetensors (bigG at `conditioner.embedders.0`).
+It loads, but txt2img refuses it: it refines an existing image.
+"""
+
+from __future__ import annotations
+
+from webui.families.base import Defaults, FamilyDescription, FixtureSpec, PipelineSpec, Recognition, UnetFacts, frozen
+from webui.families.sd1 import TINY_WRITER, UNET_ROLE, VAE_ROLE
+from webui.families.sdxl import TIME_EMBED, TINY_XL_BLOCKS, XL_CONDITIONING, XL_LATENT, XL_SIZES, bigg_role
+from webui.models.kinds import Role
+
+DESCRIPTION = FamilyDescription(
+    id="sdxl_refiner",
+    member="SDXL_REFINER",
+    label="SDXL refiner",
+    supported=True,
+    roles=(UNET_ROLE, VAE_ROLE, bigg_role("conditioner.embedders.0.model.")),
+    latent=XL_LATENT,
+    unet=UnetFacts(context_dim=1280, linear_proj=True, add_embedding_in=1280 + 5 * TIME_EMBED, head_channels=64),
+    recognition=Recognition(metadata_hints=("refiner",)),
+    conditioning=XL_CONDITIONING,
+    defaults=Defaults(sizes=XL_SIZES),
+    pipeline=PipelineSpec(
+        "StableDiffusionXLImg2ImgPipeline",
+        absent=("text_encoder", "tokenizer"),
+        flags=frozen(requires_aesthetics_score=True, force_zeros_for_empty_prompt=False),
+    ),
+    txt2img=False,
+    fixtures=FixtureSpec(
+        writer=TINY_WRITER,
+        unet=frozen(TINY_XL_BLOCKS, cross_attention_dim=1280, projection_class_embeddings_input_dim=1280 + 5 * 256),
+        vae_force_upcast=True,
+        text_encoder_files=((Role.TEXT_ENCODER_2, "ldm"),),
+    ),
+)
