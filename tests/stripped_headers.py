@@ -11,8 +11,8 @@ from typing import Any
 
 import torch
 
+from webui.families import Family
 from webui.models.derive import bundled_config
-from webui.models.kinds import Family
 
 Shapes = dict[str, tuple[int, ...]]
 FAMILIES = (Family.SD1, Family.SD2, Family.SDXL, Family.SDXL_REFINER)

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from webui.engine.conditioning import encode_prompts
-from webui.models.kinds import Family
+from webui.families import Family
 from webui.testing.tiny_models import tiny_pipeline
 
 PROMPT = "a photo of a cat wearing a red hat"

@@ -16,7 +16,8 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 from transformers import CLIPTokenizer
 
-from webui.models.kinds import Family, Kind, Prediction, TextEncoderType
+from webui.families import Family
+from webui.models.kinds import Kind, Prediction, TextEncoderType
 from webui.models.ldm_writer import UNET_PREFIX, VAE_PREFIX
 from webui.testing.tiny import (
     ALT_VAE_SEED,

@@ -15,9 +15,10 @@ from stripped_headers import (
     with_prefix,
 )
 
+from webui.families import Family
 from webui.models.files import TensorHeader
 from webui.models.identify import UNET_SIGNATURES, identify
-from webui.models.kinds import Family, FileFormat, Kind, Prediction, TextEncoderType
+from webui.models.kinds import FileFormat, Kind, Prediction, TextEncoderType
 
 L, H, G, T5 = (
     TextEncoderType.CLIP_L,

@@ -16,7 +16,7 @@ from diffusers.loaders.single_file_utils import (
 from safetensors import safe_open
 from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
-from webui.models.kinds import Family
+from webui.families import Family
 from webui.models.ldm_writer import (
     clip_l_to_ldm,
     open_clip_to_ldm,

@@ -23,7 +23,8 @@ from stripped_headers import (
 )
 
 import webui.models.library as library_module
-from webui.models.kinds import Family, FileFormat, Kind, Prediction
+from webui.families import Family
+from webui.models.kinds import FileFormat, Kind, Prediction
 from webui.models.library import ModelLibrary, ModelNotFoundError, open_library
 
 SD1, SD2, SDXL = Family.SD1, Family.SD2, Family.SDXL

@@ -12,7 +12,8 @@ from webui.engine.decode import _decode, decode_latents
 from webui.engine.pipelines import ModelChoice, ModelLoadError, PipelineManager
 from webui.engine.request import GenerationRequest
 from webui.engine.txt2img import Engine
-from webui.models.kinds import Family, Kind, TextEncoderType
+from webui.families import Family
+from webui.models.kinds import Kind, TextEncoderType
 from webui.models.loading import Role
 from webui.testing.tiny import tiny_pipeline
 

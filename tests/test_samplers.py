@@ -29,8 +29,8 @@ from webui.engine.samplers import (
     split_legacy_name,
     supported_schedules,
 )
+from webui.families import Family
 from webui.models.derive import bundled_config
-from webui.models.kinds import Family
 from webui.testing.tiny_models import tiny_pipeline
 
 PROMPT = "a red hat on a table"

@@ -12,9 +12,10 @@ from PIL.PngImagePlugin import PngInfo
 
 from webui.config import Settings, launch_parser, settings_from_args
 from webui.engine.samplers import LCM_PRESET, TURBO_PRESET
+from webui.families import Family
 from webui.models.files import read_header
 from webui.models.identify import identify
-from webui.models.kinds import Family, FileFormat, Kind
+from webui.models.kinds import FileFormat, Kind
 from webui.models.library import open_library
 from webui.ui import families, model_info
 from webui.ui.convert import convert_to_safetensors

@@ -1,29 +1,28 @@
-"""Random-weight SD1 / SDXL components built from the bundled (real-size) configs, optionally scaled down.
+"""Random-weight components of a family built from its bundled (real-size) configs, optionally scaled down.
 
 The layout is real (keys, shapes, block structure), the images are noise. Modules are created on
-the meta device and materialised straight into the file dtype, so a real-size SDXL UNet costs its
-fp16 bytes once, not an fp32 copy plus a cast.
+the meta device and materialised straight into the file dtype, so a real-size UNet costs its
+fp16 bytes once, not an fp32 copy plus a cast. Roles and component classes come from the description.
 """
 
 from __future__ import annotations
 
 import torch
-from diffusers import AutoencoderKL, UNet2DConditionModel
-from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+from transformers import CLIPTextConfig
 
+from webui.families import Family
+from webui.families.base import Part
 from webui.models.derive import bundled_config
-from webui.models.kinds import Family
 
 Overrides = dict[str, dict[str, object]]  # component -> config values replacing the bundled ones
 EMBEDDING_STD = 0.02
 
 
 def _roles(family: Family) -> tuple[str, ...]:
-    if family is Family.SD1:
-        return ("unet", "vae", "text_encoder")
-    if family is Family.SDXL:
-        return ("unet", "vae", "text_encoder", "text_encoder_2")
-    raise ValueError(f"family: the benchmark builds SD1 and SDXL models, not {family.label}")
+    description = family.description
+    if not description.supported or description.bench is None:
+        raise ValueError(f"family: the benchmark builds no {family.label} models (its description has no bench runs)")
+    return tuple(spec.role.value for spec in description.roles)
 
 
 def component_config(family: Family, component: str, overrides: Overrides | None = None) -> dict[str, object]:
@@ -33,13 +32,12 @@ def component_config(family: Family, component: str, overrides: Overrides | None
 
 
 def _on_meta(family: Family, component: str, config: dict[str, object]) -> torch.nn.Module:
+    spec = next(spec for spec in family.description.roles if spec.role.value == component)
+    cls = spec.component_type()
     with torch.device("meta"):
-        if component == "unet":
-            return UNet2DConditionModel.from_config(config)
-        if component == "vae":
-            return AutoencoderKL.from_config(config)
-        cls = CLIPTextModelWithProjection if component == "text_encoder_2" else CLIPTextModel
-        return cls(CLIPTextConfig.from_dict(config))
+        if spec.part is Part.TEXT_ENCODER:
+            return cls(CLIPTextConfig.from_dict(config))
+        return cls.from_config(config)
 
 
 def parameter_count(family: Family, overrides: Overrides | None = None) -> int:

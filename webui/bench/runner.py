@@ -35,12 +35,18 @@ DEFAULTS = {
     ("full", "cpu"): (2, 2),
     ("full", "cuda"): (20, 5),
 }
-ABOUT = {
-    "tiny": "tiny fixtures (a few MB, milliseconds per call): fixed costs dominate every ratio; this run shows "
-    "the command works, the figures worth quoting come from --size small or full",
-    "small": "an SD1-shaped model scaled down from the real configs (random weights, ~460 MB fp16 checkpoint)",
-    "full": "real-size SD1.5 and SDXL architectures from the bundled configs, random weights (images are noise)",
-}
+def about(size: str) -> str:
+    """What a run of `size` measures, for the report (family names from the descriptions' bench runs)."""
+    if size == "tiny":
+        return (
+            "tiny fixtures (a few MB, milliseconds per call): fixed costs dominate every ratio; this run shows "
+            "the command works, the figures worth quoting come from --size small or full"
+        )
+    recipes = sets.small_recipes() if size == "small" else sets.full_recipes()
+    labels = " and ".join(recipe.family.label for recipe in recipes)
+    if size == "small":
+        return f"{labels} models scaled down from the real configs (random weights, a few hundred MB each)"
+    return f"real-size {labels} architectures from the bundled configs, random weights (images are noise)"
 
 
 @dataclass(frozen=True)
@@ -71,7 +77,7 @@ def _full_recipes(device: torch.device, skipped: dict[str, str]) -> list[sets.Re
     """The full-size recipes this machine's RAM can hold (two checkpoints each); the rest go to `skipped`."""
     available = psutil.virtual_memory().available
     fits = []
-    for recipe in sets.FULL:
+    for recipe in sets.full_recipes():
         # Bytes per parameter at the peak. CPU: two fp32 models (two checkpoints, or the engine's and the UI
         # app's) plus a load's fp16 file pages and its conversion; CUDA: fp16 weights pass through RAM.
         per_weight = 12 if device.type == "cpu" else 6
@@ -92,7 +98,7 @@ def bench_sets(options: BenchOptions, scratch: Path, device: torch.device, skipp
     if options.size == "tiny":
         return [sets.tiny_set(options.models_dir, scratch)]
     root = options.models_dir or options.out / "cache"
-    recipes = sets.SMALL if options.size == "small" else _full_recipes(device, skipped)
+    recipes = sets.small_recipes() if options.size == "small" else _full_recipes(device, skipped)
     return [sets.generated_set(recipe, root / recipe.name) for recipe in recipes]
 
 
@@ -183,7 +189,7 @@ def _run(options: BenchOptions) -> dict[str, Any]:
         "device": device.type,
         "dtype": dtype,
         "date": dt.datetime.now().astimezone().isoformat(timespec="seconds"),
-        "about": ABOUT[options.size],
+        "about": about(options.size),
         "machine": machine,
         "versions": versions(),
         **first,

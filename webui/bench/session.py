@@ -21,7 +21,6 @@ from webui.engine.pipelines import LoadedModel, ModelChoice, PipelineManager
 from webui.engine.request import GenerationRequest
 from webui.engine.samplers import SAMPLERS
 from webui.engine.txt2img import Engine
-from webui.models.kinds import Family
 
 PROMPT = "a photo of a red fox in a snowy forest, highly detailed, soft light"
 NEGATIVE = "blurry, low quality, watermark"
@@ -113,29 +112,11 @@ def plain_pipeline(loaded: LoadedModel) -> Any:
     p = loaded.pipeline
     sampler = SAMPLERS[SAMPLER]
     scheduler = getattr(diffusers, sampler.scheduler).from_config({**loaded.scheduler_config, **sampler.options})
-    if loaded.family in (Family.SD1, Family.SD2):
-        pipe = diffusers.StableDiffusionPipeline(
-            vae=p.vae,
-            text_encoder=p.text_encoder,
-            tokenizer=p.tokenizer,
-            unet=p.unet,
-            scheduler=scheduler,
-            safety_checker=None,
-            feature_extractor=None,
-            requires_safety_checker=False,
-        )
-    elif loaded.family is Family.SDXL:
-        pipe = diffusers.StableDiffusionXLPipeline(
-            vae=p.vae,
-            text_encoder=p.text_encoder,
-            text_encoder_2=p.text_encoder_2,
-            tokenizer=p.tokenizer,
-            tokenizer_2=p.tokenizer_2,
-            unet=p.unet,
-            scheduler=scheduler,
-        )
-    else:
-        raise ValueError(f"family: the benchmark compares SD1, SD2 and SDXL pipelines, not {loaded.family.label}")
+    description = loaded.family.description
+    if description.pipeline is None:
+        raise ValueError(f"family: the benchmark has no plain diffusers pipeline for {loaded.family.label}")
+    # The stock class and the init flags the real repo's model_index.json sets, over the same modules.
+    pipe = description.pipeline.create({**p.components, "scheduler": scheduler})
     pipe.set_progress_bar_config(disable=True)
     return pipe
 

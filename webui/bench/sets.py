@@ -1,37 +1,31 @@
 """The model files each benchmark size runs on: two checkpoints, a shared VAE file, another VAE, a LoRA.
 
-`tiny` uses the test fixtures (plus a second tiny SD1 checkpoint written beside the run);
-`small` and `full` write random-weight models once into a cache folder and reuse them while
-their manifest says they were built from the same recipe.
+`tiny` uses the test fixtures of the family whose description asks for it (plus a second tiny
+checkpoint written beside the run); `small` and `full` write random-weight models of the families whose
+descriptions ask for them once into a cache folder, and reuse them while their manifest says they were
+built from the same recipe.
 """
 
 from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from webui.bench.random_models import Overrides, parameter_count, random_component, random_components
-from webui.models.kinds import Family
+from webui.families import DESCRIPTIONS, Family, family_of
 from webui.models.ldm_writer import pipeline_to_ldm, save_single_file, vae_to_ldm
 from webui.testing import tiny_lora
-from webui.testing.tiny import build_tiny_pipeline, read_manifest, write_tiny_models
+from webui.testing.tiny import build_tiny_pipeline, read_manifest, stem, write_tiny_models
 from webui.testing.tiny_tokenizer import tiny_merges, tiny_vocab
 
 MANIFEST = "bench_manifest.json"
 RECIPE_VERSION = 2
 CLIP_VOCAB_SIZE = 49408
-# SD1's real configs, narrowed and shallowed: about 230 M parameters, a 460 MB fp16 checkpoint.
-SMALL_SD1: Overrides = {
-    "unet": {"block_out_channels": [160, 320, 640, 640], "layers_per_block": 1},
-    "vae": {"block_out_channels": [64, 128, 256, 256], "layers_per_block": 1},
-    "text_encoder": {"num_hidden_layers": 4},
-}
-
-
 @dataclass(frozen=True)
 class BenchSet:
     """One family's files for a run. `vae` is the file both checkpoints use in the memory figure."""
@@ -69,29 +63,58 @@ class Recipe:
         return {"version": RECIPE_VERSION, "name": self.name, "family": self.family.value, "overrides": self.overrides}
 
 
-SMALL = (Recipe("small-sd1", Family.SD1, SMALL_SD1, 512, 512),)
-FULL = (Recipe("full-sd1", Family.SD1, {}, 512, 512), Recipe("full-sdxl", Family.SDXL, {}, 1024, 1024))
+def _plain(overrides: Mapping[str, Mapping[str, object]]) -> Overrides:
+    return {component: dict(values) for component, values in overrides.items()}
+
+
+def small_recipes() -> tuple[Recipe, ...]:
+    """A scaled-down model (at its native size) of each family whose description gives `small` overrides."""
+    return tuple(
+        Recipe(f"small-{d.id}", family_of(d), _plain(d.bench.small), *d.defaults.sizes[0])
+        for d in DESCRIPTIONS
+        if d.bench is not None and d.bench.small is not None
+    )
+
+
+def full_recipes() -> tuple[Recipe, ...]:
+    """The real-size model (at its native size) of each family whose description asks for `full` runs."""
+    return tuple(
+        Recipe(f"full-{d.id}", family_of(d), {}, *d.defaults.sizes[0])
+        for d in DESCRIPTIONS
+        if d.bench is not None and d.bench.full
+    )
+
+
+def tiny_family() -> Family:
+    """The family whose fixtures the tiny benchmark runs (its description says `tiny`, its fixtures hold a
+    second VAE)."""
+    for d in DESCRIPTIONS:
+        if d.bench is not None and d.bench.tiny and d.fixtures is not None and d.fixtures.alt_vae:
+            return family_of(d)
+    raise ValueError("bench: no family description asks for tiny runs with a second fixture VAE")
 
 
 def tiny_set(models_dir: Path | None, scratch: Path) -> BenchSet:
-    """The tiny SD1 fixtures in `models_dir` (written into `scratch` when None) and a second checkpoint."""
+    """The tiny fixtures in `models_dir` (written into `scratch` when None) and a second checkpoint."""
+    family = tiny_family()
+    name = stem(family)
     if models_dir is None:
         models_dir = scratch / "tiny-models"
         write_tiny_models(models_dir)
     read_manifest(models_dir)  # a clear error when the folder holds no tiny models
-    second = scratch / "tiny-sd1-b.safetensors"
+    second = scratch / f"{name}-b.safetensors"
     if not second.is_file():
-        components = build_tiny_pipeline(Family.SD1, seed=1)
-        save_single_file(pipeline_to_ldm(components, Family.SD1), second, dtype=torch.float16)
+        components = build_tiny_pipeline(family, seed=1)
+        save_single_file(pipeline_to_ldm(components, family), second, dtype=torch.float16)
     return BenchSet(
-        name="tiny-sd1",
-        family=Family.SD1,
+        name=name,
+        family=family,
         models_dir=models_dir,
-        checkpoint=models_dir / "checkpoints/tiny-sd1.safetensors",
+        checkpoint=models_dir / f"checkpoints/{name}.safetensors",
         checkpoint_b=second,
-        vae=models_dir / "vae/tiny-sd1-vae.safetensors",
-        vae_alt=models_dir / "vae/tiny-sd1-vae-alt.safetensors",
-        lora=models_dir / "loras/tiny-sd1-kohya.safetensors",
+        vae=models_dir / f"vae/{name}-vae.safetensors",
+        vae_alt=models_dir / f"vae/{name}-vae-alt.safetensors",
+        lora=models_dir / f"loras/{name}-kohya.safetensors",
         width=32,
         height=32,
     )

@@ -49,7 +49,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         choices=SIZES,
         default="tiny",
         help="tiny: test fixtures (about a minute); "
-        "small: a few-hundred-MB SD1-shaped model; full: real-size SD1.5 and SDXL (GPU)",
+        "small: scaled-down models of a few hundred MB; full: real-size models (GPU); "
+        "which families each runs, their descriptions say",
     )
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda (cuda:N)")
     parser.add_argument("--json", action="store_true", help="print the JSON report instead of the table")

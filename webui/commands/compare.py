@@ -19,10 +19,10 @@ if TYPE_CHECKING:
 
 AXES_HELP = """\
 axes: checkpoint, unet, text-encoder, vae, lora, cfg, steps, sampler, schedule, seed, clip-skip, prompt-sr
-  --x checkpoint=tiny-sd1,tiny-sd2     names as `python -m webui models` lists them, or paths
+  --x checkpoint=model-a,model-b      names as `python -m webui models` lists them, or paths
   --y cfg=4,7 --z sampler="Euler a",DDIM
   --x vae=Automatic,my-vae             Automatic: the checkpoint's own component
-  --x text-encoder="clip-l + clip-g"   SDXL: both text encoders, joined by " + "
+  --x text-encoder="clip-l + clip-g"   a model with two text encoders: both, joined by " + "
   --x lora:NAME=off,0.5,1              one LoRA of the stack: on, off, a weight, or UNET_W:TE_W
   --x prompt-sr=red,"blue, green"      the first value is searched in the prompt; each value replaces it
 Values holding commas are quoted CSV-style. Every cell is one image (batch flags are ignored); seed -1 draws one

@@ -16,7 +16,7 @@ def add_request_arguments(parser: argparse.ArgumentParser) -> None:
     """Flags that describe a request. None means "not given": the infotext or the defaults decide."""
     parser.add_argument("--checkpoint", help="checkpoint name (as `models` lists it) or path")
     parser.add_argument("--unet", help="UNet file (or checkpoint) to use instead of the checkpoint's")
-    parser.add_argument("--text-encoder", action="append", help="text encoder file; repeat for SDXL's second")
+    parser.add_argument("--text-encoder", action="append", help="text encoder file; repeat for a second one")
     parser.add_argument("--vae", help="VAE file (or checkpoint) to use instead of the checkpoint's")
     parser.add_argument("--prompt")
     parser.add_argument("--negative")

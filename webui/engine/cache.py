@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from webui.engine.memory import module_bytes, release_memory
-from webui.models.kinds import Family
+from webui.families import Family
 from webui.models.loading import Role
 
 log = logging.getLogger(__name__)

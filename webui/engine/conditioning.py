@@ -15,10 +15,9 @@ import torch
 
 from webui.engine.embeddings import EmbeddingSet, EmbeddingUse, WidthMatcher
 from webui.engine.prompts import CHUNK_LENGTH, PromptChunk, Tokenizer, chunk_prompt, extract_lora_tags
-from webui.models.kinds import Family
+from webui.families import DESCRIPTIONS, Family
+from webui.families.base import ClipChunks
 
-ENCODABLE = (Family.SD1, Family.SD2, Family.SDXL, Family.SDXL_REFINER)
-_XL = (Family.SDXL, Family.SDXL_REFINER)
 CHUNK_TOKENS = CHUNK_LENGTH + 2  # BOS + 75 + EOS
 
 
@@ -73,12 +72,13 @@ def encode_prompts(
     `clip_skip` counts as in A1111: 1 is the last layer, 2 the one before. `<lora:…>` tags are removed
     from the text (the LoRA stack reads them separately). Each tensor is repeated `batch` times.
     """
-    if family not in ENCODABLE:
-        allowed = ", ".join(f.value for f in ENCODABLE)
+    strategy = family.description.conditioning
+    if strategy is None:
+        allowed = ", ".join(d.id for d in DESCRIPTIONS if d.conditioning is not None)
         raise ValueError(f"family: prompt encoding supports {allowed}; got {family.value!r}")
     if batch < 1:
         raise ValueError(f"batch: {batch} is out of range; allowed 1 and more")
-    encoders = _encoders(pipeline, family, clip_skip)
+    encoders = _encoders(pipeline, family, strategy, clip_skip)
     if embeddings is not None:
         use = use if use is not None else EmbeddingUse()
         widths = tuple(_text_model(e.model).config.hidden_size for e in encoders)
@@ -89,8 +89,10 @@ def encode_prompts(
     device = pipeline._execution_device  # where diffusers itself sends the token ids (offload-aware)
     with torch.no_grad():
         positive = _encode(encoders, extract_lora_tags(prompt)[0], device)
-        zero_negative = family in _XL and not negative_prompt and _config(pipeline, "force_zeros_for_empty_prompt")
-        if zero_negative:  # diffusers' and A1111's SDXL default: an empty negative prompt is all zeros
+        zero_negative = (
+            strategy.zero_empty_negative and not negative_prompt and _config(pipeline, "force_zeros_for_empty_prompt")
+        )
+        if zero_negative:  # diffusers' and A1111's default for such models: an empty negative prompt is all zeros
             negative = _Encoded(torch.zeros_like(positive.embeds), _zeros_like(positive.pooled))
         else:
             negative = _encode(encoders, extract_lora_tags(negative_prompt)[0], device)
@@ -107,17 +109,15 @@ def encode_prompts(
     )
 
 
-def _encoders(pipeline: Any, family: Family, clip_skip: int) -> list[_Encoder]:
-    """The family's encoders, each with the hidden layer its conditioning is read from."""
-    if family in _XL:
-        # diffusers reads hidden_states[-2] without the final norm (its clip_skip=None); ours shifts from there.
-        pairs = [(pipeline.tokenizer, pipeline.text_encoder), (pipeline.tokenizer_2, pipeline.text_encoder_2)]
-        present = [(tok, model) for tok, model in pairs if model is not None]  # the refiner has text_encoder_2 only
-        encoders = [_Encoder(tok, model, clip_skip + 1, final_norm=False) for tok, model in present]
-        encoders[-1] = replace(encoders[-1], pooled=True)  # text_encoder_2's text_embeds
-    else:
-        # SD2's diffusers text encoder already lacks OpenCLIP's last layer, so both read the last hidden state.
-        encoders = [_Encoder(pipeline.tokenizer, pipeline.text_encoder, clip_skip, final_norm=True)]
+def _encoders(pipeline: Any, family: Family, strategy: ClipChunks, clip_skip: int) -> list[_Encoder]:
+    """The family's encoders present in the pipeline, each with the hidden layer its conditioning is read from."""
+    encoders = [
+        _Encoder(getattr(pipeline, spec.tokenizer), model, clip_skip + strategy.clip_skip_offset, strategy.final_norm)
+        for spec in family.description.text_encoders
+        if (model := getattr(pipeline, spec.role.value, None)) is not None
+    ]
+    if strategy.pooled:
+        encoders[-1] = replace(encoders[-1], pooled=True)  # the last encoder's text_embeds
     for encoder in encoders:
         layers = _text_model(encoder.model).config.num_hidden_layers
         highest = layers - encoder.layer_from_end + clip_skip  # the skip that reads the first layer's output

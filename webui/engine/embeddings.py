@@ -14,9 +14,14 @@ from pathlib import Path
 import torch
 
 from webui.engine.prompts import EmbeddingMatch
+from webui.families.encoders import ENCODERS
+from webui.models.family_tables import embedding_keys
 
-# Which tensor of an SDXL embedding feeds which encoder width.
-_SDXL_KEYS = {768: "clip_l", 1280: "clip_g"}
+
+def _keyed_tensors() -> dict[int, str]:
+    """Encoder width -> tensor name, for families whose embeddings hold one named tensor per text encoder
+    (from their descriptions: `clip_l` + `clip_g`)."""
+    return {ENCODERS[encoder].width: key for _, keys in embedding_keys() for encoder, key in keys}
 
 
 @dataclass(frozen=True)
@@ -36,8 +41,9 @@ def load_embedding(path: Path) -> Embedding:
 
     state = load_state_dict(path)
     vectors: dict[int, torch.Tensor] = {}
-    if any(key in state for key in _SDXL_KEYS.values()):
-        for width, key in _SDXL_KEYS.items():
+    keyed = _keyed_tensors()
+    if any(key in state for key in keyed.values()):
+        for width, key in keyed.items():
             if key in state:
                 vectors[width] = state[key].float()
     else:

@@ -21,7 +21,8 @@ from typing import Any
 
 import torch
 
-from webui.models.kinds import Family, Kind
+from webui.families import Family
+from webui.models.kinds import Kind
 
 KEEP_INACTIVE = 4
 _COMPONENTS = ("unet", "text_encoder", "text_encoder_2")

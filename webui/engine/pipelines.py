@@ -22,28 +22,20 @@ import torch
 from webui.engine.cache import ComponentCache, ComponentKey
 from webui.engine.device import DevicePolicy
 from webui.engine.memory import device_total_bytes, system_ram_bytes
+from webui.families import Family
+from webui.families.encoders import ENCODERS
 from webui.models.derive import bundled_config
-from webui.models.kinds import Family, Kind, Prediction
+from webui.models.kinds import Kind, Prediction
 from webui.models.loading import (
-    CHECKPOINT_PREFIXES,
     ComponentLoadError,
     ComponentSource,
     Role,
+    checkpoint_prefix,
     load_component,
 )
 from webui.models.tokenizers import load_clip_tokenizer
 
 log = logging.getLogger(__name__)
-
-FAMILY_ROLES: dict[Family, tuple[Role, ...]] = {
-    Family.SD1: (Role.UNET, Role.VAE, Role.TEXT_ENCODER),
-    Family.SD2: (Role.UNET, Role.VAE, Role.TEXT_ENCODER),
-    Family.SDXL: (Role.UNET, Role.VAE, Role.TEXT_ENCODER, Role.TEXT_ENCODER_2),
-    Family.SDXL_REFINER: (Role.UNET, Role.VAE, Role.TEXT_ENCODER_2),
-}
-OPEN_CLIP_PAD = "!"
-CLIP_PAD = "<|endoftext|>"
-
 
 class ModelLoadError(ValueError):
     """A model choice could not be loaded; the message names the file and the mismatch."""
@@ -60,7 +52,7 @@ class ModelChoice:
     text_encoder_2: Path | None = None
 
     def override(self, role: Role) -> Path | None:
-        return getattr(self, role.value)
+        return getattr(self, role.value, None)
 
     @property
     def name(self) -> str:
@@ -143,10 +135,12 @@ class PipelineManager:
             return ComponentSource(path)
         identity = _identify(path)
         if identity.kind is Kind.CHECKPOINT:
-            prefixes = CHECKPOINT_PREFIXES.get(identity.family, {})
-            if role not in prefixes:
-                raise ModelLoadError(f"{path}: a {identity.family.label} checkpoint has no {role.value} to take")
-            return ComponentSource(path, prefixes[role])
+            try:
+                return ComponentSource(path, checkpoint_prefix(identity.family, role))
+            except ComponentLoadError:
+                raise ModelLoadError(
+                    f"{path}: a {identity.family.label} checkpoint has no {role.value} to take"
+                ) from None
         expected = {Role.UNET: Kind.UNET, Role.VAE: Kind.VAE}.get(role, Kind.TEXT_ENCODER)
         if identity.kind is not expected:
             raise ModelLoadError(f"{path}: this is a {identity.kind.value} file, not a {role.value}")
@@ -169,7 +163,7 @@ class PipelineManager:
         if not family.supported:
             raise ModelLoadError(f"{choice.checkpoint or choice.unet}: {family.label} models are not supported yet")
         sources: dict[Role, ComponentSource] = {}
-        for role in FAMILY_ROLES[family]:
+        for role in family.description.role_names:
             override = choice.override(role)
             if override is not None:
                 sources[role] = self._source_for(role, override, family)
@@ -183,7 +177,7 @@ class PipelineManager:
                     f"{family.label} UNet {choice.unet}; choose a {family.label} {role.value} too"
                 )
             else:
-                sources[role] = ComponentSource(choice.checkpoint, CHECKPOINT_PREFIXES[family][role])
+                sources[role] = ComponentSource(choice.checkpoint, checkpoint_prefix(family, role))
         return family, (base.prediction if base is not None else None), sources
 
     # -- loading ---------------------------------------------------------------------------------
@@ -246,12 +240,16 @@ class PipelineManager:
 
     @staticmethod
     def _check_fit(family: Family, modules: dict[Role, torch.nn.Module], sources: dict[Role, ComponentSource]) -> None:
-        unet = modules[Role.UNET]
-        widths = [modules[r].config.hidden_size for r in (Role.TEXT_ENCODER, Role.TEXT_ENCODER_2) if r in modules]
-        context = unet.config.cross_attention_dim
-        if family is not Family.SDXL_REFINER and sum(widths) != context:
+        """A UNet's cross-attention takes the text encoders' features side by side; the VAE's latents are
+        the denoiser's input."""
+        description = family.description
+        denoiser_role = description.denoiser.role
+        unet = modules[denoiser_role]
+        widths = [modules[spec.role].config.hidden_size for spec in description.text_encoders if spec.role in modules]
+        context = getattr(unet.config, "cross_attention_dim", None)
+        if context is not None and sum(widths) != context:
             raise ModelLoadError(
-                f"{sources[Role.UNET].describe()}: the UNet expects text features of width {context}, "
+                f"{sources[denoiser_role].describe()}: the UNet expects text features of width {context}, "
                 f"but the text encoder(s) give {'+'.join(map(str, widths))}"
             )
         vae = modules[Role.VAE]
@@ -282,6 +280,7 @@ class PipelineManager:
     ) -> tuple[Any, dict[str, Any]]:
         import diffusers
 
+        description = family.description
         checkpoint = checkpoint or self.models_dir / "__no_checkpoint__"
         if checkpoint.is_dir() and (checkpoint / "scheduler" / "scheduler_config.json").is_file():
             scheduler_config = json.loads((checkpoint / "scheduler" / "scheduler_config.json").read_text())
@@ -290,35 +289,15 @@ class PipelineManager:
             if prediction is not None:
                 scheduler_config["prediction_type"] = prediction.value
         scheduler = getattr(diffusers, scheduler_config["_class_name"]).from_config(scheduler_config)
-        common = {"unet": modules[Role.UNET], "vae": modules[Role.VAE], "scheduler": scheduler}
-        if family in (Family.SD1, Family.SD2):
-            pad = CLIP_PAD if family is Family.SD1 else OPEN_CLIP_PAD
-            pipeline = diffusers.StableDiffusionPipeline(
-                text_encoder=modules[Role.TEXT_ENCODER],
-                tokenizer=self._tokenizer(checkpoint, "tokenizer", pad),
-                safety_checker=None,
-                feature_extractor=None,
-                requires_safety_checker=False,
-                **common,
-            )
-        elif family is Family.SDXL:
-            pipeline = diffusers.StableDiffusionXLPipeline(
-                text_encoder=modules[Role.TEXT_ENCODER],
-                text_encoder_2=modules[Role.TEXT_ENCODER_2],
-                tokenizer=self._tokenizer(checkpoint, "tokenizer", CLIP_PAD),
-                tokenizer_2=self._tokenizer(checkpoint, "tokenizer_2", OPEN_CLIP_PAD),
-                **common,
-            )
-        else:
-            pipeline = diffusers.StableDiffusionXLImg2ImgPipeline(
-                text_encoder=None,
-                tokenizer=None,
-                text_encoder_2=modules[Role.TEXT_ENCODER_2],
-                tokenizer_2=self._tokenizer(checkpoint, "tokenizer_2", OPEN_CLIP_PAD),
-                requires_aesthetics_score=True,
-                force_zeros_for_empty_prompt=False,
-                **common,
-            )
+        components: dict[str, Any] = {role.value: module for role, module in modules.items()}
+        components["scheduler"] = scheduler
+        for spec in description.text_encoders:
+            if spec.tokenizer is not None and spec.role in modules:
+                pad = ENCODERS[spec.encoder].pad_token
+                components[spec.tokenizer] = self._tokenizer(checkpoint, spec.tokenizer, pad)
+        if description.pipeline is None:
+            raise ModelLoadError(f"{family.label}: its description names no diffusers pipeline yet")
+        pipeline = description.pipeline.create(components)
         pipeline.set_progress_bar_config(disable=True)
         if self.current is not None and self.offload:
             self.current.pipeline.remove_all_hooks()  # the cached modules carry the old pipeline's hooks

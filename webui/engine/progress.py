@@ -10,35 +10,17 @@ from dataclasses import dataclass
 import torch
 from PIL import Image
 
-from webui.models.kinds import Family
-
-# Fixed latent → RGB projections (no weights needed), as the peers' "approx cheap" previews.
-_SD_FACTORS = (
-    (0.3512, 0.2297, 0.3227),
-    (0.3250, 0.4974, 0.2350),
-    (-0.2829, 0.1762, 0.2721),
-    (-0.2120, -0.2616, -0.7177),
-)
-_SDXL_FACTORS = (
-    (0.3651, 0.4232, 0.4341),
-    (-0.2533, -0.0042, 0.1068),
-    (0.1076, 0.1111, -0.0362),
-    (-0.3165, -0.2492, -0.2188),
-)
-_SDXL_BIAS = (0.1084, -0.0175, -0.0011)
-LATENT_RGB = {
-    Family.SD1: (_SD_FACTORS, (0.0, 0.0, 0.0)),
-    Family.SD2: (_SD_FACTORS, (0.0, 0.0, 0.0)),
-    Family.SDXL: (_SDXL_FACTORS, _SDXL_BIAS),
-    Family.SDXL_REFINER: (_SDXL_FACTORS, _SDXL_BIAS),
-}
+from webui.families import Family
 
 
 def preview_image(latents: torch.Tensor, family: Family) -> Image.Image:
-    """The first latent of a batch as a small RGB picture, by a fixed linear projection."""
-    factors, bias = LATENT_RGB[family]
-    weight = torch.tensor(factors, dtype=torch.float32)
-    rgb = torch.einsum("chw,cr->hwr", latents[0].float().cpu(), weight) + torch.tensor(bias)
+    """The first latent of a batch as a small RGB picture, by the family's fixed latent → RGB projection
+    (no weights needed, as the peers' "approx cheap" previews)."""
+    latent = family.description.latent
+    if latent is None:
+        raise ValueError(f"family: {family.label} has no latent format for previews")
+    weight = torch.tensor(latent.rgb_factors, dtype=torch.float32)
+    rgb = torch.einsum("chw,cr->hwr", latents[0].float().cpu(), weight) + torch.tensor(latent.rgb_bias)
     pixels = ((rgb + 1) / 2).clamp(0, 1).mul(255).round().to(torch.uint8).numpy()
     return Image.fromarray(pixels, mode="RGB")
 

@@ -23,7 +23,7 @@ from webui.engine.progress import CancelToken, ProgressCallback, StepReporter
 from webui.engine.prompts import extract_lora_tags
 from webui.engine.request import GeneratedImage, GenerationRequest, GenerationResult
 from webui.engine.samplers import make_scheduler, sampler_label
-from webui.models.kinds import Family
+from webui.families import DESCRIPTIONS
 from webui.models.loading import Role
 
 Hasher = Callable[[Path], str | None]
@@ -85,10 +85,11 @@ class Engine:
     ) -> GenerationResult:
         started = time.perf_counter()
         loaded = self.manager.load(request.model)
-        if loaded.family is Family.SDXL_REFINER:
+        if not loaded.family.description.txt2img:
+            takes = ", ".join(d.label for d in DESCRIPTIONS if d.supported and d.txt2img)
             raise ValueError(
-                f"model: {loaded.choice.name} is an SDXL refiner, which refines an existing image; "
-                "txt2img needs an SDXL base (or SD1/SD2) checkpoint"
+                f"model: {loaded.choice.name} is an {loaded.family.label}, which refines an existing image; "
+                f"txt2img needs a checkpoint of another family ({takes})"
             )
         timings = {"load": time.perf_counter() - started, "denoise": 0.0, "decode": 0.0, "save": 0.0}
         stack, unresolved = self.lora_stack(request)

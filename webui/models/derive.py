@@ -13,12 +13,11 @@ from functools import cache
 from importlib import resources
 from typing import Any
 
-from webui.models.kinds import Family
+from webui.families import Family
 
 Shapes = dict[str, tuple[int, ...]]
 
 LDM_UNET_PREFIX = "model.diffusion_model."
-HEAD_CHANNELS = 64  # SD2 / SDXL use a fixed head width; SD1 uses a fixed head count (8)
 
 
 class ConfigDerivationError(ValueError):
@@ -120,8 +119,9 @@ def derive_unet_config(family: Family, shapes: Shapes) -> dict[str, Any]:
         cross_attention_dim=context[1],
         use_linear_projection=len(proj_in) == 2,
     )
-    if family is not Family.SD1:
-        config["attention_head_dim"] = [max(1, c // HEAD_CHANNELS) for c in channels]
+    head_channels = family.description.unet.head_channels if family.description.unet else None
+    if head_channels is not None:  # else the bundled config's fixed head count holds at every level
+        config["attention_head_dim"] = [max(1, c // head_channels) for c in channels]
     if add_key in shapes:
         config["projection_class_embeddings_input_dim"] = shapes[add_key][1]
     return config
@@ -149,6 +149,11 @@ def derive_vae_config(family: Family, shapes: Shapes) -> dict[str, Any]:
         layers_per_block=per_level,
         latent_channels=latent,
     )
+    latent_format = family.description.latent
+    if latent_format is not None:  # the description is the authority on scaling into the denoiser's range
+        config["scaling_factor"] = latent_format.scaling_factor
+        if latent_format.shift_factor is not None:
+            config["shift_factor"] = latent_format.shift_factor
     return config
 
 

@@ -11,14 +11,16 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cache
 
+from webui.families import Family
+from webui.families.encoders import ENCODERS
+from webui.models import family_tables
+from webui.models.family_tables import UnetSignature
 from webui.models.files import TensorHeader
 from webui.models.identify_networks import identify_embedding, identify_lora, is_embedding, is_lora
 from webui.models.identity import (
     ENCODER_BY_WIDTH,
-    ENCODER_LABELS,
-    FAMILY_TEXT_ENCODERS,
-    SD_VAE_FAMILIES,
     Identity,
     Shapes,
     declared_prediction,
@@ -27,56 +29,13 @@ from webui.models.identity import (
     has_key_prefix,
     unknown,
 )
-from webui.models.kinds import Family, Kind, Prediction, TextEncoderType
+from webui.models.kinds import Kind, Prediction, TextEncoderType
 
-__all__ = ["Identity", "identify", "UNET_SIGNATURES", "COMPONENT_PREFIXES"]
-
-
-@dataclass(frozen=True)
-class UnetSignature:
-    """The interface widths that name a UNet family."""
-
-    family: Family
-    context_dim: int  # cross-attention (attn2.to_k) input width
-    linear_proj: bool  # transformer proj_in is a Linear (2-D weight) rather than a 1x1 conv
-    add_embedding_in: int | None  # SDXL's text_time embedding input (label_emb / add_embedding)
-
-    def describe(self) -> str:
-        proj = "linear" if self.linear_proj else "conv"
-        return f"{self.family.label}: {self.context_dim}/{proj}/{self.add_embedding_in or 'none'}"
+__all__ = ["Identity", "identify", "UNET_SIGNATURES", "split_components", "classify"]
 
 
-UNET_SIGNATURES: tuple[UnetSignature, ...] = (
-    UnetSignature(Family.SD1, 768, linear_proj=False, add_embedding_in=None),
-    UnetSignature(Family.SD2, 1024, linear_proj=True, add_embedding_in=None),
-    UnetSignature(Family.SDXL, 2048, linear_proj=True, add_embedding_in=2816),  # 1280 pooled + 6 * 256
-    UnetSignature(Family.SDXL_REFINER, 1280, linear_proj=True, add_embedding_in=2560),  # 1280 + 5 * 256
-)
-
-# Where components sit inside one file (LDM single files, SD3/FLUX bundles, our diffusers-folder
-# headers), with the family a text encoder at that place implies. Keys under no prefix form one
-# more group, which is the whole file for a component-only file.
-COMPONENT_PREFIXES: tuple[tuple[str, Family | None], ...] = (
-    ("model.diffusion_model.", None),
-    ("first_stage_model.", None),
-    ("cond_stage_model.transformer.", Family.SD1),
-    ("cond_stage_model.model.", Family.SD2),
-    ("conditioner.embedders.0.transformer.", Family.SDXL),
-    ("conditioner.embedders.1.model.", Family.SDXL),
-    ("conditioner.embedders.0.model.", Family.SDXL_REFINER),
-    ("text_encoders.clip_l.", None),
-    ("text_encoders.clip_g.", None),
-    ("text_encoders.t5xxl.", None),
-    ("vae.", None),
-    ("unet/", None),
-    ("transformer/", None),
-    ("vae/", None),
-    ("text_encoder/", None),
-    ("text_encoder_2/", None),
-    ("text_encoder_3/", None),
-)
-
-_PREFIX_PATTERN = re.compile("|".join(re.escape(prefix) for prefix, _ in COMPONENT_PREFIXES))
+# Read from the registered descriptions: the UNet widths that name each UNet family.
+UNET_SIGNATURES: tuple[UnetSignature, ...] = family_tables.unet_signatures()
 
 
 @dataclass(frozen=True)
@@ -138,12 +97,9 @@ def measure_unet(shapes: Shapes) -> Component:
 
 
 def _denoiser(shapes: Shapes) -> Component | None:
-    if has_key_prefix(shapes, "joint_blocks."):
-        return Component(Kind.UNET, Family.SD3, note="MMDiT (joint_blocks)")
-    if has_key_prefix(shapes, "double_blocks.", "single_blocks.", "single_transformer_blocks."):
-        return Component(Kind.UNET, Family.FLUX, note="FLUX transformer (double/single blocks)")
-    if has_key_prefix(shapes, "transformer_blocks.") and "context_embedder.weight" in shapes:
-        return Component(Kind.UNET, Family.SD3, note="MMDiT (diffusers transformer_blocks)")
+    for family, telltale in family_tables.denoiser_telltales():
+        if has_key_prefix(shapes, *telltale.prefixes) and all(key in shapes for key in telltale.requires):
+            return Component(Kind.UNET, family, note=telltale.note)
     ldm = has_key_prefix(shapes, "input_blocks.") and has_key_prefix(shapes, "output_blocks.")
     diffusers = (
         has_key_prefix(shapes, "down_blocks.")
@@ -160,14 +116,10 @@ def _vae(shapes: Shapes) -> Component | None:
         return None
     conv_in = shapes.get("decoder.conv_in.weight")
     latent = conv_in[1] if conv_in and len(conv_in) == 4 else None
-    if latent == 4:
-        return Component(
-            Kind.VAE, Family.SD1, note="SD-family VAE (SD1/SD2/SDXL)", compatible=SD_VAE_FAMILIES
-        )
-    if latent == 16:
-        return Component(
-            Kind.VAE, Family.FLUX, note="16-channel VAE (SD3/FLUX.1)", compatible=(Family.SD3, Family.FLUX)
-        )
+    families = family_tables.families_with_latent_channels(latent) if latent else ()
+    if families:
+        label = families[0].description.latent.vae.label
+        return Component(Kind.VAE, families[0], note=label, compatible=families)
     return Component(
         Kind.VAE, Family.UNKNOWN, note=f"VAE with {latent or 'unknown'} latent channels (decoder.conv_in)"
     )
@@ -175,9 +127,7 @@ def _vae(shapes: Shapes) -> Component | None:
 
 def _text_encoder(shapes: Shapes) -> Component | None:
     if has_key_prefix(shapes, "encoder.block.", "transformer.encoder.block.") or "shared.weight" in shapes:
-        return Component(
-            Kind.TEXT_ENCODER, Family.FLUX, TextEncoderType.T5, compatible=(Family.SD3, Family.FLUX)
-        )
+        return Component(Kind.TEXT_ENCODER, Family.UNKNOWN, TextEncoderType.T5, note="T5 encoder")
     token = _first(
         shapes, "embeddings.token_embedding.weight"
     )  # Hugging Face CLIP, with or without text_model.
@@ -192,58 +142,53 @@ def _text_encoder(shapes: Shapes) -> Component | None:
     if encoder is None:
         return Component(Kind.TEXT_ENCODER, Family.UNKNOWN, note=f"text encoder of unknown width {token[1]}")
     return Component(
-        Kind.TEXT_ENCODER, Family.UNKNOWN, encoder, note=f"{ENCODER_LABELS[encoder]} ({layout} layout)"
+        Kind.TEXT_ENCODER, Family.UNKNOWN, encoder, note=f"{ENCODERS[encoder].label} ({layout} layout)"
     )
 
 
-# What each group of keys is tried as, in order, with the telltales named when nothing matches.
-_CLASSIFIERS: tuple[tuple[Callable[[Shapes], Component | None], str], ...] = (
-    (
-        _denoiser,
+def _looked_for() -> tuple[str, ...]:
+    """What each classifier looks for, named when nothing matches (transformer telltales from the registry)."""
+    telltales = ", ".join(
+        f"{family.label} ({'/'.join(p + '*' for p in t.prefixes)})" for family, t in family_tables.denoiser_telltales()
+    )
+    return (
         "UNet (input_blocks.*/output_blocks.* or down_blocks.*/up_blocks.* + conv_in.weight, its family "
-        "from the attn2.to_k.weight width), "
-        "SD3 (joint_blocks.*), FLUX.1 (double_blocks.*, single_blocks.*)",
-    ),
-    (_vae, "VAE (encoder.down.* or encoder.down_blocks.*)"),
-    (
-        _text_encoder,
+        f"from the attn2.to_k.weight width), {telltales}",
+        "VAE (encoder.down.* or encoder.down_blocks.*)",
         "text encoders (embeddings.token_embedding.weight, OpenCLIP token_embedding.weight + "
         "transformer.resblocks.*, T5 encoder.block.*)",
-    ),
-)
-# Text-encoder sets on their own: (family, every family they fit).
-_ENCODER_SET_FAMILIES: dict[frozenset[TextEncoderType], tuple[Family, tuple[Family, ...]]] = {
-    frozenset({TextEncoderType.CLIP_L}): (Family.SD1, (Family.SD1, Family.SDXL)),
-    frozenset({TextEncoderType.OPEN_CLIP_H}): (Family.SD2, (Family.SD2,)),
-    frozenset({TextEncoderType.OPEN_CLIP_G}): (Family.SDXL, (Family.SDXL, Family.SDXL_REFINER)),
-    frozenset({TextEncoderType.CLIP_L, TextEncoderType.OPEN_CLIP_G}): (Family.SDXL, (Family.SDXL,)),
-    frozenset({TextEncoderType.T5}): (Family.FLUX, (Family.FLUX, Family.SD3)),
-    frozenset({TextEncoderType.CLIP_L, TextEncoderType.T5}): (Family.FLUX, (Family.FLUX,)),
-    frozenset({TextEncoderType.CLIP_L, TextEncoderType.OPEN_CLIP_G, TextEncoderType.T5}): (
-        Family.SD3,
-        (Family.SD3,),
-    ),
-}
+    )
+
+
+# What each group of keys is tried as, in order.
+_CLASSIFIERS: tuple[Callable[[Shapes], Component | None], ...] = (_denoiser, _vae, _text_encoder)
+
+
+@cache
+def _prefix_pattern() -> re.Pattern[str]:
+    return re.compile("|".join(re.escape(prefix) for prefix, _ in family_tables.component_prefixes()))
 
 
 def split_components(shapes: Shapes) -> list[tuple[str, Family | None, Shapes]]:
-    """Group keys by COMPONENT_PREFIXES (prefix stripped); the unprefixed rest is the last group."""
+    """Group keys by the registered families' component prefixes (prefix stripped), each with the family
+    its place implies (if only one family puts a text encoder there); the unprefixed rest is the last group."""
+    pattern = _prefix_pattern()
     groups: dict[str, Shapes] = {}
     rest: Shapes = {}
     for key, shape in shapes.items():
-        found = _PREFIX_PATTERN.match(key)
+        found = pattern.match(key)
         if found is None:
             rest[key] = shape
         else:
             groups.setdefault(found.group(), {})[key[found.end() :]] = shape
-    hints = dict(COMPONENT_PREFIXES)
+    hints = dict(family_tables.component_prefixes())
     parts = [(prefix, hints[prefix], group) for prefix, group in groups.items()]
     return [*parts, ("", None, rest)] if rest else parts
 
 
 def classify(shapes: Shapes) -> Component | None:
     """What one unprefixed group of keys is, or None when no classifier recognises it."""
-    for classifier, _ in _CLASSIFIERS:
+    for classifier in _CLASSIFIERS:
         component = classifier(shapes)
         if component is not None:
             return component
@@ -266,7 +211,7 @@ def identify(header: TensorHeader) -> Identity:
         if component is not None:
             parts.append((component, hint))
     if not parts:
-        looked_for = "; ".join(describe for _, describe in _CLASSIFIERS)
+        looked_for = "; ".join(_looked_for())
         sample = ", ".join(sorted(shapes)[:4])
         return unknown(
             "no telltale keys of a known model: looked for LoRA (lora_down/lora_up, lora_A/lora_B, "
@@ -295,8 +240,8 @@ def _combine(
                 compatible=(family,),
             )
         notes = [unet.note + declared, encoder_label(encoders), "VAE" if vaes else "no VAE inside: choose one"]
-        expected = FAMILY_TEXT_ENCODERS.get(family)
-        if expected is not None and set(encoders) != set(expected):
+        expected = family.description.encoder_types
+        if expected and set(encoders) != set(expected):
             notes.append(f"expected text encoders {encoder_label(expected)}")
         return Identity(
             Kind.CHECKPOINT,
@@ -318,7 +263,8 @@ def _combine(
         return Identity(Kind.VAE, vae.family, detail=vae.note, compatible=vae.compatible)
     if encoders and not vaes:
         prefix_hints = [hint for c, hint in parts if hint is not None and c.kind is Kind.TEXT_ENCODER]
-        family, compatible = _ENCODER_SET_FAMILIES.get(frozenset(encoders), (Family.UNKNOWN, ()))
+        compatible = family_tables.encoder_set_families(frozenset(encoders))
+        family = compatible[0] if compatible else Family.UNKNOWN
         if prefix_hints and prefix_hints[0] in compatible:
             family = prefix_hints[0]
         label = encoder_label(encoders)

@@ -5,18 +5,18 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
+from webui.families import DESCRIPTIONS, Family, family_of
+from webui.families.encoders import ENCODERS
+from webui.models import family_tables
 from webui.models.identity import (
     ENCODER_BY_WIDTH,
-    ENCODER_LABELS,
-    FAMILY_BY_CONTEXT_DIM,
-    FAMILY_TEXT_ENCODERS,
     Identity,
     Shapes,
     encoder_label,
     family_from_metadata,
     has_key_prefix,
 )
-from webui.models.kinds import Family, Kind, TextEncoderType
+from webui.models.kinds import Kind, Role, TextEncoderType
 
 # A LoRA tensor key is "<module>.<factor>.weight" or "<module>.<LyCORIS part>"; the factor names the flavour.
 _FACTORS = {
@@ -50,15 +50,20 @@ _TARGETS: tuple[tuple[str, str], ...] = (
     ("text_model_", "te"),
 )
 _TEXT_ENCODER_STARTS = tuple(prefix for prefix, _ in _TARGETS)
+# kohya's numbered names, by position: what they patch when the family is unknown.
 _TARGET_ENCODERS = {
     "te1": TextEncoderType.CLIP_L,
     "te2": TextEncoderType.OPEN_CLIP_G,
     "te3": TextEncoderType.T5,
 }
+_TARGET_ROLES = {
+    "te": Role.TEXT_ENCODER,
+    "te1": Role.TEXT_ENCODER,
+    "te2": Role.TEXT_ENCODER_2,
+    "te3": Role.TEXT_ENCODER_3,
+}
 _CROSS_ATTENTION = re.compile(r"attn2_(processor_)?to_[kv]$")
 _TE_INPUT = re.compile(r"(self_attn_[qkv]_proj|self_attn_out_proj|mlp_fc1)$")
-_FLUX_BLOCKS = ("double_blocks", "single_blocks", "single_transformer_blocks")
-FLUX_HIDDEN = 3072  # FLUX.1's transformer width; SD3's is 1536 (medium) or 2432 (3.5 large)
 _EMBEDDING_MAX_KEYS = 16
 
 
@@ -177,35 +182,42 @@ def _lora_family(
 ) -> tuple[Family, str]:
     """The targeted family and the evidence for it, strongest evidence first."""
     names = list(modules)
-    if any(block in n for n in names for block in _FLUX_BLOCKS):
-        return Family.FLUX, "FLUX.1 blocks (double_blocks/single_blocks)"
-    if any("joint_blocks" in n for n in names):
-        return Family.SD3, "SD3 blocks (joint_blocks)"
+    for description in DESCRIPTIONS:
+        blocks = [block for block in description.recognition.lora_blocks if any(block in n for n in names)]
+        if blocks:
+            return family_of(description), f"{description.label} blocks ({'/'.join(blocks)})"
     dit = [m.in_features() for n, m in modules.items() if n.startswith("transformer_") and "attn_to_k" in n]
     if any(dit):
         width = next(w for w in dit if w)
-        return (
-            Family.FLUX if width == FLUX_HIDDEN else Family.SD3
-        ), f"diffusers transformer of width {width}"
+        for description in DESCRIPTIONS:
+            if width in description.recognition.lora_transformer_widths:
+                return family_of(description), f"diffusers transformer of width {width}"
+        return Family.UNKNOWN, f"diffusers transformer of width {width}, which no known family has"
     if context is not None:
-        family = FAMILY_BY_CONTEXT_DIM.get(context, Family.UNKNOWN)
-        return family, f"cross-attention (attn2 to_k/to_v) input width {context}"
-    present = set(targets.values())
-    if "te2" in present or "te1" in present:
-        return Family.SDXL, "patches SDXL's two text encoders (te1/te2)"
+        return family_tables.family_by_context_dim(context), f"cross-attention (attn2 to_k/to_v) input width {context}"
+    present = set(targets.values()) - {"unet"}
+    if present & {"te1", "te2", "te3"}:  # numbered names: a family with several text encoders
+        roles = {_TARGET_ROLES[t] for t in present}
+        for family, kohya_roles in family_tables.kohya_role_families():
+            if len(kohya_roles) > 1 and roles <= kohya_roles:
+                return family, f"patches {family.label}'s text encoders ({'/'.join(sorted(present))})"
     if te_width is not None:
         encoder = ENCODER_BY_WIDTH.get(te_width)
-        family = {TextEncoderType.CLIP_L: Family.SD1, TextEncoderType.OPEN_CLIP_H: Family.SD2}.get(encoder)
-        if family is not None:
-            return family, f"text-encoder width {te_width}"
+        for family, kohya_roles in family_tables.kohya_role_families():
+            if kohya_roles == {Role.TEXT_ENCODER} and family.description.role(Role.TEXT_ENCODER).encoder is encoder:
+                return family, f"text-encoder width {te_width}"
     hinted = family_from_metadata(metadata)
     if hinted is not None:
         return hinted, "from its training metadata (modelspec.architecture / ss_base_model_version)"
-    if any(n.startswith(("lora_unet_input_blocks_", "lora_unet_output_blocks_")) for n in names):
-        return Family.SDXL, "guessed from kohya's SDXL module names (input_blocks/output_blocks)"
+    for description in DESCRIPTIONS:
+        if any(n.startswith(description.recognition.lora_weak) for n in names):
+            return family_of(description), f"guessed from kohya's {description.label} module names"
+    blocks = ", ".join(
+        f"{d.label} ({'/'.join(d.recognition.lora_blocks)})" for d in DESCRIPTIONS if d.recognition.lora_blocks
+    )
     return Family.UNKNOWN, (
         "target family not determined: no cross-attention (attn2 to_k/to_v) or text-encoder "
-        "(self_attn q/k/v/out_proj, mlp.fc1) modules, no FLUX/SD3 blocks, no ss_base_model_version metadata"
+        f"(self_attn q/k/v/out_proj, mlp.fc1) modules, no {blocks} blocks, no ss_base_model_version metadata"
     )
 
 
@@ -213,11 +225,14 @@ def _touched_encoders(
     touched: list[str], te_width: int | None, family: Family
 ) -> tuple[TextEncoderType, ...]:
     encoders: list[TextEncoderType] = []
+    description = family.description
     for target in touched:
+        role = _TARGET_ROLES[target]
         if target == "te":
-            encoder = ENCODER_BY_WIDTH.get(te_width or 0) or next(
-                iter(FAMILY_TEXT_ENCODERS.get(family, ())), None
-            )
+            own = description.role(role).encoder if description.has(role) else None
+            encoder = ENCODER_BY_WIDTH.get(te_width or 0) or own
+        elif description.has(role):
+            encoder = description.role(role).encoder
         else:
             encoder = _TARGET_ENCODERS[target]
         if encoder is not None and encoder not in encoders:
@@ -226,8 +241,16 @@ def _touched_encoders(
     return tuple(sorted(encoders, key=order.index))
 
 
+def _keyed_embedding(shapes: Shapes) -> tuple[Family, tuple[tuple[TextEncoderType, str], ...]] | None:
+    """The family whose embeddings hold one named tensor per text encoder, if every such key is here."""
+    for family, keys in family_tables.embedding_keys():
+        if all(key in shapes for _, key in keys):
+            return family, keys
+    return None
+
+
 def is_embedding(shapes: Shapes) -> bool:
-    if "emb_params" in shapes or ("clip_l" in shapes and "clip_g" in shapes):
+    if "emb_params" in shapes or _keyed_embedding(shapes) is not None:
         return True
     if has_key_prefix(shapes, "string_to_param."):
         return True
@@ -239,15 +262,19 @@ def is_embedding(shapes: Shapes) -> bool:
 
 def identify_embedding(shapes: Shapes) -> Identity:
     """A textual-inversion embedding: its family from the width(s) of its vectors."""
-    if "clip_l" in shapes and "clip_g" in shapes:
-        vectors = shapes["clip_l"][0] if len(shapes["clip_l"]) == 2 else 1
-        encoders = (TextEncoderType.CLIP_L, TextEncoderType.OPEN_CLIP_G)
+    keyed = _keyed_embedding(shapes)
+    if keyed is not None:
+        family, keys = keyed
+        first = shapes[keys[0][1]]
+        vectors = first[0] if len(first) == 2 else 1
+        encoders = tuple(encoder for encoder, _ in keys)
         return Identity(
             Kind.EMBEDDING,
-            Family.SDXL,
+            family,
             text_encoders=encoders,
-            compatible=(Family.SDXL,),
-            detail=f"textual-inversion embedding for SDXL: {vectors} vector(s) for CLIP-L + OpenCLIP-bigG",
+            compatible=(family,),
+            detail=f"textual-inversion embedding for {family.label}: {vectors} vector(s) for "
+            f"{encoder_label(encoders)}",
         )
     vectors_of = {
         k: s for k, s in shapes.items() if (k == "emb_params" or k.startswith("string_to_param.")) and s
@@ -262,22 +289,19 @@ def identify_embedding(shapes: Shapes) -> Identity:
     shape = next(iter(vectors_of.values()))
     width, vectors = shape[-1], (shape[0] if len(shape) == 2 else 1)
     encoder = ENCODER_BY_WIDTH.get(width)
-    family = {
-        TextEncoderType.CLIP_L: Family.SD1,
-        TextEncoderType.OPEN_CLIP_H: Family.SD2,
-        TextEncoderType.OPEN_CLIP_G: Family.SDXL,
-    }.get(encoder, Family.UNKNOWN)
     if encoder is None:
+        known = ", ".join(f"{spec.label} ({w})" for w, spec in ((s.width, s) for s in ENCODERS.values()) if w)
         return Identity(
             Kind.EMBEDDING,
             Family.UNKNOWN,
-            detail=f"embedding of width {width}: not CLIP-L (768), OpenCLIP-H (1024) or bigG (1280)",
+            detail=f"embedding of width {width}: not {known}",
         )
+    family = family_tables.first_family_with_encoder(encoder)
     return Identity(
         Kind.EMBEDDING,
         family,
         text_encoders=(encoder,),
         compatible=(family,),
         detail=f"textual-inversion embedding for {family.label}: {vectors} vector(s) of width {width} "
-        f"({ENCODER_LABELS[encoder]})",
+        f"({ENCODERS[encoder].label})",
     )

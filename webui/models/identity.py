@@ -4,51 +4,23 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from webui.models.kinds import Family, Kind, Prediction, TextEncoderType
+from webui.families import DESCRIPTIONS, Family, family_of
+from webui.families.encoders import ENCODER_BY_WIDTH, encoder_label
+from webui.models.kinds import Kind, Prediction, TextEncoderType
+
+__all__ = [
+    "ENCODER_BY_WIDTH",
+    "Identity",
+    "Shapes",
+    "declared_prediction",
+    "encoder_label",
+    "family_from_metadata",
+    "has_key_prefix",
+    "unknown",
+]
 
 Shapes = dict[str, tuple[int, ...]]
 
-# Text encoders are named by their hidden width; tiny test models keep these widths.
-ENCODER_BY_WIDTH: dict[int, TextEncoderType] = {
-    768: TextEncoderType.CLIP_L,
-    1024: TextEncoderType.OPEN_CLIP_H,
-    1280: TextEncoderType.OPEN_CLIP_G,
-}
-ENCODER_LABELS: dict[TextEncoderType, str] = {
-    TextEncoderType.CLIP_L: "CLIP-L",
-    TextEncoderType.OPEN_CLIP_H: "OpenCLIP-H",
-    TextEncoderType.OPEN_CLIP_G: "OpenCLIP-bigG",
-    TextEncoderType.T5: "T5",
-}
-# The UNet's cross-attention width is the width of the text embedding it was trained on.
-FAMILY_BY_CONTEXT_DIM: dict[int, Family] = {
-    768: Family.SD1,
-    1024: Family.SD2,
-    2048: Family.SDXL,
-    1280: Family.SDXL_REFINER,
-}
-FAMILY_TEXT_ENCODERS: dict[Family, tuple[TextEncoderType, ...]] = {
-    Family.SD1: (TextEncoderType.CLIP_L,),
-    Family.SD2: (TextEncoderType.OPEN_CLIP_H,),
-    Family.SDXL: (TextEncoderType.CLIP_L, TextEncoderType.OPEN_CLIP_G),
-    Family.SDXL_REFINER: (TextEncoderType.OPEN_CLIP_G,),
-    Family.SD3: (TextEncoderType.CLIP_L, TextEncoderType.OPEN_CLIP_G, TextEncoderType.T5),
-    Family.FLUX: (TextEncoderType.CLIP_L, TextEncoderType.T5),
-}
-# The SD VAE (KL-f8, 4 latent channels) is one architecture for SD1, SD2 and SDXL; only the
-# weights differ, and the header cannot tell which family they were trained for.
-SD_VAE_FAMILIES = (Family.SD1, Family.SD2, Family.SDXL, Family.SDXL_REFINER)
-
-# Substrings of `modelspec.architecture` / `ss_base_model_version`, most specific first.
-_METADATA_FAMILY_HINTS: tuple[tuple[str, Family], ...] = (
-    ("refiner", Family.SDXL_REFINER),
-    ("xl", Family.SDXL),
-    ("flux", Family.FLUX),
-    ("stable-diffusion-3", Family.SD3),
-    ("sd3", Family.SD3),
-    ("v2", Family.SD2),
-    ("v1", Family.SD1),
-)
 _PREDICTION_WORDS = {
     "v": Prediction.V,
     "v_prediction": Prediction.V,
@@ -85,14 +57,24 @@ def unknown(detail: str) -> Identity:
 
 
 def family_from_metadata(metadata: dict[str, str]) -> Family | None:
-    """The family a file's training metadata names (kohya `ss_*`, Stability `modelspec.*`), if any."""
+    """The family a file's training metadata names (kohya `ss_*`, Stability `modelspec.*`), if any.
+
+    Each description lists substrings of `modelspec.architecture` / `ss_base_model_version`; the longest
+    one found wins ("refiner" over "-xl" over "v1"), then flags such as kohya's `ss_v2`."""
     for key in ("modelspec.architecture", "ss_base_model_version"):
         value = metadata.get(key, "").lower()
-        for needle, family in _METADATA_FAMILY_HINTS:
-            if value and needle in value:
-                return family
-    if metadata.get("ss_v2", "").lower() == "true":
-        return Family.SD2
+        found = [
+            (len(hint), -order, description)
+            for order, description in enumerate(DESCRIPTIONS)
+            for hint in description.recognition.metadata_hints
+            if value and hint in value
+        ]
+        if found:  # the longest hint, then the first registered
+            return family_of(max(found, key=lambda item: item[:2])[2])
+    for description in DESCRIPTIONS:
+        for flag, wanted in description.recognition.metadata_flags:
+            if metadata.get(flag, "").lower() == wanted:
+                return family_of(description)
     return None
 
 
@@ -112,6 +94,3 @@ def has_key_prefix(shapes: Shapes, *prefixes: str) -> bool:
     blob = "\n" + "\n".join(shapes)
     return any(f"\n{prefix}" in blob for prefix in prefixes)
 
-
-def encoder_label(encoders: tuple[TextEncoderType, ...]) -> str:
-    return " + ".join(ENCODER_LABELS[e] for e in encoders) or "no text encoder"

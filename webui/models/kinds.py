@@ -1,39 +1,11 @@
-"""The vocabulary of the model library: families, component kinds, file formats."""
+"""The vocabulary of the model library: component kinds, pipeline roles, file formats.
+
+Model families are not listed here: they are the descriptions registered in `webui.families`.
+"""
 
 from __future__ import annotations
 
 from enum import Enum
-
-
-class Family(str, Enum):
-    """Model architecture family. Only the first four can be loaded today."""
-
-    SD1 = "sd1"
-    SD2 = "sd2"
-    SDXL = "sdxl"
-    SDXL_REFINER = "sdxl_refiner"
-    SD3 = "sd3"
-    FLUX = "flux"
-    UNKNOWN = "unknown"
-
-    @property
-    def supported(self) -> bool:
-        return self in (Family.SD1, Family.SD2, Family.SDXL, Family.SDXL_REFINER)
-
-    @property
-    def label(self) -> str:
-        return _FAMILY_LABELS[self]
-
-
-_FAMILY_LABELS = {
-    Family.SD1: "SD1.x",
-    Family.SD2: "SD2.x",
-    Family.SDXL: "SDXL",
-    Family.SDXL_REFINER: "SDXL refiner",
-    Family.SD3: "SD3",
-    Family.FLUX: "FLUX.1",
-    Family.UNKNOWN: "unknown",
-}
 
 
 class Kind(str, Enum):

@@ -13,7 +13,8 @@ import torch
 from diffusers.loaders.single_file_utils import DIFFUSERS_TO_LDM_MAPPING
 from safetensors.torch import save_file
 
-from webui.models.kinds import Family
+from webui.families import DESCRIPTIONS, Family, FamilyDescription
+from webui.families.base import CheckpointLayout
 
 StateDict = dict[str, torch.Tensor]
 
@@ -69,17 +70,6 @@ _OPEN_CLIP_TOP_NAMES = MappingProxyType(
 # Buffers that Hugging Face models may carry but that are not weights in any LDM file.
 _DERIVED_BUFFERS = ("embeddings.position_ids",)
 
-# Where each family's components live inside a single-file checkpoint.
-_FAMILY_PREFIXES: Mapping[Family, Mapping[str, str]] = MappingProxyType(
-    {
-        Family.SD1: MappingProxyType({"text_encoder": "cond_stage_model."}),
-        Family.SD2: MappingProxyType({"text_encoder": "cond_stage_model."}),
-        Family.SDXL: MappingProxyType(
-            {"text_encoder": "conditioner.embedders.0.", "text_encoder_2": "conditioner.embedders.1."}
-        ),
-        Family.SDXL_REFINER: MappingProxyType({"text_encoder_2": "conditioner.embedders.0."}),
-    }
-)
 UNET_PREFIX = "model.diffusion_model."
 VAE_PREFIX = "first_stage_model."
 
@@ -187,20 +177,25 @@ def _without_text_model(key: str) -> str:
     return key.removeprefix("text_model.")
 
 
-def clip_l_to_ldm(hf_state_dict: Mapping[str, torch.Tensor]) -> StateDict:
-    """CLIPTextModel weights (with or without `text_model.`) -> `transformer.text_model.*`."""
+def hf_clip_keys(hf_state_dict: Mapping[str, torch.Tensor]) -> StateDict:
+    """CLIPTextModel weights (with or without `text_model.`) -> `text_model.*`, as LDM files store CLIP-L."""
     out: StateDict = {}
     for key, value in hf_state_dict.items():
         if key.startswith("text_projection."):
             raise ValueError(
                 f"clip_l_to_ldm: {key!r} has no place in the LDM CLIP-L layout; pass a CLIPTextModel state dict"
             )
-        out[f"transformer.text_model.{_without_text_model(key)}"] = value
+        out[f"text_model.{_without_text_model(key)}"] = value
     return out
 
 
-def open_clip_to_ldm(hf_state_dict: Mapping[str, torch.Tensor]) -> StateDict:
-    """Hugging Face CLIP text weights -> OpenCLIP `model.*` layout (q/k/v stacked, projection transposed)."""
+def clip_l_to_ldm(hf_state_dict: Mapping[str, torch.Tensor]) -> StateDict:
+    """CLIPTextModel weights (with or without `text_model.`) -> `transformer.text_model.*`."""
+    return _prefixed("transformer.", hf_clip_keys(hf_state_dict))
+
+
+def open_clip_keys(hf_state_dict: Mapping[str, torch.Tensor]) -> StateDict:
+    """Hugging Face CLIP text weights -> OpenCLIP names (q/k/v stacked, projection transposed), no prefix."""
     out: StateDict = {}
     qkv: dict[str, dict[str, torch.Tensor]] = {}
     for key, value in hf_state_dict.items():
@@ -208,12 +203,12 @@ def open_clip_to_ldm(hf_state_dict: Mapping[str, torch.Tensor]) -> StateDict:
         if name in _DERIVED_BUFFERS:
             continue
         if name == "text_projection.weight":
-            out["model.text_projection"] = value.t().contiguous()
+            out["text_projection"] = value.t().contiguous()
         elif name in _OPEN_CLIP_TOP_NAMES:
-            out[f"model.{_OPEN_CLIP_TOP_NAMES[name]}"] = value
+            out[_OPEN_CLIP_TOP_NAMES[name]] = value
         elif name.startswith("encoder.layers."):
             index, rest = name[len("encoder.layers.") :].split(".", 1)
-            block = f"model.transformer.resblocks.{index}."
+            block = f"transformer.resblocks.{index}."
             module, param = rest.rsplit(".", 1)
             if module in ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"):
                 qkv.setdefault(f"{block}attn.in_proj_{param}", {})[module[-6]] = value
@@ -230,28 +225,49 @@ def open_clip_to_ldm(hf_state_dict: Mapping[str, torch.Tensor]) -> StateDict:
     return out
 
 
+def open_clip_to_ldm(hf_state_dict: Mapping[str, torch.Tensor]) -> StateDict:
+    """Hugging Face CLIP text weights -> OpenCLIP `model.*` layout (q/k/v stacked, projection transposed)."""
+    return _prefixed("model.", open_clip_keys(hf_state_dict))
+
+
+def component_to_ldm(module: Any, layout: CheckpointLayout) -> StateDict:
+    """One component's weights in the single-file layout named (keys relative to its checkpoint prefix)."""
+    state = module.state_dict()
+    if layout is CheckpointLayout.LDM_UNET:
+        return unet_to_ldm(state, module.config)
+    if layout is CheckpointLayout.LDM_VAE:
+        return vae_to_ldm(state, module.config)
+    if layout is CheckpointLayout.HF_CLIP:
+        return hf_clip_keys(state)
+    if layout is CheckpointLayout.OPEN_CLIP:
+        return open_clip_keys(state)
+    raise ValueError(f"component_to_ldm: no single-file writer for layout {layout.value!r}")
+
+
 def _prefixed(prefix: str, state_dict: Mapping[str, torch.Tensor]) -> StateDict:
     return {prefix + k: v for k, v in state_dict.items()}
 
 
 def pipeline_to_ldm(components: Mapping[str, Any], family: Family) -> StateDict:
-    """A pipeline's `unet`, `vae` and text encoder modules -> one LDM single-file state dict for `family`."""
-    if family not in _FAMILY_PREFIXES:
-        supported = ", ".join(f.value for f in _FAMILY_PREFIXES)
+    """A pipeline's modules (`unet`, `vae`, text encoders) -> one single-file state dict in the family's
+    original layout: each role at its description's checkpoint prefix, in its checkpoint layout."""
+    roles = family.description.roles
+    if not _writable(family.description):
+        supported = ", ".join(d.id for d in DESCRIPTIONS if _writable(d))
         raise ValueError(f"pipeline_to_ldm: family {family.value!r} has no LDM layout here (supported: {supported})")
-    for name in ("unet", "vae", *_FAMILY_PREFIXES[family]):
-        if components.get(name) is None:
-            raise ValueError(f"pipeline_to_ldm: a {family.label} checkpoint needs component {name!r}")
-    unet, vae = components["unet"], components["vae"]
-    out = _prefixed(UNET_PREFIX, unet_to_ldm(unet.state_dict(), unet.config))
-    out.update(_prefixed(VAE_PREFIX, vae_to_ldm(vae.state_dict(), vae.config)))
-    for name, prefix in _FAMILY_PREFIXES[family].items():
-        encoder = components[name]
-        # SD1 / SDXL's first encoder is OpenAI CLIP-L; every other one is stored in OpenCLIP layout.
-        is_clip_l = family in (Family.SD1, Family.SDXL) and name == "text_encoder"
-        convert = clip_l_to_ldm if is_clip_l else open_clip_to_ldm
-        out.update(_prefixed(prefix, convert(encoder.state_dict())))
+    for spec in roles:
+        if components.get(spec.role.value) is None:
+            raise ValueError(f"pipeline_to_ldm: a {family.label} checkpoint needs component {spec.role.value!r}")
+    out: StateDict = {}
+    for spec in roles:
+        state = component_to_ldm(components[spec.role.value], spec.checkpoint_layout)
+        out.update(_prefixed(spec.checkpoint_prefix, state))
     return out
+
+
+def _writable(description: FamilyDescription) -> bool:
+    """Whether every role of the family has a single-file layout this writer knows."""
+    return bool(description.roles) and all(r.checkpoint_layout is not CheckpointLayout.NONE for r in description.roles)
 
 
 def save_single_file(

@@ -11,10 +11,11 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from webui.families import Family
 from webui.models.files import MODEL_SUFFIXES, ModelFileError, extension_problem, read_header, sniff_format
 from webui.models.hashing import BackgroundHasher, FileHashes, HashCache, HashJob
 from webui.models.identify import Identity, identify
-from webui.models.kinds import Family, FileFormat, Kind, Prediction
+from webui.models.kinds import FileFormat, Kind, Prediction
 from webui.models.roots import (
     EXTRA_ROOTS_FILE,
     ExtraRootsError,

@@ -17,6 +17,8 @@ from typing import Any
 
 import torch
 
+from webui.families import Family
+from webui.families.encoders import ENCODER_BY_WIDTH, ENCODERS
 from webui.models.derive import (
     LDM_UNET_PREFIX,
     Shapes,
@@ -25,39 +27,24 @@ from webui.models.derive import (
     derive_unet_config,
     derive_vae_config,
 )
-from webui.models.kinds import Family, Role, TextEncoderType
+from webui.models.kinds import Role, TextEncoderType
+
+__all__ = ["ComponentLoadError", "ComponentSource", "Role", "checkpoint_prefix", "load_component", "read_tensors"]
 
 
 class ComponentLoadError(ValueError):
     """A component could not be built from a file; the message names the file and the reason."""
 
 
-# Where each role lives inside an original (LDM) single-file checkpoint, per family.
-CHECKPOINT_PREFIXES: dict[Family, dict[Role, str]] = {
-    Family.SD1: {
-        Role.UNET: LDM_UNET_PREFIX,
-        Role.VAE: "first_stage_model.",
-        Role.TEXT_ENCODER: "cond_stage_model.transformer.",
-    },
-    Family.SD2: {
-        Role.UNET: LDM_UNET_PREFIX,
-        Role.VAE: "first_stage_model.",
-        Role.TEXT_ENCODER: "cond_stage_model.model.",
-    },
-    Family.SDXL: {
-        Role.UNET: LDM_UNET_PREFIX,
-        Role.VAE: "first_stage_model.",
-        Role.TEXT_ENCODER: "conditioner.embedders.0.transformer.",
-        Role.TEXT_ENCODER_2: "conditioner.embedders.1.model.",
-    },
-    Family.SDXL_REFINER: {
-        Role.UNET: LDM_UNET_PREFIX,
-        Role.VAE: "first_stage_model.",
-        Role.TEXT_ENCODER_2: "conditioner.embedders.0.model.",
-    },
-}
+def checkpoint_prefix(family: Family, role: Role) -> str:
+    """Where `role` sits inside the family's original single-file checkpoint (from its description)."""
+    description = family.description
+    if not description.has(role) or not description.role(role).checkpoint_prefix:
+        raise ComponentLoadError(f"a {family.label} checkpoint has no {role.value}")
+    return description.role(role).checkpoint_prefix
 
-ENCODER_BY_WIDTH = {768: TextEncoderType.CLIP_L, 1024: TextEncoderType.OPEN_CLIP_H, 1280: TextEncoderType.OPEN_CLIP_G}
+
+_HF_PREFIX = "cond_stage_model.transformer."  # where diffusers' CLIP loader reads Hugging Face CLIP names
 _OPEN_CLIP_ROOTS = (
     "token_embedding.",
     "positional_embedding",
@@ -125,9 +112,9 @@ def _normalise_text_encoder(state: dict[str, torch.Tensor]) -> tuple[dict[str, t
     if open_clip:
         rooted = {root: value for key, value in state.items() if (root := _strip_to_open_clip_root(key))}
         width = rooted["token_embedding.weight"].shape[1]
-        kind = ENCODER_BY_WIDTH.get(width)
-        prefix = "conditioner.embedders.1.model." if kind is TextEncoderType.OPEN_CLIP_G else "cond_stage_model.model."
-        return {prefix + key: value for key, value in rooted.items()}, _known(kind, width)
+        kind = _known(ENCODER_BY_WIDTH.get(width), width)
+        prefix = ENCODERS[kind].ldm_prefix  # where diffusers' CLIP loader looks for this architecture
+        return {prefix + key: value for key, value in rooted.items()}, kind
     hf: dict[str, torch.Tensor] = {}
     for key, value in state.items():
         at = key.find("text_model.")
@@ -139,8 +126,8 @@ def _normalise_text_encoder(state: dict[str, torch.Tensor]) -> tuple[dict[str, t
             continue  # position_ids buffers and the like
         else:
             key = "text_projection.weight"
-        hf["cond_stage_model.transformer." + key] = value
-    token = hf.get("cond_stage_model.transformer.text_model.embeddings.token_embedding.weight")
+        hf[_HF_PREFIX + key] = value
+    token = hf.get(_HF_PREFIX + "text_model.embeddings.token_embedding.weight")
     if token is None:
         raise ComponentLoadError("no text-encoder weights (token embedding) found")
     width = token.shape[1]
@@ -149,7 +136,8 @@ def _normalise_text_encoder(state: dict[str, torch.Tensor]) -> tuple[dict[str, t
 
 def _known(kind: TextEncoderType | None, width: int) -> TextEncoderType:
     if kind is None:
-        raise ComponentLoadError(f"text encoder of width {width} is not CLIP-L (768), OpenCLIP-H (1024) or bigG (1280)")
+        known = ", ".join(f"{spec.label} ({spec.width})" for spec in ENCODERS.values() if spec.width)
+        raise ComponentLoadError(f"text encoder of width {width} is none of {known}")
     return kind
 
 
@@ -200,7 +188,6 @@ def _load_text_encoder(
     state: dict[str, torch.Tensor], role: Role, family: Family, dtype: torch.dtype
 ) -> torch.nn.Module:
     from diffusers.loaders.single_file_utils import create_diffusers_clip_model_from_ldm
-    from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
     state, kind = _normalise_text_encoder(state)
     expected = expected_text_encoder(family, role)
@@ -208,29 +195,23 @@ def _load_text_encoder(
         raise ComponentLoadError(
             f"this is a {kind.value} text encoder, but the {family.label} {role.value} must be {expected.value}"
         )
+    spec = family.description.role(role)
     base = bundled_config(family, role.value)
-    max_layers = base["num_hidden_layers"] if kind is TextEncoderType.OPEN_CLIP_H else None
+    max_layers = base["num_hidden_layers"] if spec.truncate_to_config_layers else None
     config = derive_clip_config(base, _shapes(state), max_layers=max_layers)
-    cls = CLIPTextModelWithProjection if kind is TextEncoderType.OPEN_CLIP_G else CLIPTextModel
     with _config_folder(role, config) as folder:
         return create_diffusers_clip_model_from_ldm(
-            cls, state, subfolder=role.value, config=folder, torch_dtype=dtype, local_files_only=True
+            spec.component_type(), state, subfolder=role.value, config=folder, torch_dtype=dtype, local_files_only=True
         )
 
 
 def expected_text_encoder(family: Family, role: Role) -> TextEncoderType:
     """Which encoder architecture a family needs in a text-encoder slot."""
-    table = {
-        (Family.SD1, Role.TEXT_ENCODER): TextEncoderType.CLIP_L,
-        (Family.SD2, Role.TEXT_ENCODER): TextEncoderType.OPEN_CLIP_H,
-        (Family.SDXL, Role.TEXT_ENCODER): TextEncoderType.CLIP_L,
-        (Family.SDXL, Role.TEXT_ENCODER_2): TextEncoderType.OPEN_CLIP_G,
-        (Family.SDXL_REFINER, Role.TEXT_ENCODER_2): TextEncoderType.OPEN_CLIP_G,
-    }
-    try:
-        return table[(family, role)]
-    except KeyError:
-        raise ComponentLoadError(f"{family.label} has no {role.value}") from None
+    description = family.description
+    encoder = description.role(role).encoder if description.has(role) else None
+    if encoder is None:
+        raise ComponentLoadError(f"{family.label} has no {role.value}")
+    return encoder
 
 
 def _load_from_diffusers_folder(folder: Path, role: Role, dtype: torch.dtype) -> torch.nn.Module:

@@ -7,17 +7,17 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from types import MappingProxyType
 from typing import Any
 
 import torch
 from transformers.utils import logging as hf_logging
 
-from webui.models.kinds import Family, Kind, Prediction, TextEncoderType
+from webui.families import Family, FamilyDescription, family_of
+from webui.families.encoders import ENCODERS
+from webui.models.kinds import Kind, Prediction, TextEncoderType
 from webui.models.ldm_writer import (
     UNET_PREFIX,
-    clip_l_to_ldm,
-    open_clip_to_ldm,
+    component_to_ldm,
     pipeline_to_ldm,
     save_single_file,
     unet_to_ldm,
@@ -29,6 +29,7 @@ from webui.testing.tiny_models import (
     assemble_pipeline,
     build_tiny_pipeline,
     build_tiny_vae,
+    fixture_spec,
     pipeline_class,
     prediction_of,
     tiny_pipeline,
@@ -48,82 +49,13 @@ __all__ = [
     "stem",
     "tiny_pipeline",
     "write_tiny_models",
+    "write_unet_family",
 ]
 
 MANIFEST_NAME = "tiny_manifest.json"
 TOKENIZER_DIR = "tokenizers/clip"
-ALT_VAE_SEED = 1  # vae/tiny-sd1-vae-alt.safetensors holds build_tiny_vae(Family.SD1, ALT_VAE_SEED)
+ALT_VAE_SEED = 1  # vae/<stem>-vae-alt.safetensors holds build_tiny_vae(family, ALT_VAE_SEED)
 _FP16 = torch.float16
-_STEMS = MappingProxyType(
-    {
-        Family.SD1: "tiny-sd1",
-        Family.SD2: "tiny-sd2",
-        Family.SDXL: "tiny-sdxl",
-        Family.SDXL_REFINER: "tiny-sdxl-refiner",
-    }
-)
-_PICKLE_FAMILIES = (Family.SD1, Family.SD2, Family.SDXL)
-# SAI model-spec header, as Stability's own SD2 v-prediction files declare themselves.
-_SD2_MODELSPEC = MappingProxyType(
-    {
-        "modelspec.sai_model_spec": "1.0.0",
-        "modelspec.architecture": "stable-diffusion-v2-768-v",
-        "modelspec.implementation": "https://github.com/Stability-AI/stablediffusion",
-        "modelspec.title": "tiny-sd2",
-        "modelspec.prediction_type": "v",
-    }
-)
-# A1111 reads `<checkpoint stem>.yaml` beside a checkpoint; SD2-v files ship with one saying "v".
-_SD2_YAML = """\
-model:
-  target: ldm.models.diffusion.ddpm.LatentDiffusion
-  params:
-    parameterization: "v"
-    linear_start: 0.00085
-    linear_end: 0.0120
-    timesteps: 1000
-    first_stage_key: "jpg"
-    cond_stage_key: "txt"
-    image_size: 16
-    channels: 4
-    scale_factor: 0.18215
-    use_ema: False
-    unet_config:
-      target: ldm.modules.diffusionmodules.openaimodel.UNetModel
-      params:
-        use_checkpoint: False
-        image_size: 16
-        in_channels: 4
-        out_channels: 4
-        model_channels: 32
-        attention_resolutions: [1]
-        num_res_blocks: 1
-        channel_mult: [1, 2]
-        num_head_channels: 64
-        use_linear_in_transformer: True
-        transformer_depth: 1
-        context_dim: 1024
-    first_stage_config:
-      target: ldm.models.autoencoder.AutoencoderKL
-      params:
-        embed_dim: 4
-        ddconfig:
-          double_z: true
-          z_channels: 4
-          resolution: 32
-          in_channels: 3
-          out_ch: 3
-          ch: 32
-          ch_mult: [1, 2]
-          num_res_blocks: 1
-          attn_resolutions: []
-          dropout: 0.0
-    cond_stage_config:
-      target: ldm.modules.encoders.modules.FrozenOpenCLIPEmbedder
-      params:
-        freeze: True
-        layer: "penultimate"
-"""
 
 
 @dataclass(frozen=True)
@@ -154,10 +86,9 @@ class FixtureFile:
 
 
 def stem(family: Family) -> str:
-    """File-name stem of a family's fixtures, e.g. `tiny-sdxl`."""
-    if family not in _STEMS:
-        raise ValueError(f"family: no tiny fixtures for {family.value!r}")
-    return _STEMS[family]
+    """File-name stem of a family's fixtures, e.g. `tiny-sdxl` (`tiny-` and the id, `_` as `-`)."""
+    fixture_spec(family)
+    return "tiny-" + family.value.replace("_", "-")
 
 
 def lora_seed(family: Family) -> int:
@@ -191,6 +122,8 @@ class _Writer:
 
     def __init__(self, root: Path, family: Family, components: dict[str, Any]) -> None:
         self.root, self.family, self.c = root, family, components
+        self.description = family.description
+        self.spec = fixture_spec(family)
         self.stem = stem(family)
         self.files: list[FixtureFile] = []
 
@@ -214,14 +147,12 @@ class _Writer:
 
     def checkpoints(self) -> None:
         ldm = pipeline_to_ldm(self.c, self.family)
-        single, metadata = ldm, None
-        if self.family is Family.SD2:
-            single = {**ldm, "v_pred": torch.tensor([])}  # ComfyUI's marker key for v-prediction files
-            metadata = _SD2_MODELSPEC
-            (self.root / "checkpoints" / f"{self.stem}.yaml").write_text(_SD2_YAML)
+        single = {**ldm, **{marker: torch.tensor([]) for marker in self.spec.checkpoint_markers}}
+        if self.spec.checkpoint_yaml is not None:
+            (self.root / "checkpoints" / f"{self.stem}.yaml").write_text(self.spec.checkpoint_yaml)
         path = f"checkpoints/{self.stem}.safetensors"
-        self.tensors(path, Kind.CHECKPOINT, "ldm-single-file", single, None, metadata)
-        if self.family in _PICKLE_FAMILIES:
+        self.tensors(path, Kind.CHECKPOINT, "ldm-single-file", single, None, self.spec.checkpoint_metadata or None)
+        if self.spec.pickle:
             half = {k: v.to(_FP16) if v.is_floating_point() else v for k, v in ldm.items()}
             torch.save(
                 {"state_dict": half, "global_step": 1},
@@ -230,13 +161,13 @@ class _Writer:
         folder = self.add(f"checkpoints/{self.stem}-diffusers", Kind.CHECKPOINT, "diffusers-folder")
         with _quiet_transformers_progress():
             assemble_pipeline(self.family, self.c).save_pretrained(folder, safe_serialization=True)
-        for name in ("text_encoder", "text_encoder_2"):
-            weights = folder / name / "model.safetensors"
+        for spec in self.description.text_encoders:
+            weights = folder / spec.role.value / "model.safetensors"
             if weights.exists():  # rewrite with `text_model.` as the Hub's folders have it
-                save_single_file(_with_text_model(self.c[name].state_dict()), weights, metadata={"format": "pt"})
-        for name in ("tokenizer", "tokenizer_2"):
-            if (folder / name).is_dir():
-                write_tokenizer_files(folder / name)
+                state = _with_text_model(self.c[spec.role.value].state_dict())
+                save_single_file(state, weights, metadata={"format": "pt"})
+            if (folder / spec.tokenizer).is_dir():
+                write_tokenizer_files(folder / spec.tokenizer)
 
     def unet(self) -> None:
         unet = self.c["unet"]
@@ -252,41 +183,33 @@ class _Writer:
         self.tensors(f"vae/{self.stem}-vae.safetensors", Kind.VAE, "vae-ldm", ldm, dtype=None)
         state = vae.state_dict()
         self.tensors(f"vae/{self.stem}-vae-diffusers.safetensors", Kind.VAE, "vae-diffusers", state, dtype=None)
-        if self.family is Family.SD1:
+        if self.spec.alt_vae:
             alt = build_tiny_vae(self.family, seed=ALT_VAE_SEED)
             ldm = vae_to_ldm(alt.state_dict(), alt.config)
             self.tensors(f"vae/{self.stem}-vae-alt.safetensors", Kind.VAE, "vae-ldm", ldm, dtype=None)
 
     def text_encoders(self) -> None:
-        kind, s = Kind.TEXT_ENCODER, f"text_encoders/{self.stem}"
-        enc, enc2 = self.c.get("text_encoder"), self.c.get("text_encoder_2")
-        if self.family in (Family.SD1, Family.SDXL):
-            clip_l = TextEncoderType.CLIP_L
-            self.tensors(f"{s}-clip-l.safetensors", kind, "text-encoder-hf", _with_text_model(enc.state_dict()), clip_l)
-            prefix = "cond_stage_model." if self.family is Family.SD1 else "conditioner.embedders.0."
-            ldm = _prefixed(prefix, clip_l_to_ldm(enc.state_dict()))
-            self.tensors(f"{s}-clip-l-ldm.safetensors", kind, "text-encoder-ldm", ldm, clip_l)
-        if self.family is Family.SD2:
-            h = TextEncoderType.OPEN_CLIP_H
-            self.tensors(f"{s}-open-clip-h.safetensors", kind, "text-encoder-hf", _with_text_model(enc.state_dict()), h)
-            ldm = _prefixed("cond_stage_model.", open_clip_to_ldm(enc.state_dict()))
-            self.tensors(f"{s}-open-clip-h-ldm.safetensors", kind, "text-encoder-ldm", ldm, h)
-        # bigG is the largest tensor set by far: one Hugging Face file (SDXL) and one LDM file (refiner).
-        g = TextEncoderType.OPEN_CLIP_G
-        if self.family is Family.SDXL:
-            self.tensors(f"{s}-clip-g.safetensors", kind, "text-encoder-hf", enc2.state_dict(), g)
-        if self.family is Family.SDXL_REFINER:
-            ldm = _prefixed("conditioner.embedders.0.", open_clip_to_ldm(enc2.state_dict()))
-            self.tensors(f"{s}-clip-g-ldm.safetensors", kind, "text-encoder-ldm", ldm, g)
+        """Each (role, layout) of the spec as its own file: "hf" (`text_model.*`, as files made with
+        transformers 4), "hf5" (transformers 5 names), "ldm" (the checkpoint's prefix and layout)."""
+        for role, layout in self.spec.text_encoder_files:
+            role_spec = self.description.role(role)
+            module, encoder = self.c[role.value], role_spec.encoder
+            name = f"text_encoders/{self.stem}-{ENCODERS[encoder].slug}"
+            if layout == "ldm":
+                ldm = _prefixed(role_spec.checkpoint_prefix, component_to_ldm(module, role_spec.checkpoint_layout))
+                self.tensors(f"{name}-ldm.safetensors", Kind.TEXT_ENCODER, "text-encoder-ldm", ldm, encoder)
+            else:
+                state = _with_text_model(module.state_dict()) if layout == "hf" else module.state_dict()
+                self.tensors(f"{name}.safetensors", Kind.TEXT_ENCODER, "text-encoder-hf", state, encoder)
 
     def loras_and_embeddings(self) -> None:
-        if self.family not in tiny_lora.LORA_FAMILIES:
+        if not self.spec.loras:
             return
         seed, s = lora_seed(self.family), self.stem
         kohya = tiny_lora.kohya_lora(self.c, self.family, seed + 4)
         meta = tiny_lora.kohya_metadata(self.family, f"{s}-kohya")
         self.tensors(f"loras/{s}-kohya.safetensors", Kind.LORA, "kohya", kohya, metadata=meta, dtype=None)
-        if self.family is Family.SDXL:
+        if self.spec.unet_only_lora:
             unet_only = tiny_lora.kohya_lora(self.c, self.family, seed + 5, unet_only=True)
             meta = tiny_lora.kohya_metadata(self.family, f"{s}-kohya-unet-only", unet_only=True)
             path = f"loras/{s}-kohya-unet-only.safetensors"
@@ -298,7 +221,9 @@ class _Writer:
         self.tensors(f"embeddings/{s}-emb.safetensors", Kind.EMBEDDING, "embedding", emb, dtype=None)
 
 
-def _write_family(root: Path, family: Family) -> list[FixtureFile]:
+def write_unet_family(root: Path, description: FamilyDescription) -> list[FixtureFile]:
+    """The fixture writer of UNet + CLIP families: every layout of one family's tiny model under `root`."""
+    family = family_of(description)
     writer = _Writer(root, family, build_tiny_pipeline(family))
     writer.checkpoints()
     writer.unet()
@@ -314,7 +239,7 @@ def write_tiny_models(models_dir: Path) -> list[FixtureFile]:
     for folder in ("checkpoints", "diffusion_models", "text_encoders", "vae", "loras", "embeddings"):
         (root / folder).mkdir(parents=True, exist_ok=True)
     write_tokenizer_files(root / TOKENIZER_DIR)
-    files = [f for family in TINY_FAMILIES for f in _write_family(root, family)]
+    files = [f for family in TINY_FAMILIES for f in fixture_spec(family).write(root, family.description)]
     manifest = {"version": 1, "files": [f.to_json() for f in files]}
     (root / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n")
     return files

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import json
-from types import MappingProxyType
 from typing import Any
 
 import torch
 
-from webui.models.kinds import Family
+from webui.families import DESCRIPTIONS, Family, family_of
+from webui.families.encoders import ENCODERS
 from webui.models.ldm_writer import unet_ldm_key_map
 
 RANK = 4
@@ -42,14 +42,8 @@ _KOHYA_TE_LEAVES = (
 # What diffusers' own LoRA training scripts target.
 _PEFT_UNET_LEAVES = ("to_q", "to_k", "to_v", "to_out.0")
 _PEFT_TE_LEAVES = ("q_proj", "k_proj", "v_proj", "out_proj")
-_BASE_MODEL_VERSION = MappingProxyType(
-    {
-        Family.SD1: "sd_v1",
-        Family.SD2: "sd_v2",
-        Family.SDXL: "sdxl_base_v1-0",
-    }
-)
-LORA_FAMILIES = tuple(_BASE_MODEL_VERSION)
+# Families whose fixtures include LoRAs and embeddings (their descriptions say how kohya names them).
+LORA_FAMILIES = tuple(family_of(d) for d in DESCRIPTIONS if d.fixtures is not None and d.fixtures.loras)
 
 
 def _check_family(family: Family) -> None:
@@ -84,9 +78,7 @@ def _text_model_name(name: str) -> str:
 
 def _encoders(components: dict[str, Any], family: Family) -> list[tuple[str, torch.nn.Module]]:
     """(kohya prefix, module) for each text encoder the family has."""
-    if family is Family.SDXL:
-        return [("lora_te1_", components["text_encoder"]), ("lora_te2_", components["text_encoder_2"])]
-    return [("lora_te_", components["text_encoder"])]
+    return [(prefix, components[role.value]) for role, prefix in family.description.lora.kohya_text_encoders]
 
 
 def kohya_lora(
@@ -103,8 +95,8 @@ def kohya_lora(
         out[f"{name}.alpha"] = torch.tensor(ALPHA, dtype=torch.float16)
 
     targets = _targets(unet, _KOHYA_UNET_LEAVES, inside="attentions.")
-    if family is Family.SDXL:
-        # sd-scripts trains SDXL on its own LDM-named UNet: input_blocks_4_1_transformer_blocks_...
+    if family.description.lora.kohya_unet_names == "ldm":
+        # sd-scripts trains some families on its own LDM-named UNet: input_blocks_4_1_transformer_blocks_...
         ldm = unet_ldm_key_map(unet.config, [f"{name}.weight" for name, _ in targets])
         targets = [(ldm[f"{name}.weight"].removesuffix(".weight"), layer) for name, layer in targets]
     for name, layer in targets:
@@ -123,15 +115,14 @@ def kohya_metadata(family: Family, output_name: str, unet_only: bool = False) ->
         "ss_network_module": "networks.lora",
         "ss_network_dim": str(RANK),
         "ss_network_alpha": str(ALPHA),
-        "ss_base_model_version": _BASE_MODEL_VERSION[family],
+        "ss_base_model_version": family.description.lora.base_model_version,
         "ss_output_name": output_name,
         "ss_tag_frequency": json.dumps({"10_dataset": {TRIGGER: 12, "red hat": 3}}),
         "ss_num_train_images": "12",
         "ss_training_comment": "tiny random LoRA for tests",
         "ss_network_train_unet_only": str(unet_only),
     }
-    if family is Family.SD2:
-        metadata.update(ss_v2="True", ss_v_parameterization="True")
+    metadata.update(family.description.lora.metadata)
     return metadata
 
 
@@ -160,15 +151,15 @@ def peft_lora(components: dict[str, Any], family: Family, seed: int) -> dict[str
 
 
 def embedding(family: Family, seed: int) -> dict[str, torch.Tensor]:
-    """A textual-inversion file's tensors: A1111's `emb_params`, or SDXL's `clip_l` + `clip_g`."""
+    """A textual-inversion file's tensors: A1111's `emb_params`, or one named tensor per text encoder where
+    the family's embeddings are keyed so (`clip_l` + `clip_g`)."""
     generator = torch.Generator().manual_seed(seed)
 
     def vectors(width: int) -> torch.Tensor:
         return (torch.randn((EMBEDDING_VECTORS, width), generator=generator) * 0.02).to(torch.float16)
 
     _check_family(family)
-    if family is Family.SD1:
-        return {"emb_params": vectors(768)}
-    if family is Family.SD2:
-        return {"emb_params": vectors(1024)}
-    return {"clip_l": vectors(768), "clip_g": vectors(1280)}
+    description = family.description
+    if description.embedding is None:
+        return {"emb_params": vectors(ENCODERS[description.encoder_types[0]].width)}
+    return {key: vectors(ENCODERS[description.role(role).encoder].width) for role, key in description.embedding.keys}

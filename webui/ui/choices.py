@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from webui.engine.pipelines import FAMILY_ROLES
-from webui.models.identity import FAMILY_TEXT_ENCODERS, encoder_label
-from webui.models.kinds import Family, Kind, TextEncoderType
+from webui.families import Family
+from webui.families.encoders import encoder_label
+from webui.models.kinds import Kind, TextEncoderType
 from webui.models.library import ModelEntry, ModelLibrary
 from webui.models.loading import Role
 
@@ -62,10 +62,9 @@ def family_of(library: ModelLibrary, checkpoint: str | None) -> Family | None:
 
 
 def encoder_for(role: Role, family: Family) -> TextEncoderType | None:
-    """The text-encoder architecture a family wants in `role` (SDXL: CLIP-L first, bigG second)."""
-    encoders = FAMILY_TEXT_ENCODERS.get(family, ())
-    roles = [r for r in FAMILY_ROLES.get(family, ()) if r in (Role.TEXT_ENCODER, Role.TEXT_ENCODER_2)]
-    return dict(zip(roles, encoders, strict=False)).get(role)
+    """The text-encoder architecture a family wants in `role` (from its description), None if it has none."""
+    description = family.description
+    return description.role(role).encoder if description.has(role) else None
 
 
 def component_files(

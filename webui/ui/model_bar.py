@@ -13,8 +13,7 @@ from typing import Any
 
 import gradio as gr
 
-from webui.engine.pipelines import FAMILY_ROLES
-from webui.models.kinds import Family
+from webui.families import Family
 from webui.models.loading import Role
 from webui.ui import adapter, choices, families, runner
 from webui.ui.context import GPU, UiContext, owner_of
@@ -117,7 +116,10 @@ def fitting_overrides(ctx: UiContext, values: dict[str, Any]) -> dict[str, Any]:
 
 
 def family_roles(family: Family | None) -> tuple[Role, ...]:
-    return FAMILY_ROLES.get(family, OVERRIDE_ROLES) if family is not None else OVERRIDE_ROLES
+    """The override dropdowns a family's model shows: the roles its description has (all without one)."""
+    if family is None or not family.supported:
+        return OVERRIDE_ROLES
+    return tuple(role for role in OVERRIDE_ROLES if family.description.has(role))
 
 
 def load_selection(ctx: UiContext, values: dict[str, Any], request: Any) -> str:
