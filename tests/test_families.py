@@ -197,3 +197,34 @@ def test_a_roles_tokenizer_and_prefix_come_from_the_description():
     assert Family.SDXL_REFINER.description.role(Role.TEXT_ENCODER_2).tokenizer == "tokenizer_2"
     assert not Family.SDXL_REFINER.description.has(Role.TEXT_ENCODER)
 
+
+# --- a family's LoRA key conversion runs before diffusers' loader ---------------------------------
+
+
+def _unet_keys_only(state_dict: dict) -> dict:
+    """A stand-in key conversion (named by a test description): keeps the UNet's kohya keys only."""
+    return {key: value for key, value in state_dict.items() if key.startswith("lora_unet_")}
+
+
+def test_a_described_lora_key_conversion_runs_before_diffusers_loads(monkeypatch, tiny_models_dir):
+    import dataclasses
+    from types import MappingProxyType
+
+    from safetensors.torch import load_file
+
+    from webui.engine.lora import LoraSpec, LoraStackApplier, count_lora_modules
+    from webui.families import registry
+    from webui.testing.tiny_models import tiny_pipeline
+
+    sd1 = Family.SD1.description
+    lora_facts = dataclasses.replace(sd1.lora, convert=f"{__name__}:_unet_keys_only")
+    monkeypatch.setattr(
+        registry, "_BY_ID", MappingProxyType({**registry._BY_ID, "sd1": dataclasses.replace(sd1, lora=lora_facts)})
+    )
+    lora = tiny_models_dir / "loras/tiny-sd1-kohya.safetensors"
+    state = load_file(lora)
+    report = LoraStackApplier().apply(tiny_pipeline(Family.SD1), Family.SD1, [LoraSpec(lora)])[0]
+    unet_modules = count_lora_modules(_unet_keys_only(state))
+    assert 0 < unet_modules < count_lora_modules(state)
+    assert (report.error, report.applied) == (None, unet_modules)
+    assert report.unapplied == count_lora_modules(state) - unet_modules  # what the conversion dropped is reported

@@ -221,6 +221,9 @@ class LoraStackApplier:
         except ModelFileError as error:
             return LoraReport(label, error=f"{spec.path.name}: {error.problem}")
         total = count_lora_modules(state_dict)
+        convert = family.description.lora.converter()  # None: diffusers' loader converts the keys itself
+        if convert is not None:
+            state_dict = convert(state_dict)
         with _capturing_unexpected_keys() as unexpected:
             try:
                 self._active = None  # loading makes the new adapter the active one
