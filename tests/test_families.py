@@ -228,3 +228,22 @@ def test_a_described_lora_key_conversion_runs_before_diffusers_loads(monkeypatch
     assert 0 < unet_modules < count_lora_modules(state)
     assert (report.error, report.applied) == (None, unet_modules)
     assert report.unapplied == count_lora_modules(state) - unet_modules  # what the conversion dropped is reported
+
+
+# --- per-block merge names ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("family", "blocks"),
+    [(Family.SD1, 12), (Family.SD2, 12), (Family.SDXL, 9), (Family.SDXL_REFINER, 12)],
+    ids=lambda v: getattr(v, "value", str(v)),
+)
+def test_every_real_unet_key_falls_in_an_a1111_merge_block_or_base(family, blocks):
+    from stripped_headers import ldm_checkpoint
+
+    description = family.description
+    named = {description.block_of(key) for key in ldm_checkpoint(family)} - {None}
+    expected = {f"IN{i:02d}" for i in range(blocks)} | {"M00"} | {f"OUT{i:02d}" for i in range(blocks)}
+    assert named == expected
+    assert description.block_of("model.diffusion_model.time_embed.0.weight") is None  # BASE
+    assert description.block_of("first_stage_model.decoder.conv_in.weight") is None  # not the denoiser

@@ -255,6 +255,18 @@ class EmbeddingFormat:
 
 
 @dataclass(frozen=True)
+class BlockGroup:
+    """A run of the denoiser's blocks as per-block mergers name them: A1111's MBW `IN04`, `M00`, `OUT11`.
+
+    `key_prefix` is the single-file key under the denoiser's checkpoint prefix (`input_blocks.`); a numbered
+    group takes the block index from the key, an unnumbered one is block 00."""
+
+    name: str
+    key_prefix: str
+    numbered: bool = True
+
+
+@dataclass(frozen=True)
 class SecondPass:
     """How a second pass (hires fix, img2img) may treat the family's latents."""
 
@@ -322,6 +334,7 @@ class FamilyDescription:
     lora: LoraFacts = field(default_factory=LoraFacts)
     embedding: EmbeddingFormat | None = None
     second_pass: SecondPass = field(default_factory=SecondPass)
+    merge_blocks: tuple[BlockGroup, ...] = ()
     fixtures: FixtureSpec | None = None
     bench: BenchSpec | None = None
 
@@ -345,6 +358,19 @@ class FamilyDescription:
     @property
     def text_encoders(self) -> tuple[RoleSpec, ...]:
         return tuple(spec for spec in self.roles if spec.part is Part.TEXT_ENCODER)
+
+    def block_of(self, key: str) -> str | None:
+        """The merge block (`IN04`, `M00`, `OUT11`) a single-file key of the denoiser belongs to; None for
+        keys outside every block (time and label embeddings, the final norm: A1111's BASE) or the denoiser."""
+        prefix = self.denoiser.checkpoint_prefix if self.roles else ""
+        if not prefix or not key.startswith(prefix):
+            return None
+        key = key[len(prefix) :]
+        for group in self.merge_blocks:
+            if key.startswith(group.key_prefix):
+                index = key[len(group.key_prefix) :].split(".", 1)[0] if group.numbered else "0"
+                return f"{group.name}{int(index):02d}" if index.isdigit() else None
+        return None
 
     @property
     def encoder_types(self) -> tuple[TextEncoderType, ...]:

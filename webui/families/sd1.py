@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from webui.families.base import (
     BenchSpec,
+    BlockGroup,
     CheckpointLayout,
     ClipChunks,
     Defaults,
@@ -45,6 +46,12 @@ SD_PIPELINE = PipelineSpec(
     "StableDiffusionPipeline",
     absent=("safety_checker", "feature_extractor"),
     flags=frozen(requires_safety_checker=False),
+)
+# The UNet's blocks as A1111's per-block merge weights name them (IN00.., M00, OUT00..).
+UNET_BLOCKS = (
+    BlockGroup("IN", "input_blocks."),
+    BlockGroup("M", "middle_block.", numbered=False),
+    BlockGroup("OUT", "output_blocks."),
 )
 SD1_SIZES = ((512, 512), (512, 768), (768, 512), (640, 512), (512, 640))
 # The tiny UNet's blocks (TINY_SPEC.md): attention on the first level only, as SD1/SD2's first levels.
@@ -85,6 +92,7 @@ DESCRIPTION = FamilyDescription(
     defaults=Defaults(sizes=SD1_SIZES),
     pipeline=SD_PIPELINE,
     lora=LoraFacts(kohya_text_encoders=((Role.TEXT_ENCODER, "lora_te_"),), base_model_version="sd_v1"),
+    merge_blocks=UNET_BLOCKS,
     fixtures=FixtureSpec(
         writer=TINY_WRITER,
         unet=frozen(TINY_SD_BLOCKS, cross_attention_dim=768, attention_head_dim=8),

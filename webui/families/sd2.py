@@ -20,7 +20,16 @@ from webui.families.base import (
     UnetFacts,
     frozen,
 )
-from webui.families.sd1 import SD1_SIZES, SD_LATENT, SD_PIPELINE, TINY_SD_BLOCKS, TINY_WRITER, UNET_ROLE, VAE_ROLE
+from webui.families.sd1 import (
+    SD1_SIZES,
+    SD_LATENT,
+    SD_PIPELINE,
+    TINY_SD_BLOCKS,
+    TINY_WRITER,
+    UNET_BLOCKS,
+    UNET_ROLE,
+    VAE_ROLE,
+)
 from webui.models.kinds import Prediction, Role, TextEncoderType
 
 # SAI model-spec header, as Stability's own SD2 v-prediction files declare themselves.
@@ -119,6 +128,7 @@ DESCRIPTION = FamilyDescription(
         base_model_version="sd_v2",
         metadata=frozen(ss_v2="True", ss_v_parameterization="True"),
     ),
+    merge_blocks=UNET_BLOCKS,
     fixtures=FixtureSpec(
         writer=TINY_WRITER,
         # upcast_attention as stabilityai/stable-diffusion-2-1 ships it

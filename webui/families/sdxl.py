@@ -24,7 +24,7 @@ from webui.families.base import (
     UnetFacts,
     frozen,
 )
-from webui.families.sd1 import SD_VAE, TINY_WRITER, UNET_ROLE, VAE_ROLE
+from webui.families.sd1 import SD_VAE, TINY_WRITER, UNET_BLOCKS, UNET_ROLE, VAE_ROLE
 from webui.models.kinds import Role, TextEncoderType
 
 XL_LATENT = LatentFormat(
@@ -99,6 +99,7 @@ DESCRIPTION = FamilyDescription(
         kohya_unet_names="ldm",
         base_model_version="sdxl_base_v1-0",
     ),
+    merge_blocks=UNET_BLOCKS,
     embedding=EmbeddingFormat(keys=((Role.TEXT_ENCODER, "clip_l"), (Role.TEXT_ENCODER_2, "clip_g"))),
     fixtures=FixtureSpec(
         writer=TINY_WRITER,

@@ -8,7 +8,7 @@ It loads, but txt2img refuses it: it refines an existing image.
 from __future__ import annotations
 
 from webui.families.base import Defaults, FamilyDescription, FixtureSpec, PipelineSpec, Recognition, UnetFacts, frozen
-from webui.families.sd1 import TINY_WRITER, UNET_ROLE, VAE_ROLE
+from webui.families.sd1 import TINY_WRITER, UNET_BLOCKS, UNET_ROLE, VAE_ROLE
 from webui.families.sdxl import TIME_EMBED, TINY_XL_BLOCKS, XL_CONDITIONING, XL_LATENT, XL_SIZES, bigg_role
 from webui.models.kinds import Role
 
@@ -28,6 +28,7 @@ DESCRIPTION = FamilyDescription(
         absent=("text_encoder", "tokenizer"),
         flags=frozen(requires_aesthetics_score=True, force_zeros_for_empty_prompt=False),
     ),
+    merge_blocks=UNET_BLOCKS,
     txt2img=False,
     fixtures=FixtureSpec(
         writer=TINY_WRITER,
