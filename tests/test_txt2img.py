@@ -134,7 +134,9 @@ def test_progress_reports_every_step_with_previews(engine, tiny_models_dir):
     assert len(previews) == 4 and previews[0].size == (16, 16)
 
 
-def test_interrupt_stops_within_one_step_keeps_finished_images_and_the_engine_goes_on(engine, tiny_models_dir):
+def test_interrupt_stops_within_one_step_keeps_finished_and_partial_images_and_the_engine_goes_on(
+    engine, tiny_models_dir
+):
     cancel = CancelToken()
     steps_seen = []
 
@@ -145,7 +147,8 @@ def test_interrupt_stops_within_one_step_keeps_finished_images_and_the_engine_go
 
     request = GenerationRequest(model=sd1(tiny_models_dir), prompt="hat", steps=6, width=32, height=32, batch_count=3)
     result = engine.generate(request, progress=on_progress, cancel=cancel)
-    assert result.info["interrupted"] and len(result.images) == 1  # batch 0 finished and is kept
+    # Batch 0 finished; batch 1 comes back half denoised, as A1111 returns its partial image; batch 2 never ran.
+    assert result.info["interrupted"] and len(result.images) == 2
     assert steps_seen[-1] == (1, 2)  # no step ran after the one that asked to stop
     again = engine.generate(GenerationRequest(model=sd1(tiny_models_dir), prompt="hat", steps=2, width=32, height=32))
     assert len(again.images) == 1 and not again.info["interrupted"]
@@ -202,8 +205,9 @@ def test_cli_flags_build_the_request(library, tiny_models_dir):
 
 @pytest.mark.parametrize(
     ("field", "value", "message"),
-    [("width", 100000, "width"), ("width", 100, "multiple of 8"), ("steps", 0, "steps"), ("sampler", "Eulr", "Euler"),
-     ("cfg_scale", 99.0, "cfg_scale"), ("schedule", "Fancy", "schedule")],
+    [("width", 100000, "width"), ("height", 8, "height"), ("steps", 0, "steps"), ("steps", 1001, "steps"),
+     ("sampler", "Eulr", "Euler"), ("cfg_scale", 101.0, "cfg_scale"), ("schedule", "Fancy", "schedule"),
+     ("subseed_strength", 1.5, "subseed_strength"), ("eta", -1.0, "eta")],
 )  # fmt: skip
 def test_bad_request_fields_are_named(tiny_models_dir, field, value, message):
     with pytest.raises(ValueError, match=message):

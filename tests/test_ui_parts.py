@@ -19,7 +19,7 @@ from webui.models.kinds import FileFormat, Kind
 from webui.models.library import open_library
 from webui.ui import families, model_info
 from webui.ui.convert import convert_to_safetensors
-from webui.ui.pnginfo import read_image_metadata
+from webui.engine.image_metadata import read_image_metadata
 from webui.ui.preferences import Preferences, PreferencesStore, preferences_from_widgets
 
 

@@ -14,7 +14,8 @@ from typing import Any
 import torch
 
 from webui.engine.embeddings import EmbeddingSet, EmbeddingUse, WidthMatcher
-from webui.engine.prompts import CHUNK_LENGTH, PromptChunk, Tokenizer, chunk_prompt, extract_lora_tags
+from webui.engine.extra_networks import extract_lora_tags
+from webui.engine.prompts import CHUNK_LENGTH, PromptChunk, Tokenizer, chunk_prompt
 from webui.families import DESCRIPTIONS, Family
 from webui.families.base import ClipChunks
 
@@ -52,9 +53,56 @@ class _Encoder:
 
 
 @dataclass(frozen=True)
-class _Encoded:
-    embeds: torch.Tensor  # (1, 77 × chunks, width)
+class Encoded:
+    """One text's conditioning: (1, 77 × chunks, width) embeddings, and the pooled output (SDXL) or None."""
+
+    embeds: torch.Tensor
     pooled: torch.Tensor | None
+
+
+class PromptEncoder:
+    """A pipeline's tokenizer(s) and text encoder(s), read the A1111 way: `encode(text)` for one prompt text
+    (attention weights, BREAK, embeddings and chunks resolved; no tags, comments or scheduling left)."""
+
+    def __init__(
+        self,
+        pipeline: Any,
+        family: Family,
+        clip_skip: int = 1,
+        embeddings: EmbeddingSet | None = None,
+        use: EmbeddingUse | None = None,
+    ) -> None:
+        strategy = family.description.conditioning
+        if strategy is None:
+            allowed = ", ".join(d.id for d in DESCRIPTIONS if d.conditioning is not None)
+            raise ValueError(f"family: prompt encoding supports {allowed}; got {family.value!r}")
+        encoders = _encoders(pipeline, family, strategy, clip_skip)
+        if embeddings is not None:
+            use = use if use is not None else EmbeddingUse()
+            widths = tuple(_text_model(e.model).config.hidden_size for e in encoders)
+            encoders = [
+                replace(e, matcher=embeddings.matcher(e.tokenizer, width, widths, use))
+                for e, width in zip(encoders, widths, strict=True)
+            ]
+        self.encoders = encoders
+        self.device = pipeline._execution_device  # where diffusers itself sends the token ids (offload-aware)
+        # diffusers' and A1111's default for such models (SDXL): an empty negative prompt is all zeros
+        self.zero_empty_negative = strategy.zero_empty_negative and _config(pipeline, "force_zeros_for_empty_prompt")
+
+    def encode(self, text: str) -> Encoded:
+        with torch.no_grad():
+            return _encode(self.encoders, text, self.device)
+
+    def negative(self, text: str, like: Encoded) -> Encoded:
+        """The negative prompt's conditioning; an empty one is zeros shaped like `like` where the family says so."""
+        if self.zero_empty_negative and not text:
+            return Encoded(torch.zeros_like(like.embeds), _zeros_like(like.pooled))
+        return self.encode(text)
+
+    def same_length(self, positive: Encoded, negative: Encoded) -> tuple[Encoded, Encoded]:
+        """Pad the shorter conditioning with empty-prompt chunks, as A1111's `pad_cond_uncond` does."""
+        with torch.no_grad():
+            return _same_length(self.encoders, positive, negative, self.device)
 
 
 def encode_prompts(
@@ -69,34 +117,20 @@ def encode_prompts(
 ) -> Conditioning:
     """Encode `prompt` and `negative_prompt` with `pipeline`'s tokenizer(s) and text encoder(s), A1111 style.
 
-    `clip_skip` counts as in A1111: 1 is the last layer, 2 the one before. `<lora:…>` tags are removed
-    from the text (the LoRA stack reads them separately). Each tensor is repeated `batch` times.
+    `clip_skip` counts as in A1111: 1 is the last layer, 2 the one before. Extra-network tags (`<lora:…>`) are
+    removed from the text (the LoRA stack reads them separately). Each tensor is repeated `batch` times.
+    Scheduling (`[a:b:5]`) and `AND` are not read here: `prompt_conditioning` builds those from a plan.
     """
-    strategy = family.description.conditioning
-    if strategy is None:
-        allowed = ", ".join(d.id for d in DESCRIPTIONS if d.conditioning is not None)
-        raise ValueError(f"family: prompt encoding supports {allowed}; got {family.value!r}")
     if batch < 1:
         raise ValueError(f"batch: {batch} is out of range; allowed 1 and more")
-    encoders = _encoders(pipeline, family, strategy, clip_skip)
-    if embeddings is not None:
-        use = use if use is not None else EmbeddingUse()
-        widths = tuple(_text_model(e.model).config.hidden_size for e in encoders)
-        encoders = [
-            replace(e, matcher=embeddings.matcher(e.tokenizer, width, widths, use))
-            for e, width in zip(encoders, widths, strict=True)
-        ]
-    device = pipeline._execution_device  # where diffusers itself sends the token ids (offload-aware)
-    with torch.no_grad():
-        positive = _encode(encoders, extract_lora_tags(prompt)[0], device)
-        zero_negative = (
-            strategy.zero_empty_negative and not negative_prompt and _config(pipeline, "force_zeros_for_empty_prompt")
-        )
-        if zero_negative:  # diffusers' and A1111's default for such models: an empty negative prompt is all zeros
-            negative = _Encoded(torch.zeros_like(positive.embeds), _zeros_like(positive.pooled))
-        else:
-            negative = _encode(encoders, extract_lora_tags(negative_prompt)[0], device)
-        positive, negative = _same_length(encoders, positive, negative, device)
+    encoder = PromptEncoder(pipeline, family, clip_skip, embeddings, use)
+    positive = encoder.encode(extract_lora_tags(prompt)[0])
+    negative = encoder.negative(extract_lora_tags(negative_prompt)[0], positive)
+    return conditioning_of(*encoder.same_length(positive, negative), batch)
+
+
+def conditioning_of(positive: Encoded, negative: Encoded, batch: int) -> Conditioning:
+    """The pipeline's conditioning for `batch` images from one positive and one negative of the same length."""
 
     def repeat(tensor: torch.Tensor | None) -> torch.Tensor | None:
         return None if tensor is None else tensor.repeat(batch, *[1] * (tensor.ndim - 1))
@@ -129,7 +163,7 @@ def _encoders(pipeline: Any, family: Family, strategy: ClipChunks, clip_skip: in
     return encoders
 
 
-def _encode(encoders: list[_Encoder], prompt: str, device: torch.device) -> _Encoded:
+def _encode(encoders: list[_Encoder], prompt: str, device: torch.device) -> Encoded:
     chunk_lists = [chunk_prompt(encoder.tokenizer, prompt, encoder.matcher) for encoder in encoders]
     if len({len(chunks) for chunks in chunk_lists}) > 1:
         raise ValueError(
@@ -142,7 +176,7 @@ def _encode(encoders: list[_Encoder], prompt: str, device: torch.device) -> _Enc
         parts.append(embeds)
         pooled = encoder_pooled if encoder.pooled else pooled
     # diffusers casts to the (last) text encoder's dtype: text_encoder for SD1/SD2, text_encoder_2 for SDXL.
-    return _Encoded(torch.cat(parts, dim=-1).to(_dtype(encoders[-1].model)), pooled)
+    return Encoded(torch.cat(parts, dim=-1).to(_dtype(encoders[-1].model)), pooled)
 
 
 def _encode_chunks(
@@ -200,16 +234,16 @@ def _emphasize(hidden: torch.Tensor, weights: list[list[float]]) -> torch.Tensor
 
 
 def _same_length(
-    encoders: list[_Encoder], positive: _Encoded, negative: _Encoded, device: torch.device
-) -> tuple[_Encoded, _Encoded]:
+    encoders: list[_Encoder], positive: Encoded, negative: Encoded, device: torch.device
+) -> tuple[Encoded, Encoded]:
     """Pad the shorter conditioning with empty-prompt chunks, as A1111's `pad_cond_uncond` does."""
     extra = (positive.embeds.shape[1] - negative.embeds.shape[1]) // CHUNK_TOKENS
     if extra == 0:
         return positive, negative
     empty = _encode(encoders, "", device).embeds.repeat(1, abs(extra), 1)
     if extra > 0:
-        return positive, _Encoded(torch.cat([negative.embeds, empty], dim=1), negative.pooled)
-    return _Encoded(torch.cat([positive.embeds, empty], dim=1), positive.pooled), negative
+        return positive, Encoded(torch.cat([negative.embeds, empty], dim=1), negative.pooled)
+    return Encoded(torch.cat([positive.embeds, empty], dim=1), positive.pooled), negative
 
 
 def _text_model(model: torch.nn.Module) -> Any:

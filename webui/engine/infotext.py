@@ -11,8 +11,13 @@ from typing import Any
 _PAIR = re.compile(r'\s*(\w[\w \-/]+):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)')
 
 
+def number_text(value: float) -> str:
+    """A float as A1111's UI writes it, at full precision: `7` for 7.0, `4.1234567`, never rounded."""
+    return str(int(value)) if value.is_integer() and abs(value) < 1e16 else repr(value)
+
+
 def quote(value: Any) -> str:
-    text = f"{value:g}" if isinstance(value, float) else str(value)
+    text = number_text(value) if isinstance(value, float) else str(value)
     if "," not in text and "\n" not in text and ":" not in text:
         return text
     return json.dumps(text, ensure_ascii=False)
@@ -38,15 +43,19 @@ def format_infotext(prompt: str, negative_prompt: str, params: Mapping[str, Any]
 
 
 def parse_infotext(text: str) -> tuple[str, str, dict[str, str]]:
-    """(prompt, negative prompt, {key: value}) from infotext; the last line holds the parameters."""
-    lines = text.strip().split("\n")
+    """(prompt, negative prompt, {key: value}) from infotext, read as A1111's `parse_generation_parameters`:
+    the last line holds the parameters when it has at least three `Key: value` pairs (so a single line of
+    parameters is parameters, with no prompt); every other line is stripped (an indented `  Negative prompt:`
+    starts the negative prompt, trailing spaces go); CRLF line ends are read as LF."""
+    lines = text.replace("\r\n", "\n").replace("\r", "\n").strip().split("\n")
     params_line = ""
-    if len(lines) > 1 and len(_PAIR.findall(lines[-1])) >= 3:
+    if len(_PAIR.findall(lines[-1])) >= 3:
         params_line = lines.pop()
     prompt_lines: list[str] = []
     negative_lines: list[str] = []
     in_negative = False
     for line in lines:
+        line = line.strip()
         if line.startswith("Negative prompt:"):
             in_negative = True
             line = line[len("Negative prompt:") :].strip()

@@ -1,4 +1,9 @@
-"""Saving images: atomically (temp file + link), never overwriting, with infotext in the PNG."""
+"""Saving images: atomically (temp file + link), never overwriting, with the infotext inside the file.
+
+PNG keeps it in the tEXt chunk `parameters`; JPEG and WebP (A1111's `samples_format` jpg / webp) in the EXIF
+UserComment, written as A1111 writes it with piexif's `UserComment.dump(text, encoding="unicode")`: the
+8-byte charset prefix `UNICODE\0`, then the text in UTF-16 big-endian (EXIF 2.3, tag 0x9286 in the Exif IFD).
+"""
 
 from __future__ import annotations
 
@@ -13,6 +18,12 @@ from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
 _NUMBERED = re.compile(r"^(\d{5})-")
+# A1111's samples_format values → (PIL format, file extension); A1111's default JPEG/WebP quality is 80.
+IMAGE_FORMATS = {"png": ("PNG", "png"), "jpg": ("JPEG", "jpg"), "jpeg": ("JPEG", "jpg"), "webp": ("WEBP", "webp")}
+QUALITY = 80
+EXIF_IFD = 0x8769
+USER_COMMENT = 0x9286
+UNICODE_PREFIX = b"UNICODE\x00"
 
 
 class SaveError(OSError):
@@ -28,6 +39,19 @@ def _next_number(folder: Path) -> int:
     return max(numbers, default=-1) + 1
 
 
+def user_comment(text: str) -> bytes:
+    """EXIF UserComment bytes for `text`, as A1111 writes them (see the module docstring)."""
+    return UNICODE_PREFIX + text.encode("utf-16-be")
+
+
+def check_format(image_format: str) -> str:
+    """The samples_format as a key of IMAGE_FORMATS; ValueError names the field and the choices."""
+    key = str(image_format).lower().lstrip(".")
+    if key not in IMAGE_FORMATS:
+        raise ValueError(f"samples_format: {image_format!r} is not available; use png, jpg or webp")
+    return key
+
+
 def save_png(
     image: Image.Image,
     folder: Path,
@@ -38,20 +62,43 @@ def save_png(
 ) -> Path:
     """Write `NNNNN-SEED.png` (or `NNNNN-SUFFIX.png`) with the infotext in the tEXt chunk `parameters`
     and any further `texts` as their own chunks; returns the final path."""
+    return save_image(image, folder, seed, infotext, texts=texts, suffix=suffix)
+
+
+def save_image(
+    image: Image.Image,
+    folder: Path,
+    seed: int,
+    infotext: str,
+    texts: Mapping[str, str] | None = None,
+    suffix: str | None = None,
+    image_format: str = "png",
+) -> Path:
+    """Write `NNNNN-SEED.<ext>` in `image_format` (png, jpg or webp) with the infotext inside; returns the path.
+    `texts` (PNG only) are further tEXt chunks."""
+    pil_format, extension = IMAGE_FORMATS[check_format(image_format)]
     folder.mkdir(parents=True, exist_ok=True)
-    info = PngInfo()
-    info.add_text("parameters", infotext)
-    for key, value in (texts or {}).items():
-        info.add_text(key, value)
-    handle, temp_name = tempfile.mkstemp(prefix=".saving-", suffix=".png", dir=folder)
+    options: dict = {}
+    if pil_format == "PNG":
+        info = PngInfo()
+        info.add_text("parameters", infotext)
+        for key, value in (texts or {}).items():
+            info.add_text(key, value)
+        options["pnginfo"] = info
+    else:
+        exif = Image.Exif()
+        exif.get_ifd(EXIF_IFD)[USER_COMMENT] = user_comment(infotext)
+        options.update(exif=exif.tobytes(), quality=QUALITY)
+        image = image.convert("RGB") if pil_format == "JPEG" and image.mode != "RGB" else image
+    handle, temp_name = tempfile.mkstemp(prefix=".saving-", suffix=f".{extension}", dir=folder)
     temp = Path(temp_name)
     try:
         with os.fdopen(handle, "wb") as stream:
-            image.save(stream, format="PNG", pnginfo=info)
+            image.save(stream, format=pil_format, **options)
             stream.flush()
             os.fsync(stream.fileno())
         for _attempt in range(1000):
-            final = folder / f"{_next_number(folder):05d}-{suffix or seed}.png"
+            final = folder / f"{_next_number(folder):05d}-{suffix or seed}.{extension}"
             try:
                 os.link(temp, final)  # fails if the name exists: never overwrites
             except FileExistsError:

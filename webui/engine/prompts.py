@@ -1,12 +1,12 @@
-"""Prompt text to weighted token chunks, as AUTOMATIC1111 reads prompts: attention syntax, BREAK, LoRA tags.
+"""Prompt text to weighted token chunks, as AUTOMATIC1111 reads prompts: attention syntax, BREAK, 75-token chunks.
 
 Pure Python: no torch, and the tokenizer is only called (any Hugging Face CLIP tokenizer works), so the
-UI can count tokens without the engine. `conditioning.py` turns the chunks into embeddings.
+UI can count tokens without the engine. `conditioning.py` turns the chunks into embeddings; the text reaching
+here has had its comments, extra-network tags and scheduling resolved (`prompt_plan.py`).
 """
 
 from __future__ import annotations
 
-import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -24,7 +24,7 @@ _ATTENTION_PIECE = re.compile(
     r"""
       \\[()\[\]\\]?        # an escaped bracket or backslash; a lone backslash is dropped, as in A1111
     | [(\[]                # an opening bracket
-    | :([+-]?[.\d]+)\)     # ':1.2)' closing a weighted group
+    | :\s*([+-]?[.\d]+)\s*\)  # ':1.2)' closing a weighted group; A1111 allows spaces: '(a: 1.2 )'
     | [)\]]                # a closing bracket
     | [^\\()\[\]:]+        # plain text
     | :                    # a colon that closes nothing is plain text
@@ -32,7 +32,6 @@ _ATTENTION_PIECE = re.compile(
     re.X,
 )
 _BREAK_SPLIT = re.compile(r"\s*\bBREAK\b\s*", re.S)
-_EXTRA_NETWORK = re.compile(r"<(lora|lyco):([^>]+)>")  # A1111's Lora extension answers to both names
 
 
 def parse_prompt_attention(text: str) -> list[tuple[str, float]]:
@@ -88,59 +87,6 @@ def _attention_weight(weight: str, text: str) -> float:
         return float(weight)
     except ValueError:
         raise ValueError(f"prompt: '{weight}' in {text!r} is not a weight; write a number, e.g. (word:1.2)") from None
-
-
-@dataclass(frozen=True)
-class LoraTag:
-    """A `<lora:name:…>` tag: which LoRA, and its strength on the UNet and on the text encoder(s)."""
-
-    name: str
-    unet_weight: float = 1.0
-    te_weight: float = 1.0
-
-
-def extract_lora_tags(prompt: str) -> tuple[str, list[LoraTag]]:
-    """Remove `<lora:…>` tags from `prompt`; return the remaining text and the tags in order.
-
-    The arguments follow A1111: `<lora:name>` (weight 1), `<lora:name:w>` (w on UNet and text encoder),
-    `<lora:name:te_w:unet_w>` (text encoder first, as A1111 reads it), and the named forms
-    `te=w` / `unet=w`, e.g. `<lora:name:0.8:unet=0.5>`. `<lyco:…>` is read the same way.
-    """
-    tags: list[LoraTag] = []
-
-    def take(match: re.Match[str]) -> str:
-        tags.append(_lora_tag(match.group(0), match.group(2).split(":")))
-        return ""
-
-    return _EXTRA_NETWORK.sub(take, prompt), tags
-
-
-def _lora_tag(tag: str, items: list[str]) -> LoraTag:
-    positional = [item for item in items if "=" not in item]
-    named = dict(item.split("=", 1) for item in items if "=" in item)
-    name = positional[0].strip() if positional else ""
-    if not name:
-        raise ValueError(f"LoRA tag {tag}: the LoRA name is missing; write <lora:name:weight>")
-    if len(positional) > 3 or set(named) - {"te", "unet"}:
-        raise ValueError(
-            f"LoRA tag {tag}: too many or unknown arguments; write <lora:name:weight>, <lora:name:te_w:unet_w>"
-            " or <lora:name:te=w:unet=w> (dynamic rank 'dyn' is not supported)"
-        )
-
-    def number(value: str, what: str) -> float:
-        try:
-            result = float(value)
-        except ValueError:
-            result = math.nan
-        if not math.isfinite(result):
-            raise ValueError(f"LoRA tag {tag}: {what} {value!r} is not a finite number; write e.g. 0.8")
-        return result
-
-    te_weight = number(positional[1], "weight") if len(positional) > 1 else 1.0
-    te_weight = number(named["te"], "te weight") if "te" in named else te_weight
-    unet_weight = number(positional[2], "UNet weight") if len(positional) > 2 else te_weight
-    unet_weight = number(named["unet"], "unet weight") if "unet" in named else unet_weight
-    return LoraTag(name, unet_weight=unet_weight, te_weight=te_weight)
 
 
 class Tokenizer(Protocol):
@@ -248,8 +194,3 @@ def chunk_prompt(tokenizer: Tokenizer, prompt: str, embeddings: EmbeddingMatcher
     if tokens or not chunks:
         close_chunk()
     return chunks
-
-
-def count_tokens(tokenizer: Tokenizer, prompt: str) -> list[int]:
-    """Prompt tokens in each 75-token chunk, e.g. [75, 5] for an 80-token prompt (A1111 shows "80/150")."""
-    return [len(chunk.tokens) for chunk in chunk_prompt(tokenizer, extract_lora_tags(prompt)[0])]

@@ -7,12 +7,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from webui.engine.extra_networks import extract_lora_tags
 from webui.engine.infotext import parse_infotext
 from webui.engine.lora import LoraSpec
 from webui.engine.pipelines import ModelChoice
-from webui.engine.prompts import extract_lora_tags
 from webui.engine.request import GenerationRequest
-from webui.engine.samplers import split_legacy_name
+from webui.engine.samplers import SCHEDULE_TYPES, split_legacy_name
 from webui.models.kinds import Kind
 
 # infotext key → (GenerationRequest field, converter)
@@ -22,7 +22,12 @@ _FIELDS: dict[str, tuple[str, Any]] = {
     "Seed": ("seed", int),
     "Clip skip": ("clip_skip", int),
     "Schedule type": ("schedule", str),
+    "Variation seed": ("subseed", int),
+    "Variation seed strength": ("subseed_strength", float),
+    "Eta": ("eta", float),
+    "Eta DDIM": ("eta", float),
 }
+_SCHEDULES_BY_NAME = {name.lower(): name for name in SCHEDULE_TYPES} | {"sgm_uniform": "SGM Uniform"}
 # infotext key → ModelChoice field, for component overrides
 _COMPONENTS = {"VAE": "vae", "UNet": "unet", "Text encoder": "text_encoder", "Text encoder 2": "text_encoder_2"}
 
@@ -50,16 +55,28 @@ def _find(library: Any, kind: Kind | None, *names: str | None) -> Path | None:
 
 
 def request_from_infotext(text: str, library: Any) -> Reproduction:
+    """Every request field the infotext names (a value that cannot be used is left at its default, with a note
+    saying so), the model, components and LoRAs the library has, and what it lacks. Never raises on content."""
     prompt, negative, params = parse_infotext(text)
-    values: dict[str, Any] = {"prompt": prompt, "negative_prompt": negative}
     notes: list[str] = []
     missing: list[str] = []
+    if params.get("Hypernet"):  # A1111 adds the hypernetwork back as a prompt tag; it is reported when run
+        strength = params.get("Hypernet strength", "1.0")
+        prompt += f"<hypernet:{params['Hypernet']}:{strength}>"
+        notes.append(f"Hypernet: {params['Hypernet']} — hypernetworks are not supported here; the tag is skipped")
+    values: dict[str, Any] = {"prompt": prompt, "negative_prompt": negative}
     for key, (name, convert) in _FIELDS.items():
         if key in params:
             try:
                 values[name] = convert(params[key])
             except ValueError:
                 notes.append(f"{key}: {params[key]!r} is not a valid value; left at its default")
+    if "schedule" in values:
+        known = _SCHEDULES_BY_NAME.get(str(values["schedule"]).lower())
+        if known is None:
+            notes.append(f"Schedule type: {values.pop('schedule')!r} is unknown here; Automatic is used")
+        else:
+            values["schedule"] = known
     if "Size" in params:
         try:
             width, height = (int(v) for v in params["Size"].lower().split("x"))
@@ -98,10 +115,14 @@ def request_from_infotext(text: str, library: Any) -> Reproduction:
         if path is None:
             missing.append(f"LoRA {name.strip()}")
             continue
-        loras.append(LoraSpec(path, unet_weight, te_weight))
+        try:
+            loras.append(LoraSpec(path, unet_weight, te_weight))
+        except ValueError as error:
+            notes.append(f"LoRA stack: {error}; left out")
     values["loras"] = tuple(loras)
     values["checkpoint"] = checkpoint
     values.update(components)
+    _drop_invalid(values, notes)
     request = None
     model_found = checkpoint is not None or components.get("unet") is not None
     if model_found and not any(m.startswith(("model", "unet", "text", "vae")) for m in missing):
@@ -109,3 +130,19 @@ def request_from_infotext(text: str, library: Any) -> Reproduction:
         fields = {f.name for f in dataclasses.fields(GenerationRequest)}
         request = GenerationRequest(model=choice, **{k: v for k, v in values.items() if k in fields})
     return Reproduction(request, values, missing, notes)
+
+
+def _drop_invalid(values: dict[str, Any], notes: list[str]) -> None:
+    """Leave out, one at a time, each field value a request refuses (its message names the field)."""
+    fields = {f.name for f in dataclasses.fields(GenerationRequest)}
+    placeholder = ModelChoice(Path("infotext"))
+    for _attempt in range(len(fields)):
+        try:
+            GenerationRequest(model=placeholder, **{k: v for k, v in values.items() if k in fields})
+            return
+        except ValueError as error:
+            field_name = str(error).split(":", 1)[0]
+            if field_name not in values:
+                raise
+            del values[field_name]
+            notes.append(f"{error}; left at its default")

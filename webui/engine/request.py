@@ -12,7 +12,13 @@ from webui.engine.samplers import SCHEDULE_TYPES, supported_schedules
 
 MIN_SIDE = 16
 MAX_SIDE = 4096
-MAX_STEPS = 150
+MAX_STEPS = 150  # the UI's slider, as A1111's
+MAX_CFG = 30.0  # the UI's slider, as A1111's
+# What a request may ask for (A1111's API has no limits; these keep a request finite). Sides that are not a
+# multiple of 8 are accepted as A1111 accepts them: the latent is side // 8, the image side // 8 * 8.
+STEPS_LIMIT = 1000
+CFG_LIMIT = 100.0
+LATENT_FACTOR = 8
 
 
 def _check_range(name: str, value: float, low: float, high: float) -> None:
@@ -38,16 +44,20 @@ class GenerationRequest:
     schedule: str = "Automatic"
     clip_skip: int = 1
     loras: tuple[LoraSpec, ...] = ()  # the stack; `<lora:…>` tags in the prompt are added to it
+    subseed: int = -1  # A1111's variation seed (-1: random); used when subseed_strength > 0
+    subseed_strength: float = 0.0  # 0: the seed's noise; 1: the variation seed's; between: slerp of the two
+    eta: float | None = None  # A1111's eta for the samplers that take one (None: the sampler's default)
 
     def __post_init__(self) -> None:
-        _check_range("steps", self.steps, 1, MAX_STEPS)
-        _check_range("cfg_scale", self.cfg_scale, 0.0, 30.0)
+        _check_range("steps", self.steps, 1, STEPS_LIMIT)
+        _check_range("cfg_scale", self.cfg_scale, 0.0, CFG_LIMIT)
         for name in ("width", "height"):
-            value = getattr(self, name)
-            _check_range(name, value, MIN_SIDE, MAX_SIDE)
-            if value % 8:
-                raise ValueError(f"{name}: {value} is not a multiple of 8; use e.g. {value // 8 * 8 or 8}")
+            _check_range(name, getattr(self, name), MIN_SIDE, MAX_SIDE)
         _check_range("seed", self.seed, -1, 2**32 - 1)
+        _check_range("subseed", self.subseed, -1, 2**32 - 1)
+        _check_range("subseed_strength", self.subseed_strength, 0.0, 1.0)
+        if self.eta is not None:
+            _check_range("eta", self.eta, 0.0, 10.0)
         _check_range("batch_size", self.batch_size, 1, 8)
         _check_range("batch_count", self.batch_count, 1, 100)
         _check_range("clip_skip", self.clip_skip, 1, 12)
@@ -56,6 +66,12 @@ class GenerationRequest:
         if self.sampler is not None and self.schedule not in supported_schedules(self.sampler):
             allowed = ", ".join(supported_schedules(self.sampler))
             raise ValueError(f"schedule: {self.sampler!r} cannot use {self.schedule!r}; it supports {allowed}")
+
+
+    @property
+    def latent_size(self) -> tuple[int, int]:
+        """(width, height) of what is generated: each side rounded down to a multiple of 8, as A1111 does."""
+        return self.width // LATENT_FACTOR * LATENT_FACTOR, self.height // LATENT_FACTOR * LATENT_FACTOR
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,11 @@
-"""A1111 sampler and schedule-type names, mapped to diffusers schedulers built from the model's own scheduler config."""
+"""A1111 sampler and schedule-type names, mapped to diffusers schedulers built from the model's own scheduler config.
+
+Any sampler runs with any schedule type, as in A1111: diffusers' own scheduler options where the class has them
+(Karras, Exponential, Beta, SGM Uniform as "trailing" spacing), else the class made to walk the schedule's noise
+levels (`scheduler_variants.with_schedule`, levels from `schedules.py`). DDIM and PLMS walk their own timesteps
+whatever the schedule type, as A1111's timestep samplers do (`schedule_note` says so). DPM fast, DPM adaptive,
+Restart and DDIM CFG++ have no diffusers scheduler: they run in this studio's own loop (`own_sampling.py`).
+"""
 
 from __future__ import annotations
 
@@ -9,12 +16,14 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
+from webui.engine.schedules import SCHEDULES
+
 if TYPE_CHECKING:
     from diffusers import SchedulerMixin
 
 AUTOMATIC = "Automatic"
-SIGMA_SCHEDULES = ("Karras", "Exponential", "Beta")
-ALL_SCHEDULES = (*SIGMA_SCHEDULES, "SGM Uniform")
+ALL_SCHEDULES = tuple(SCHEDULES)  # every A1111 schedule type besides Automatic
+TIMESTEP_SCHEDULERS = ("DDIMScheduler", "PNDMScheduler")  # walk their own timesteps (A1111's DDIM, PLMS)
 
 
 @dataclass(frozen=True)
@@ -24,8 +33,10 @@ class Sampler:
     name: str
     scheduler: str  # diffusers class name
     options: Mapping[str, Any] = field(default_factory=dict)
-    schedules: tuple[str, ...] = ()  # schedule types besides Automatic
+    schedules: tuple[str, ...] = ALL_SCHEDULES  # schedule types besides Automatic: all of them, as in A1111
     stochastic: bool = False  # draws fresh noise every step (same seed, same image; other seed, other path)
+    own: str | None = None  # an own sampling loop (own_sampling.py) instead of a diffusers scheduler
+    eta: float | None = None  # the default of A1111's `eta` where the sampler takes one (ancestral 1, DDIM 0)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "options", MappingProxyType(dict(self.options)))
@@ -41,55 +52,53 @@ SAMPLERS: Mapping[str, Sampler] = MappingProxyType(
         s.name: s
         for s in (
             # midpoint dpmsolver++ is k-diffusion's sample_dpmpp_2m update, term for term.
-            Sampler("DPM++ 2M", "DPMSolverMultistepScheduler", _DPM_2M, ALL_SCHEDULES),
+            Sampler("DPM++ 2M", "DPMSolverMultistepScheduler", _DPM_2M),
             # k-diffusion's sample_dpmpp_sde; Brownian-tree noise, seeded from the image seeds (see make_scheduler).
-            Sampler("DPM++ SDE", "DPMSolverSDEScheduler", {}, ALL_SCHEDULES, stochastic=True),
+            Sampler("DPM++ SDE", "DPMSolverSDEScheduler", {}, stochastic=True),
             # A1111 draws this noise from a Brownian tree, diffusers from the generator: same law, other numbers.
-            Sampler("DPM++ 2M SDE", "DPMSolverMultistepScheduler", _DPM_SDE, ALL_SCHEDULES, stochastic=True),
+            Sampler("DPM++ 2M SDE", "DPMSolverMultistepScheduler", _DPM_SDE, stochastic=True),
             Sampler(
                 "DPM++ 2M SDE Heun",
                 "DPMSolverMultistepScheduler",
                 {**_DPM_SDE, "solver_type": "heun"},
-                ALL_SCHEDULES,
                 stochastic=True,
             ),
             # Approximation: diffusers has no DPM++ 2S ancestral. Its singlestep solver at order 2 with SDE
             # noise is the closest: second-order singlestep updates with fresh noise each step, like 2S a, but
             # SDE noise instead of ancestral (eta=1) noise, and one model call per step (A1111 makes two), so
-            # 20 steps here do 10 second-order updates. No timestep_spacing, hence no SGM Uniform.
+            # 20 steps here do 10 second-order updates.
             Sampler(
                 "DPM++ 2S a",
                 "DPMSolverSinglestepScheduler",
                 {**_DPM_SDE, "lower_order_final": True},  # diffusers forces it anyway, with a warning
-                SIGMA_SCHEDULES,
                 stochastic=True,
             ),
-            Sampler(
-                "DPM++ 3M SDE",
-                "DPMSolverMultistepScheduler",
-                {**_DPM_SDE, "solver_order": 3},
-                ALL_SCHEDULES,
-                stochastic=True,
-            ),
-            Sampler("Euler a", "EulerAncestralDiscreteScheduler", {}, ("SGM Uniform",), stochastic=True),
-            Sampler("Euler", "EulerDiscreteScheduler", {}, ALL_SCHEDULES),
-            Sampler("LMS", "LMSDiscreteScheduler", {}, ALL_SCHEDULES),
-            Sampler("Heun", "HeunDiscreteScheduler", {}, ALL_SCHEDULES),
-            Sampler("DPM2", "KDPM2DiscreteScheduler", {}, ALL_SCHEDULES),
-            Sampler("DPM2 a", "KDPM2AncestralDiscreteScheduler", {}, ALL_SCHEDULES, stochastic=True),
-            Sampler("DDIM", "DDIMScheduler", {}, ("SGM Uniform",)),  # eta 0: the pipeline's default
-            Sampler("PLMS", "PNDMScheduler", {"skip_prk_steps": True}, ("SGM Uniform",)),  # PNDM minus Runge-Kutta
-            Sampler("UniPC", "UniPCMultistepScheduler", {}, ALL_SCHEDULES),
-            # LCM derives its timesteps from original_inference_steps; it ignores every schedule option.
-            Sampler("LCM", "LCMScheduler", {}, (), stochastic=True),
-            Sampler("DEIS", "DEISMultistepScheduler", {}, ALL_SCHEDULES),  # not in A1111; SD.Next's name
+            Sampler("DPM++ 3M SDE", "DPMSolverMultistepScheduler", {**_DPM_SDE, "solver_order": 3}, stochastic=True),
+            Sampler("Euler a", "EulerAncestralDiscreteScheduler", {}, stochastic=True, eta=1.0),
+            Sampler("Euler", "EulerDiscreteScheduler", {}),
+            Sampler("LMS", "LMSDiscreteScheduler", {}),
+            Sampler("Heun", "HeunDiscreteScheduler", {}),
+            Sampler("DPM2", "KDPM2DiscreteScheduler", {}),
+            Sampler("DPM2 a", "KDPM2AncestralDiscreteScheduler", {}, stochastic=True),
+            # DPM-Solver-fast and -adaptive (Lu et al. 2022) as k-diffusion runs them: they walk from the model's
+            # largest to its smallest noise level on their own, so the schedule type has no effect (as in A1111).
+            Sampler("DPM fast", "", {}, own="dpm_fast", eta=0.0),
+            Sampler("DPM adaptive", "", {}, own="dpm_adaptive", eta=0.0),
+            Sampler("Restart", "", {}, stochastic=True, own="restart"),  # Xu et al. 2023
+            Sampler("DDIM", "DDIMScheduler", {}, eta=0.0),  # eta 0: the pipeline's default
+            Sampler("DDIM CFG++", "", {}, own="ddim_cfgpp"),  # Chung et al. 2024
+            Sampler("PLMS", "PNDMScheduler", {"skip_prk_steps": True}),  # PNDM minus its Runge-Kutta warm-up
+            Sampler("UniPC", "UniPCMultistepScheduler", {}),
+            Sampler("LCM", "LCMScheduler", {}, stochastic=True),
+            Sampler("DEIS", "DEISMultistepScheduler", {}),  # not in A1111; SD.Next's name
         )
     }
 )
 SAMPLER_NAMES: tuple[str, ...] = tuple(SAMPLERS)
 
-# Karras/Exponential/Beta span the model's full sigma range, as k-diffusion does, only with "linspace"
-# timesteps: under "leading" diffusers' Euler/LMS/Heun/DPM2 start at sigma 8.4 instead of SD's 14.6.
+# The schedule types diffusers has as scheduler options (used where the class takes them). Karras/Exponential/
+# Beta span the model's full sigma range, as k-diffusion does, only with "linspace" timesteps: under "leading"
+# diffusers' Euler/LMS/Heun/DPM2 start at sigma 8.4 instead of SD's 14.6.
 # SGM Uniform = "trailing" (diffusers' overview: sgm_uniform -> timestep_spacing="trailing").
 SCHEDULE_OPTIONS: Mapping[str, Mapping[str, Any]] = MappingProxyType(
     {
@@ -100,7 +109,7 @@ SCHEDULE_OPTIONS: Mapping[str, Mapping[str, Any]] = MappingProxyType(
         "SGM Uniform": {"timestep_spacing": "trailing"},
     }
 )
-SCHEDULE_TYPES: tuple[str, ...] = tuple(SCHEDULE_OPTIONS)
+SCHEDULE_TYPES: tuple[str, ...] = (AUTOMATIC, *ALL_SCHEDULES)  # A1111's list, in its order
 _SIGMA_FLAGS = ("use_karras_sigmas", "use_exponential_sigmas", "use_beta_sigmas")
 _ZERO_SNR = "rescale_betas_zero_snr"
 
@@ -148,6 +157,11 @@ def _sampler(name: str) -> Sampler:
     raise ValueError(f"sampler: unknown sampler {name!r}{hint} (allowed: {_choices(SAMPLER_NAMES)})")
 
 
+def sampler_entry(name: str) -> Sampler:
+    """The table entry for an A1111 sampler name; ValueError names the field and the choices."""
+    return _sampler(name)
+
+
 def split_legacy_name(name: str) -> tuple[str, str]:
     """(sampler, schedule) from an A1111 name, including pre-1.9 ones like "DPM++ 2M Karras"."""
     if name in SAMPLERS:
@@ -161,8 +175,20 @@ def split_legacy_name(name: str) -> tuple[str, str]:
 
 
 def supported_schedules(sampler: str) -> tuple[str, ...]:
-    """Schedule types `sampler` can run, Automatic first."""
+    """Schedule types `sampler` can be asked for, Automatic first (every one, as in A1111; see schedule_note)."""
     return (AUTOMATIC, *_sampler(sampler).schedules)
+
+
+def schedule_note(sampler: str | None, schedule: str) -> str | None:
+    """Why `schedule` has no effect on `sampler`, when it has none (A1111 accepts and ignores it the same way)."""
+    if sampler is None or schedule == AUTOMATIC:
+        return None
+    entry = _sampler(sampler)
+    if entry.own in ("dpm_fast", "dpm_adaptive"):
+        return f"schedule: {sampler} sets its own noise levels; {schedule!r} has no effect (as in A1111)"
+    if entry.own == "ddim_cfgpp" or entry.scheduler in TIMESTEP_SCHEDULERS:
+        return f"schedule: {sampler} walks its own timesteps; {schedule!r} has no effect (as in A1111)"
+    return None
 
 
 def _lookup(name: str) -> Any:
@@ -193,11 +219,24 @@ def _init_params(name: str) -> Mapping[str, inspect.Parameter]:
     return {k: p for k, p in params.items() if p.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD and k != "self"}
 
 
+def _defining(schedule: str) -> dict[str, Any]:
+    """The options that make `schedule` in diffusers (for Karras & co. the spacing only widens the range)."""
+    options = dict(SCHEDULE_OPTIONS.get(schedule, {}))
+    if schedule != "SGM Uniform":
+        options.pop("timestep_spacing", None)
+    return options
+
+
+def has_diffusers_option(scheduler: str, schedule: str) -> bool:
+    """Whether the diffusers class `scheduler` has `schedule` as an option of its own."""
+    return schedule in SCHEDULE_OPTIONS and set(_defining(schedule)) <= set(_init_params(scheduler))
+
+
 def _schedule_options(schedule: str, accepted: set[str]) -> dict[str, Any]:
     """The config values for `schedule`; a chosen schedule also switches the other sigma schedules off."""
     if schedule == AUTOMATIC:
         return {}
-    options = {flag: False for flag in _SIGMA_FLAGS} | dict(SCHEDULE_OPTIONS[schedule])
+    options = {flag: False for flag in _SIGMA_FLAGS} | dict(SCHEDULE_OPTIONS.get(schedule, {}))
     return {key: value for key, value in options.items() if key in accepted}
 
 
@@ -207,15 +246,19 @@ def make_scheduler(
     schedule: str = AUTOMATIC,
     *,
     seeds: Sequence[int] | None = None,
+    xl: bool = False,
+    eta: float | None = None,
 ) -> SchedulerMixin:
     """A fresh scheduler for one batch: `sampler`'s class over the model's own config (betas, prediction type,
     spacing, zero-SNR), with the sampler's and the schedule's options on top.
 
     `sampler=None` keeps the model's own class; with schedule Automatic the result equals plain diffusers'
-    `ModelClass.from_config(config)`. `seeds` (one per image of the batch) seed the Brownian-tree noise of
-    DPM++ SDE, whose noise does not come from the pipeline's generator; without them it is random.
+    `ModelClass.from_config(config)`. A schedule the class has no option for runs through its schedule variant
+    (`xl` picks SDXL's Align Your Steps levels); DDIM and PLMS ignore the schedule (see `schedule_note`). `eta`
+    (Euler a) re-adds that share of each step's noise; None is the sampler's default. `seeds` (one per image)
+    seed the Brownian-tree noise of DPM++ SDE, whose noise does not come from the pipeline's generator.
     """
-    if schedule not in SCHEDULE_OPTIONS:
+    if schedule not in SCHEDULE_TYPES:
         raise ValueError(f"schedule: unknown schedule type {schedule!r} (allowed: {_choices(SCHEDULE_TYPES)})")
     if sampler is None:
         cls = scheduler_class(_class_name(model_scheduler_config))
@@ -224,27 +267,52 @@ def make_scheduler(
         allowed = supported_schedules(label) if label in SAMPLERS else (AUTOMATIC,)
     else:
         entry = _sampler(sampler)
+        if entry.own is not None:
+            raise ValueError(f"sampler: {sampler!r} runs in its own sampling loop, not a diffusers scheduler")
         cls = scheduler_class(entry.scheduler)
         name, options, allowed = repr(sampler), dict(entry.options), supported_schedules(sampler)
     if schedule not in allowed:
         raise ValueError(f"schedule: {name} cannot use {schedule!r}; it supports {_choices(allowed)}")
     accepted = set(_init_params(cls.__name__))
     if model_scheduler_config.get(_ZERO_SNR) and _ZERO_SNR not in accepted:
-        able = [s.name for s in SAMPLERS.values() if _ZERO_SNR in _init_params(s.scheduler)]
+        able = [s.name for s in SAMPLERS.values() if s.own is None and _ZERO_SNR in _init_params(s.scheduler)]
         raise ValueError(
             f"sampler: {name} cannot sample this zero-terminal-SNR model (rescale_betas_zero_snr); "
             f"choose one of {_choices(able)}"
         )
-    options |= _schedule_options(schedule, accepted)
+    variant = schedule != AUTOMATIC and not has_diffusers_option(cls.__name__, schedule)
+    variant = variant and cls.__name__ not in TIMESTEP_SCHEDULERS
+    if variant:
+        from webui.engine.scheduler_variants import karras_option_used, with_schedule
+
+        options |= _schedule_options("Karras" if karras_option_used(cls) else AUTOMATIC, accepted)
+        if schedule == "KL Optimal" and "final_sigmas_type" in accepted:
+            options["final_sigmas_type"] = "sigma_min"  # it ends at the smallest level, not 0
+        cls = with_schedule(cls)
+    elif cls.__name__ not in TIMESTEP_SCHEDULERS:
+        options |= _schedule_options(schedule, accepted)
     if seeds is not None and "noise_sampler_seed" in accepted:
         options["noise_sampler_seed"] = [int(s) for s in seeds]
+    if eta is not None and sampler is not None and _sampler(sampler).eta == 1.0 and eta != 1.0:
+        from webui.engine.scheduler_variants import with_eta
+
+        cls = with_eta(cls)
     config = dict(model_scheduler_config)
     if sampler is not None:  # keys only the model's class takes would be logged as "ignored" on every request
         config = {k: v for k, v in config.items() if k in accepted or k.startswith("_")}
     config |= options
     if "_use_default_values" in config:  # from_config would drop our options listed there
         config["_use_default_values"] = [k for k in config["_use_default_values"] if k not in options]
-    return cls.from_config(config)
+    scheduler = cls.from_config(config)
+    if variant:
+        from webui.engine.scheduler_variants import SCHEDULE_ATTRIBUTE
+
+        setattr(scheduler, SCHEDULE_ATTRIBUTE, (schedule, xl))
+    if eta is not None:
+        from webui.engine.scheduler_variants import ETA_ATTRIBUTE
+
+        setattr(scheduler, ETA_ATTRIBUTE, float(eta))
+    return scheduler
 
 
 def _class_name(config: Mapping[str, Any]) -> str:

@@ -12,18 +12,21 @@ from typing import Any
 import torch
 
 from webui import __version__
-from webui.engine.conditioning import encode_prompts
+from webui.engine.conditioning import PromptEncoder
 from webui.engine.decode import decode_latents
 from webui.engine.embeddings import EmbeddingSet, EmbeddingUse
+from webui.engine.extra_networks import LORA_KINDS, parse_extra_networks
 from webui.engine.infotext import format_infotext
 from webui.engine.lora import LoraReport, LoraSpec, LoraStackApplier
-from webui.engine.outputs import day_folder, save_png
+from webui.engine.noise import initial_noise
+from webui.engine.outputs import day_folder, save_image
 from webui.engine.pipelines import LoadedModel, PipelineManager
 from webui.engine.progress import CancelToken, ProgressCallback, StepReporter
-from webui.engine.prompts import extract_lora_tags
+from webui.engine.prompt_conditioning import ConditioningHook, encode_plan
+from webui.engine.prompt_plan import PromptPlan, plan_prompt
 from webui.engine.request import GeneratedImage, GenerationRequest, GenerationResult
-from webui.engine.samplers import make_scheduler, sampler_label
-from webui.families import DESCRIPTIONS
+from webui.engine.samplers import make_scheduler, sampler_entry, sampler_label, schedule_note
+from webui.families import DESCRIPTIONS, Family
 from webui.models.loading import Role
 
 Hasher = Callable[[Path], str | None]
@@ -52,10 +55,18 @@ class Engine:
         self.loras = LoraStackApplier()
         self.fuse_loras = False  # merge active LoRAs into the weights for speed (a setting)
         self.embeddings = embeddings
+        self.samples_format = "png"  # A1111's samples_format: png, jpg/jpeg or webp (a setting)
         self.gpu_lock = threading.Lock()  # the one lock: one generation per device at a time
 
     def seeds_for(self, request: GenerationRequest) -> list[int]:
+        """One seed per image: seed, seed + 1, ...; with a variation seed every image keeps the seed (as A1111)."""
         first = request.seed if request.seed >= 0 else random.randrange(2**32)
+        step = 0 if request.subseed_strength else 1
+        return [(first + i * step) % 2**32 for i in range(request.batch_size * request.batch_count)]
+
+    def subseeds_for(self, request: GenerationRequest) -> list[int]:
+        """One variation seed per image: subseed, subseed + 1, ... (-1: a random first one)."""
+        first = request.subseed if request.subseed >= 0 else random.randrange(2**32)
         return [(first + i) % 2**32 for i in range(request.batch_size * request.batch_count)]
 
     def generate(
@@ -92,13 +103,16 @@ class Engine:
                 f"txt2img needs a checkpoint of another family ({takes})"
             )
         timings = {"load": time.perf_counter() - started, "denoise": 0.0, "decode": 0.0, "save": 0.0}
-        stack, unresolved = self.lora_stack(request)
+        plan = plan_prompt(request.prompt, request.negative_prompt, request.steps)
+        stack, unresolved = self.lora_stack(request, plan)
         reports = unresolved + self.loras.apply(loaded.pipeline, loaded.family, stack, fuse=self.fuse_loras)
         timings["lora"] = time.perf_counter() - started - timings["load"]
         refused = [report.error for report in reports if report.error]
         if strict_loras and refused:
             raise LoraRefusedError("; ".join(refused))
         seeds = self.seeds_for(request)
+        subseeds = self.subseeds_for(request) if request.subseed_strength else None
+        warnings = plan.warnings + self.sampling_warnings(request)
         images: list[GeneratedImage] = []
         folder = day_folder(outputs_dir or self.outputs_dir, "txt2img")
         params = self._params(request, loaded)
@@ -114,14 +128,15 @@ class Engine:
             if cancel is not None and cancel.cancelled:
                 break
             reporter.batch = batch
-            batch_seeds = seeds[batch * request.batch_size : (batch + 1) * request.batch_size]
+            batch_slice = slice(batch * request.batch_size, (batch + 1) * request.batch_size)
+            batch_seeds = seeds[batch_slice]
+            batch_subseeds = subseeds[batch_slice] if subseeds is not None else None
             t0 = time.perf_counter()
-            latents = self.denoise(loaded, request, batch_seeds, reporter, use)
+            latents = self.denoise(loaded, request, batch_seeds, reporter, use, plan=plan, subseeds=batch_subseeds)
             t1 = time.perf_counter()
             if use.used:
                 params["TI hashes"] = ", ".join(f"{name}: {self.hasher(path) or ''}" for name, path in use.used.items())
-            if reporter.interrupted:
-                break  # a half-denoised batch is noise, not a result
+            # An interrupted batch is decoded where it stopped, as A1111 returns its partial image.
             pixels = decode_latents(
                 self.manager.cache.get_or_load(loaded.keys[Role.VAE], _never),
                 latents,
@@ -129,25 +144,44 @@ class Engine:
             )
             pil_images = loaded.pipeline.image_processor.postprocess(pixels, output_type="pil")
             t2 = time.perf_counter()
-            for seed, image in zip(batch_seeds, pil_images, strict=True):
-                infotext = format_infotext(request.prompt, request.negative_prompt, {**params, "Seed": seed} | _tail())
-                images.append(GeneratedImage(save_png(image, folder, seed, infotext), seed, infotext))
+            for index, (seed, image) in enumerate(zip(batch_seeds, pil_images, strict=True)):
+                image_params = {**params, "Seed": seed}
+                if batch_subseeds is not None:
+                    image_params["Variation seed"] = batch_subseeds[index]
+                    image_params["Variation seed strength"] = request.subseed_strength
+                image_params |= _tail()
+                infotext = format_infotext(plan.prompt, plan.negative_prompt, image_params)
+                path = save_image(image, folder, seed, infotext, image_format=self.samples_format)
+                images.append(GeneratedImage(path, seed, infotext))
             timings["denoise"] += t1 - t0
             timings["decode"] += t2 - t1
             timings["save"] += time.perf_counter() - t2
+            if reporter.interrupted:
+                break
         timings["total"] = time.perf_counter() - started
         info = {
             "family": loaded.family.value,
             "interrupted": bool(cancel is not None and cancel.cancelled),
             "embeddings": {"used": sorted(use.used), "skipped": use.skipped},
+            "warnings": warnings,
+            "seeds": seeds,
+            "subseeds": subseeds or [],
         }
         return GenerationResult(tuple(images), timings, tuple(reports), info)
 
-    def lora_stack(self, request: GenerationRequest) -> tuple[list[LoraSpec], list[LoraReport]]:
-        """The request's stack plus the prompt's `<lora:…>` tags; a tag naming no file becomes a report."""
+    def lora_stack(
+        self, request: GenerationRequest, plan: PromptPlan | None = None
+    ) -> tuple[list[LoraSpec], list[LoraReport]]:
+        """The request's stack plus the prompt's `<lora:…>` tags; a tag naming no file, or one that cannot be read
+        (a weight that is no number, no name), becomes a report with the reason. Comments' tags do not count."""
+        networks = plan.networks if plan is not None else parse_extra_networks(request.prompt)
         stack = list(request.loras)
-        missing: list[LoraReport] = []
-        for tag in extract_lora_tags(request.prompt)[1]:
+        missing: list[LoraReport] = [
+            LoraReport(skipped.tag, error=skipped.reason)
+            for skipped in networks.skipped
+            if skipped.tag[1:].split(":", 1)[0].lower() in LORA_KINDS
+        ]
+        for tag in networks.loras:
             try:
                 path = self.lora_resolver(tag.name)
             except LookupError as error:
@@ -156,6 +190,19 @@ class Engine:
             stack.append(LoraSpec(path, unet_weight=tag.unet_weight, te_weight=tag.te_weight))
         return stack, missing
 
+    def sampling_warnings(self, request: GenerationRequest) -> list[str]:
+        """What of the request's sampling settings has no effect here (said, never silently dropped)."""
+        warnings = []
+        note = schedule_note(request.sampler, request.schedule)
+        if note:
+            warnings.append(note)
+        if request.eta is not None:
+            entry = sampler_entry(request.sampler) if request.sampler else None
+            if entry is None or entry.eta is None:
+                name = request.sampler or "the model's sampler"
+                warnings.append(f"eta: {name} takes no eta here; {request.eta:g} is ignored")
+        return warnings
+
     def denoise(
         self,
         loaded: LoadedModel,
@@ -163,35 +210,62 @@ class Engine:
         seeds: list[int],
         reporter: StepReporter | None = None,
         use: EmbeddingUse | None = None,
+        plan: PromptPlan | None = None,
+        subseeds: list[int] | None = None,
     ) -> torch.Tensor:
-        """Latents for one batch. Noise is drawn on the CPU from each image's own seed (same image on any device)."""
+        """Latents for one batch. Noise is drawn on the CPU from each image's own seed (same image on any device).
+
+        A plain prompt goes through the pipeline exactly as plain diffusers would run it; prompt editing and AND
+        go through a ConditioningHook on the UNet; samplers without a diffusers scheduler run in own_sampling."""
         pipeline = loaded.pipeline
-        pipeline.scheduler = make_scheduler(loaded.scheduler_config, request.sampler, request.schedule, seeds=seeds)
+        plan = plan or plan_prompt(request.prompt, request.negative_prompt, request.steps)
+        encoder = PromptEncoder(pipeline, loaded.family, request.clip_skip, self.embeddings, use)
+        conditioning = encode_plan(encoder, plan, len(seeds))
         generators = [torch.Generator("cpu").manual_seed(seed) for seed in seeds]
-        conditioning = encode_prompts(
-            pipeline,
-            loaded.family,
-            request.prompt,
-            request.negative_prompt,
-            clip_skip=request.clip_skip,
-            batch=len(seeds),
-            embeddings=self.embeddings,
-            use=use,
+        width, height = request.latent_size
+        entry = sampler_entry(request.sampler) if request.sampler else None
+        xl = loaded.family in (Family.SDXL, Family.SDXL_REFINER)
+        noise = None
+        if request.subseed_strength or (entry is not None and entry.own):
+            factor = pipeline.vae_scale_factor
+            shape = (pipeline.unet.config.in_channels, height // factor, width // factor)
+            noise = initial_noise(seeds, shape, subseeds, request.subseed_strength)
+        if entry is not None and entry.own:
+            from webui.engine import own_sampling
+
+            return own_sampling.sample(
+                entry.own, pipeline, loaded.family, loaded.scheduler_config, conditioning, noise, generators,
+                steps=request.steps, cfg_scale=request.cfg_scale, schedule=request.schedule,
+                eta=entry.eta if request.eta is None else request.eta, reporter=reporter,
+            )  # fmt: skip
+        pipeline.scheduler = make_scheduler(
+            loaded.scheduler_config, request.sampler, request.schedule, seeds=seeds, xl=xl, eta=request.eta
         )
         kwargs: dict[str, Any] = {}
         if reporter is not None:
             kwargs.update(callback_on_step_end=reporter, callback_on_step_end_tensor_inputs=["latents"])
+        if noise is not None:
+            kwargs["latents"] = noise.to(pipeline.unet.dtype)
+        if request.eta is not None and entry is not None and entry.scheduler == "DDIMScheduler":
+            kwargs["eta"] = request.eta
         pipeline._interrupt = False
-        return pipeline(
-            **conditioning.as_pipeline_kwargs(),
-            num_inference_steps=request.steps,
-            guidance_scale=request.cfg_scale,
-            width=request.width,
-            height=request.height,
-            generator=generators,
-            output_type="latent",
-            **kwargs,
-        ).images
+
+        def run() -> torch.Tensor:
+            return pipeline(
+                **conditioning.first().as_pipeline_kwargs(),
+                num_inference_steps=request.steps,
+                guidance_scale=request.cfg_scale,
+                width=width,
+                height=height,
+                generator=generators,
+                output_type="latent",
+                **kwargs,
+            ).images
+
+        if conditioning.plain:
+            return run()
+        with ConditioningHook(conditioning, request.cfg_scale).installed(pipeline.unet):
+            return run()
 
     def _params(self, request: GenerationRequest, loaded: LoadedModel) -> dict[str, Any]:
         choice = loaded.choice

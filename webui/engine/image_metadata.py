@@ -5,8 +5,11 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO
 
 from PIL import Image
+
+from webui.engine.outputs import EXIF_IFD, USER_COMMENT
 
 # PNG text keys other tools write, shown as text (they describe graphs and settings we do not replay).
 OTHER_KEYS = {
@@ -16,8 +19,6 @@ OTHER_KEYS = {
     "sd-metadata": "InvokeAI metadata (legacy)",
     "Dream": "InvokeAI dream command (legacy)",
 }
-_EXIF_IFD = 0x8769
-_USER_COMMENT = 0x9286
 
 
 @dataclass(frozen=True)
@@ -50,13 +51,14 @@ def _pretty(text: str) -> str:
         return text
 
 
-def read_image_metadata(path: Path | str) -> ImageMetadata:
-    """What an image file says about how it was made; OSError if it is not an image PIL can open."""
+def read_image_metadata(path: Path | str | IO[bytes]) -> ImageMetadata:
+    """What an image file (a path or an open binary stream) says about how it was made; OSError if it is not
+    an image PIL can open. The infotext comes from PNG's `parameters` chunk or JPEG/WebP's EXIF UserComment."""
     with Image.open(path) as image:
         info = dict(image.info)
         parameters = info.get("parameters")
         if not parameters:
-            comment = image.getexif().get_ifd(_EXIF_IFD).get(_USER_COMMENT)
+            comment = image.getexif().get_ifd(EXIF_IFD).get(USER_COMMENT)
             parameters = _user_comment(comment) if comment else None
         other = {label: _pretty(str(info[key])) for key, label in OTHER_KEYS.items() if info.get(key)}
         return ImageMetadata(str(parameters) if parameters else None, other, image.format or "")
