@@ -1,4 +1,4 @@
-"""Prompt parsing as A1111 does it: attention syntax, BREAK, LoRA tags, 75-token chunks and token counts."""
+"""Prompt parsing as A1111 does it: attention syntax, BREAK, 75-token chunks and A1111's token counts."""
 
 from __future__ import annotations
 
@@ -6,14 +6,8 @@ from collections.abc import Sequence
 
 import pytest
 
-from webui.engine.prompts import (
-    EmbeddingMatch,
-    LoraTag,
-    chunk_prompt,
-    count_tokens,
-    extract_lora_tags,
-    parse_prompt_attention,
-)
+from webui.engine.prompt_plan import chunked_count, count_prompt_tokens
+from webui.engine.prompts import EmbeddingMatch, chunk_prompt, parse_prompt_attention
 from webui.testing.tiny_tokenizer import EOS, OPEN_CLIP_PAD, build_tiny_tokenizer
 
 
@@ -65,6 +59,12 @@ def test_parser_gives_a1111_documented_results(text, expected):
         ("a\\b", [("ab", 1.0)]),  # A1111 drops a lone backslash
         ("(\\(a\\):1.5)", [("(a)", 1.5)]),  # escapes take the enclosing weight
         ("time: noon", [("time: noon", 1.0)]),
+        # A1111 allows spaces (and line breaks) around a weight; the issue's minimal inputs:
+        ("(a: 1.2)", [("a", 1.2)]),
+        ("(a:1.2 )", [("a", 1.2)]),
+        ("(a:\n1.2)", [("a", 1.2)]),
+        ("(masterpiece: 1.2), (best quality : 1.1)", [("masterpiece", 1.2), (", ", 1.0), ("best quality ", 1.1)]),
+        ("x: 1.2) y", [("x: 1.2) y", 1.0)]),  # still text with no open bracket
     ],
 )
 def test_parser_edge_cases_follow_a1111(text, expected):
@@ -81,44 +81,16 @@ def test_unreadable_weight_names_itself():
         parse_prompt_attention("(a:1.2.3)")
 
 
-def test_lora_tags_are_removed_and_read_the_a1111_way():
-    text, tags = extract_lora_tags("a cat <lora:styleA:0.8>, <lora:plain> <lora:split:0.3:0.7> <lyco:named:unet=0.2>")
-    assert text == "a cat ,   "  # removed, not replaced: whitespace is left as A1111 leaves it
-    assert tags == [
-        LoraTag("styleA", unet_weight=0.8, te_weight=0.8),
-        LoraTag("plain", unet_weight=1.0, te_weight=1.0),
-        LoraTag("split", unet_weight=0.7, te_weight=0.3),  # A1111: <lora:name:te:unet>
-        LoraTag("named", unet_weight=0.2, te_weight=1.0),
-    ]
-    assert extract_lora_tags("no tags (here:1.2)") == ("no tags (here:1.2)", [])
+def count_tokens(tokenizer, text: str) -> list[int]:
+    return [len(chunk.tokens) for chunk in chunk_prompt(tokenizer, text)]
 
 
-def test_lora_tag_is_frozen():
-    with pytest.raises(AttributeError):
-        LoraTag("x").name = "y"
-
-
-@pytest.mark.parametrize(
-    ("tag", "message"),
-    [
-        ("<lora:bad:abc>", r"<lora:bad:abc>.*'abc' is not a finite number"),
-        ("<lora:bad:1:nan>", r"<lora:bad:1:nan>.*'nan'"),
-        ("<lora::0.5>", r"<lora::0.5>.*name is missing"),
-        ("<lora:bad:1:1:8>", r"<lora:bad:1:1:8>.*too many"),
-        ("<lora:bad:foo=1>", r"<lora:bad:foo=1>.*unknown"),
-    ],
-)
-def test_bad_lora_tags_are_named_in_the_error(tag, message):
-    with pytest.raises(ValueError, match=message):
-        extract_lora_tags(f"a cat {tag}")
-
-
-def test_tokens_are_counted_per_75_token_chunk(tokenizer):
+def test_tokens_are_chunked_per_75_tokens(tokenizer):
     assert count_tokens(tokenizer, "") == [0]
     assert count_tokens(tokenizer, "cat") == [1]
     assert count_tokens(tokenizer, "cat " * 80) == [75, 5]
     assert count_tokens(tokenizer, "cat " * 150) == [75, 75]
-    assert count_tokens(tokenizer, "(cat:1.3) " * 80 + "<lora:x:1>") == [75, 5]
+    assert count_tokens(tokenizer, "(cat:1.3) " * 80) == [75, 5]
 
 
 def test_break_starts_a_new_chunk(tokenizer):
@@ -134,6 +106,45 @@ def test_chunk_moves_text_after_a_comma_in_its_last_20_tokens(tokenizer):
     assert set(second.tokens) == {tokenizer.get_vocab()["dog</w>"]}
     far = "cat " * 50 + ", " + "dog " * 30
     assert count_tokens(tokenizer, far) == [75, 6]
+
+
+# A1111's counter (update_token_counter): every chunk but the last counts 75, over the ceiling of 75s.
+@pytest.mark.parametrize(
+    ("prompt", "shown"),
+    [
+        ("", "0/75"),
+        ("cat", "1/75"),
+        ("a BREAK b", "76/150"),  # the issue's example: the chunk BREAK closes counts 75
+        ("cat BREAK", "75/75"),
+        ("cat " * 80, "80/150"),
+        ("cat " * 70 + ", " + "dog " * 10, "85/150"),  # the comma-moved chunk's padding counts
+    ],
+)
+def test_token_counter_counts_as_a1111_shows_it(tokenizer, prompt, shown):
+    assert str(count_prompt_tokens(tokenizer, prompt, steps=20)) == shown
+
+
+@pytest.mark.parametrize(
+    ("prompt", "counted_as"),
+    [
+        ("(cat:1.3) " * 80 + "<lora:x:1>", "(cat:1.3) " * 80),  # tags are not tokens
+        ("a cat\n# a comment: many words that would be tokens <lora:y:1>\nsky", "a cat\nsky"),  # nor comments
+        ("a [cat:long dog name here:5]", "a long dog name here"),  # the longest step's text counts
+        ("a [cat|long dog name here]", "a long dog name here"),
+        ("a cat AND a dog on a hill:2", "a dog on a hill"),  # the longest AND part, its weight not counted
+    ],
+)
+def test_token_counter_counts_what_is_encoded(tokenizer, prompt, counted_as):
+    ours, plain = count_prompt_tokens(tokenizer, prompt, steps=20), count_prompt_tokens(tokenizer, counted_as, steps=20)
+    assert (ours.tokens, ours.limit) == (plain.tokens, plain.limit)
+
+
+def test_token_counter_reports_and_weights_including_a_trailing_colon_number(tokenizer):
+    assert count_prompt_tokens(tokenizer, "aspect ratio 16:9").weights == (9.0,)
+    assert count_prompt_tokens(tokenizer, "a cat AND a dog:0.5").weights == (1.0, 0.5)
+    assert count_prompt_tokens(tokenizer, "a cat").weights == ()
+    assert count_prompt_tokens(tokenizer, "a cat AND a dog", positive=False).weights == ()  # negatives have no AND
+    assert chunked_count(tokenizer, "cat " * 80) == 80
 
 
 def test_chunks_carry_each_tokens_weight(tokenizer):

@@ -11,6 +11,7 @@ from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
 from webui.config import Settings, launch_parser, settings_from_args
+from webui.engine.image_metadata import read_image_metadata
 from webui.engine.samplers import LCM_PRESET, TURBO_PRESET
 from webui.families import Family
 from webui.models.files import read_header
@@ -19,7 +20,6 @@ from webui.models.kinds import FileFormat, Kind
 from webui.models.library import open_library
 from webui.ui import families, model_info
 from webui.ui.convert import convert_to_safetensors
-from webui.engine.image_metadata import read_image_metadata
 from webui.ui.preferences import Preferences, PreferencesStore, preferences_from_widgets
 
 

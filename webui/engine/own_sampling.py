@@ -149,7 +149,8 @@ def sample(
                         guided, x, levels.sigma_min, levels.sigma_max, eta=eta, noise=fresh_noise, callback=callback
                     )
             elif own == "restart":
-                sigmas = schedule_sigmas("Karras" if schedule == "Automatic" else schedule, steps, levels, xl=family in _XL)
+                name = "Karras" if schedule == "Automatic" else schedule  # A1111's default for Restart
+                sigmas = schedule_sigmas(name, steps, levels, xl=family in _XL)
                 run = own_samplers.restart(guided, x * float(sigmas[0]), sigmas, noise=fresh_noise, callback=callback)
             elif own == "ddim_cfgpp":
                 sigmas = _ddim_sigmas(scheduler_config, steps, levels)

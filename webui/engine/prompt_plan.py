@@ -15,7 +15,15 @@ from dataclasses import dataclass
 
 from webui.engine.extra_networks import ExtraNetworks, parse_extra_networks
 from webui.engine.prompt_editing import prompt_schedule
-from webui.engine.prompts import CHUNK_LENGTH, EmbeddingMatcher, Tokenizer, chunk_prompt
+from webui.engine.prompts import (
+    BREAK,
+    BREAK_WEIGHT,
+    CHUNK_LENGTH,
+    EmbeddingMatcher,
+    Tokenizer,
+    chunk_prompt,
+    parse_prompt_attention,
+)
 
 _WHOLE_LINE_COMMENT = re.compile(r"(^|\n)#[^\n]*(\n|$)")  # A1111's two patterns, applied in this order
 _LINE_END_COMMENT = re.compile(r"#[^\n]*(\n|$)")
@@ -111,8 +119,12 @@ class TokenCount:
 
 
 def chunked_count(tokenizer: Tokenizer, text: str, embeddings: EmbeddingMatcher | None = None) -> int:
-    """A1111's token count of one text: 75 per closed chunk plus the last chunk's tokens."""
+    """A1111's token count of one text: 75 per closed chunk plus the last chunk's tokens; a chunk closed by a
+    trailing BREAK is closed too (`cat BREAK` counts 75)."""
     chunks = chunk_prompt(tokenizer, text, embeddings)
+    pieces = [piece for piece in parse_prompt_attention(text) if piece[0] or piece[1] == BREAK_WEIGHT]
+    if pieces and pieces[-1] == (BREAK, BREAK_WEIGHT):
+        return CHUNK_LENGTH * len(chunks)
     return CHUNK_LENGTH * (len(chunks) - 1) + len(chunks[-1].tokens)
 
 

@@ -17,11 +17,11 @@ from typing import Any
 
 import gradio as gr
 
+from webui.engine.extra_networks import extract_lora_tags
 from webui.engine.infotext import parse_infotext
 from webui.engine.jobs import QueueFullError
 from webui.engine.lora import LoraSpec
 from webui.engine.pipelines import ModelChoice
-from webui.engine.prompts import extract_lora_tags
 from webui.engine.reproduce import Reproduction
 from webui.engine.request import GenerationRequest
 from webui.engine.samplers import AUTOMATIC

@@ -6,10 +6,10 @@ from typing import Any
 
 import gradio as gr
 
+from webui.engine.image_metadata import read_image_metadata
 from webui.engine.infotext import parse_infotext
 from webui.ui import adapter
 from webui.ui.context import UiContext
-from webui.engine.image_metadata import read_image_metadata
 from webui.ui.txt2img_tab import Txt2ImgTab, updates_from_infotext
 
 

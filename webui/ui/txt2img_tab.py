@@ -10,7 +10,7 @@ from typing import Any
 import gradio as gr
 
 from webui.engine.progress import Progress
-from webui.engine.prompts import count_tokens
+from webui.engine.prompt_plan import count_prompt_tokens
 from webui.engine.request import MAX_STEPS, MIN_SIDE, GenerationResult
 from webui.engine.samplers import DISTILLED_PRESET, SAMPLER_NAMES, SCHEDULE_TYPES, supported_schedules
 from webui.ui import adapter, choices, families, lora_stack, runner
@@ -39,14 +39,22 @@ class Txt2ImgTab:
     actions: gr.Row
 
 
-def token_counter(ctx: UiContext, text: str) -> str:
+def token_counter(ctx: UiContext, text: str, steps: Any = 20, positive: bool = True) -> str:
+    """A1111's counter, `tokens/limit`: comments, tags and prompt editing resolved (the longest step's text
+    counts), 75 for every chunk but the last. The tooltip lists AND weights, a trailing `:N` included."""
     tokenizer = ctx.tokenizer()
     if tokenizer is None:
         return '<span class="token-counter" title="no CLIP tokenizer found">?/75</span>'
-    counts = count_tokens(tokenizer, text or "")
-    total, limit = sum(counts), 75 * len(counts)
-    detail = " + ".join(map(str, counts))
-    return f'<span class="token-counter" title="tokens per 75-token chunk: {detail}">{total}/{limit}</span>'
+    try:
+        step_count = max(1, int(steps or 20))
+    except (TypeError, ValueError):
+        step_count = 20
+    count = count_prompt_tokens(tokenizer, text or "", step_count, positive)
+    title = f"{count.limit // 75} chunk(s) of 75 tokens"
+    if count.weights:
+        weights = ", ".join(f"{w:g}" for w in count.weights)
+        title += f"; AND parts weighted {weights} (a trailing ':N' is read as a weight, as A1111 reads it)"
+    return f'<span class="token-counter" title="{html.escape(title)}">{count}</span>'
 
 
 def schedule_update(sampler: str | None, schedule: str | None, *, set_value: bool = True) -> Any:
@@ -341,10 +349,12 @@ def _wire_helpers(
 ) -> None:
     """Token counters, sampler → schedule types, size presets and swap, the distilled preset."""
     quiet = {"api_visibility": "private", "queue": False}
-    for box, counter in ((prompt, prompt_tokens), (negative, negative_tokens)):
-        box.change(
-            lambda text: token_counter(ctx, text), inputs=box, outputs=counter, trigger_mode="always_last", **quiet
+    steps = fields["steps"]
+    for box, counter, positive in ((prompt, prompt_tokens, True), (negative, negative_tokens, False)):
+        count = (lambda text, n: token_counter(ctx, text, n)) if positive else (
+            lambda text, n: token_counter(ctx, text, n, positive=False)
         )
+        box.change(count, inputs=[box, steps], outputs=counter, trigger_mode="always_last", **quiet)
     sampler, schedule, width, height = fields["sampler"], fields["schedule"], fields["width"], fields["height"]
     # By hand only: code that sets a sampler sets its schedule with it (sampling_values).
     sampler.input(schedule_choices, inputs=[sampler, schedule], outputs=schedule, **quiet)
