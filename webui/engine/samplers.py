@@ -90,7 +90,9 @@ SAMPLERS: Mapping[str, Sampler] = MappingProxyType(
             Sampler("PLMS", "PNDMScheduler", {"skip_prk_steps": True}),  # PNDM minus its Runge-Kutta warm-up
             Sampler("UniPC", "UniPCMultistepScheduler", {}),
             Sampler("LCM", "LCMScheduler", {}, stochastic=True),
-            Sampler("DEIS", "DEISMultistepScheduler", {}),  # not in A1111; SD.Next's name
+            # Not in A1111 (SD.Next's name). diffusers' DEIS ends on its last level instead of 0, which only
+            # the schedules it has as options put at the smallest training level: those only.
+            Sampler("DEIS", "DEISMultistepScheduler", {}, ("Karras", "Exponential", "Beta", "SGM Uniform")),
         )
     }
 )
@@ -286,8 +288,6 @@ def make_scheduler(
         from webui.engine.scheduler_variants import karras_option_used, with_schedule
 
         options |= _schedule_options("Karras" if karras_option_used(cls) else AUTOMATIC, accepted)
-        if schedule == "KL Optimal" and "final_sigmas_type" in accepted:
-            options["final_sigmas_type"] = "sigma_min"  # it ends at the smallest level, not 0
         cls = with_schedule(cls)
     elif cls.__name__ not in TIMESTEP_SCHEDULERS:
         options |= _schedule_options(schedule, accepted)

@@ -58,7 +58,7 @@ def _table_replaced(base: type) -> type:
         base.set_timesteps(self, len(sigmas) - 1, device)
         levels = NoiseLevels(self.alphas_cumprod.numpy())
         self.timesteps = torch.tensor([levels.sigma_to_t(s) for s in sigmas[:-1]], dtype=torch.float32, device=device)
-        self.sigmas = torch.tensor(sigmas, dtype=torch.float32)
+        self.sigmas = torch.tensor([*sigmas[:-1], 0.0], dtype=torch.float32)  # to 0 at the end, as the others
         return None
 
     return type(base.__name__, (base,), {"set_timesteps": set_timesteps})

@@ -4,8 +4,9 @@ Each follows its published definition (the source is named at each function) wit
 noise levels σ_t = √((1 − ᾱ_t) / ᾱ_t), t = 0..999, as A1111 reads them through k-diffusion's
 `DiscreteSchedule` (σ between the discrete levels is interpolated linearly in log σ). `sigma_min` and
 `sigma_max` are the model's smallest and largest levels, as A1111 passes them. Every schedule ends at 0 but
-KL Optimal, which ends at `sigma_min` (as A1111's). Karras, Exponential and Beta also exist in diffusers as
-scheduler options; `samplers.py` uses those where the scheduler class has them, these elsewhere.
+KL Optimal, which ends at `sigma_min` (as A1111's; the diffusers schedulers, which always step to 0 last,
+take its first n levels and end at 0). Karras, Exponential and Beta also exist in diffusers as scheduler
+options; `samplers.py` uses those where the scheduler class has them, these elsewhere.
 """
 
 from __future__ import annotations
