@@ -82,8 +82,9 @@ SAMPLERS: Mapping[str, Sampler] = MappingProxyType(
             Sampler("DPM2 a", "KDPM2AncestralDiscreteScheduler", {}, stochastic=True),
             # DPM-Solver-fast and -adaptive (Lu et al. 2022) as k-diffusion runs them: they walk from the model's
             # largest to its smallest noise level on their own, so the schedule type has no effect (as in A1111).
-            Sampler("DPM fast", "", {}, own="dpm_fast", eta=0.0),
-            Sampler("DPM adaptive", "", {}, own="dpm_adaptive", eta=0.0),
+            # A1111 runs them with its ancestral eta, 1 by default: fresh noise at every step.
+            Sampler("DPM fast", "", {}, stochastic=True, own="dpm_fast", eta=1.0),
+            Sampler("DPM adaptive", "", {}, stochastic=True, own="dpm_adaptive", eta=1.0),
             Sampler("Restart", "", {}, stochastic=True, own="restart"),  # Xu et al. 2023
             Sampler("DDIM", "DDIMScheduler", {}, eta=0.0),  # eta 0: the pipeline's default
             Sampler("DDIM CFG++", "", {}, own="ddim_cfgpp"),  # Chung et al. 2024

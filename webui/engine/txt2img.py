@@ -283,6 +283,9 @@ class Engine:
             params["VAE hash"] = self.hasher(choice.vae)
             params["VAE"] = choice.vae.name
         params["Clip skip"] = request.clip_skip if request.clip_skip > 1 else None
+        entry = sampler_entry(request.sampler) if request.sampler else None
+        if request.eta is not None and entry is not None and entry.eta is not None and request.eta != entry.eta:
+            params["Eta DDIM" if entry.scheduler == "DDIMScheduler" else "Eta"] = request.eta  # A1111's keys
         for role, key in OVERRIDE_KEYS.items():
             override = choice.override(role)
             if override is not None:
