@@ -13,13 +13,20 @@ from webui.models.library import ModelEntry
 
 log = logging.getLogger(__name__)
 
-# A1111 scheduler names (the API's `scheduler` field takes name or label) for our schedule types.
+# A1111 scheduler names (the API's `scheduler` field takes name or label) for our schedule types, as its list.
 SCHEDULERS: dict[str, dict[str, Any]] = {
     "Automatic": {"name": "automatic"},
+    "Uniform": {"name": "uniform", "need_inner_model": True},
     "Karras": {"name": "karras", "default_rho": 7.0},
     "Exponential": {"name": "exponential"},
-    "Beta": {"name": "beta"},
+    "Polyexponential": {"name": "polyexponential", "default_rho": 1.0},
     "SGM Uniform": {"name": "sgm_uniform", "need_inner_model": True, "aliases": ["SGMUniform"]},
+    "KL Optimal": {"name": "kl_optimal"},
+    "Align Your Steps": {"name": "align_your_steps"},
+    "Simple": {"name": "simple", "need_inner_model": True},
+    "Normal": {"name": "normal", "need_inner_model": True},
+    "DDIM": {"name": "ddim", "need_inner_model": True},
+    "Beta": {"name": "beta", "need_inner_model": True},
 }
 # k-diffusion style aliases A1111 lists (and older clients send) for its sampler names.
 SAMPLER_ALIASES: dict[str, list[str]] = {
@@ -35,7 +42,11 @@ SAMPLER_ALIASES: dict[str, list[str]] = {
     "Heun": ["k_heun"],
     "DPM2": ["k_dpm_2"],
     "DPM2 a": ["k_dpm_2_a"],
+    "DPM fast": ["k_dpm_fast"],
+    "DPM adaptive": ["k_dpm_ad"],
+    "Restart": ["restart"],
     "DDIM": ["ddim"],
+    "DDIM CFG++": ["ddim_cfgpp"],
     "PLMS": ["plms"],
     "UniPC": ["unipc"],
     "LCM": ["k_lcm"],

@@ -20,6 +20,8 @@ class Txt2ImgBody(BaseModel):
     seed: int | None = -1
     subseed: int | None = -1
     subseed_strength: float | None = 0
+    seed_resize_from_h: int | None = -1
+    seed_resize_from_w: int | None = -1
     sampler_name: str | None = None
     sampler_index: str | None = "Euler"  # A1111's legacy field; used when sampler_name is not given
     scheduler: str | None = None
@@ -30,6 +32,16 @@ class Txt2ImgBody(BaseModel):
     width: int | None = 512
     height: int | None = 512
     clip_skip: int | None = None  # not an A1111 field (it has override_settings.CLIP_stop_at_last_layers)
+    eta: float | None = None  # None: the sampler's default (A1111's options eta_ancestral 1, eta_ddim 0)
+    s_min_uncond: float | None = None
+    s_churn: float | None = None
+    s_tmax: float | None = None
+    s_tmin: float | None = None
+    s_noise: float | None = None
+    disable_extra_networks: bool | None = False
+    infotext: str | None = None  # A1111 1.8+: fields not given in the body are taken from this infotext
+    do_not_save_samples: bool | None = False
+    do_not_save_grid: bool | None = False
     restore_faces: bool | None = None
     tiling: bool | None = None
     enable_hr: bool | None = False
@@ -49,7 +61,7 @@ class Txt2ImgResponse(BaseModel):
 
 
 class PngInfoBody(BaseModel):
-    image: str = Field(description="a PNG in base64 (a `data:image/png;base64,` prefix is allowed)")
+    image: str = Field(description="a PNG, JPEG or WebP in base64 (a `data:image/...;base64,` prefix is allowed)")
 
 
 class PngInfoResponse(BaseModel):
@@ -103,3 +115,51 @@ class SchedulerItem(BaseModel):
     aliases: list[str] | None = None
     default_rho: float | None = -1
     need_inner_model: bool | None = False
+
+
+class PromptStyleItem(BaseModel):
+    name: str
+    prompt: str | None
+    negative_prompt: str | None
+
+
+class EmbeddingItem(BaseModel):
+    step: int | None = None
+    sd_checkpoint: str | None = None
+    sd_checkpoint_name: str | None = None
+    shape: int
+    vectors: int
+
+
+class EmbeddingsResponse(BaseModel):
+    loaded: dict[str, EmbeddingItem]
+    skipped: dict[str, EmbeddingItem]
+
+
+class UpscalerItem(BaseModel):
+    name: str
+    model_name: str | None = None
+    model_path: str | None = None
+    model_url: str | None = None
+    scale: float | None = None
+
+
+class LatentUpscalerModeItem(BaseModel):
+    name: str
+
+
+class ScriptsList(BaseModel):
+    txt2img: list[str] = Field(default_factory=list)
+    img2img: list[str] = Field(default_factory=list)
+
+
+class ScriptInfo(BaseModel):
+    name: str | None = None
+    is_alwayson: bool | None = None
+    is_img2img: bool | None = None
+    args: list[dict[str, Any]] = Field(default_factory=list)
+
+
+class MemoryResponse(BaseModel):
+    ram: dict[str, Any] = Field(description="free, used and total bytes of system memory")
+    cuda: dict[str, Any] = Field(description="torch.cuda.memory_stats figures, or an error when there is no GPU")

@@ -6,6 +6,8 @@ import threading
 from collections.abc import Mapping
 from typing import Any
 
+from webui.engine.outputs import check_format
+
 # A1111 keys this studio acts on, with A1111's defaults. Other keys a client sets are stored and echoed back.
 DEFAULTS: Mapping[str, Any] = {
     "sd_model_checkpoint": "",  # "": the loaded model, else the library's first usable checkpoint
@@ -16,7 +18,7 @@ DEFAULTS: Mapping[str, Any] = {
     "live_previews_enable": True,
 }
 # Per-request override_settings keys acted on (the rest are reported as ignored).
-OVERRIDE_KEYS = ("sd_model_checkpoint", "sd_vae", "CLIP_stop_at_last_layers")
+OVERRIDE_KEYS = ("sd_model_checkpoint", "sd_vae", "CLIP_stop_at_last_layers", "samples_format")
 NO_VAE = ("", "Automatic", "None")
 
 
@@ -35,8 +37,8 @@ def check_option(key: str, value: Any) -> Any:
         return _integer(key, value, 1, 12)
     if key == "show_progress_every_n_steps":
         return _integer(key, value, -1, 1000)
-    if key == "samples_format" and str(value).lower() != "png":
-        raise ValueError(f"samples_format: {value!r} is not available; images are always PNG (with infotext)")
+    if key == "samples_format":
+        return check_format(value)
     if key == "live_previews_enable" and not isinstance(value, bool):
         raise ValueError(f"live_previews_enable: {value!r} is not true or false")
     if key in ("sd_model_checkpoint", "sd_vae") and not isinstance(value, str):

@@ -4,7 +4,7 @@
 import asyncio
 import json
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -14,6 +14,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from webui.api import listing
+from webui.api.info_routes import add_info_routes
 from webui.api.models import (
     LoraItem,
     PngInfoBody,
@@ -32,6 +33,7 @@ from webui.api.translate import FieldError, encode_png, plan_txt2img, png_info, 
 from webui.engine.jobs import Job, JobCall, JobQueue, JobState, QueueFullError
 from webui.engine.pipelines import ModelChoice
 from webui.engine.request import GenerationRequest, GenerationResult
+from webui.engine.styles import StyleLibrary
 from webui.models.kinds import Kind
 from webui.models.library import ModelEntry, ModelNotFoundError
 
@@ -77,16 +79,19 @@ def _failure(job: Job) -> JSONResponse:
     return JSONResponse(status_code=500, content=content)
 
 
-def _generate(request: GenerationRequest, preview_every: int, keep_files: bool) -> JobCall:
-    """Generate and read the PNGs back. Unkept images are written to a temporary folder, deleted by the job
-    itself (whatever happens to the HTTP request), so outputs/ only ever holds images someone asked to keep."""
+def _generate(request: GenerationRequest, preview_every: int, keep_files: bool, samples_format: str) -> JobCall:
+    """Generate and read the image files back (PNG, JPEG or WebP, the infotext inside each). Unkept images are
+    written to a temporary folder, deleted by the job itself (whatever happens to the HTTP request), so outputs/
+    only ever holds images someone asked to keep."""
 
     def run(engine: Any, progress: Callable[[Any], None], cancel: Any) -> tuple[GenerationResult, list[bytes]]:
         if keep_files:
-            result = engine.generate(request, progress, cancel, preview_every)
+            result = engine.generate(request, progress, cancel, preview_every, samples_format=samples_format)
             return result, [image.path.read_bytes() for image in result.images]
         with tempfile.TemporaryDirectory(prefix="webui-api-") as scratch:
-            result = engine.generate(request, progress, cancel, preview_every, outputs_dir=Path(scratch))
+            result = engine.generate(
+                request, progress, cancel, preview_every, outputs_dir=Path(scratch), samples_format=samples_format
+            )
             return result, [image.path.read_bytes() for image in result.images]
 
     return run
@@ -105,10 +110,13 @@ def build_api_router(
     library: Any,
     options: ApiOptions | None = None,
     current_user: CurrentUser = client_host,
+    styles: StyleLibrary | None = None,
+    cmd_flags: Mapping[str, Any] | None = None,
 ) -> APIRouter:
     """Routes under /sdapi/v1 over `queue` (its engine) and `library` (a ModelLibrary). `options` holds the A1111
     options (/options; the default model and clip skip); `current_user` is a FastAPI dependency naming who calls,
-    used for job ownership (default: the client's address). Every route depends on it, so it can also refuse."""
+    used for job ownership (default: the client's address). Every route depends on it, so it can also refuse.
+    `styles` are the prompt styles (`styles`, /prompt-styles); `cmd_flags` what /cmd-flags shows."""
     options = options or ApiOptions()
     owner_of = Depends(current_user)
     Owner = Annotated[str, owner_of]
@@ -139,7 +147,7 @@ def build_api_router(
         if not (body.override_settings or {}).get("sd_model_checkpoint"):
             default_checkpoint()
         try:
-            return plan_txt2img(body, library, options.snapshot())
+            return plan_txt2img(body, library, options.snapshot(), styles)
         except FieldError as error:
             raise _unprocessable(error) from None
         except ModelNotFoundError as error:
@@ -148,11 +156,14 @@ def build_api_router(
     @router.post("/txt2img", response_model=Txt2ImgResponse)
     async def txt2img(body: Txt2ImgBody, owner: Owner) -> Any:
         txt2img_plan = await run_in_threadpool(plan, body)
-        keep = bool(body.save_images)
-        job = _submit(queue, _generate(txt2img_plan.request, options.preview_every, keep), owner, "txt2img")
+        keep = bool(body.save_images) and not body.do_not_save_samples
+        call = _generate(txt2img_plan.request, options.preview_every, keep, txt2img_plan.samples_format)
+        job = _submit(queue, call, owner, "txt2img")
         await _finished(job)
         if job.state is JobState.FAILED:
             return _failure(job)
+        if txt2img_plan.keep_settings:  # override_settings_restore_afterwards: false keeps them, as in A1111
+            options.update(txt2img_plan.keep_settings)
         result, pngs = job.result or (GenerationResult((), info={"interrupted": True}), [])
         info = txt2img_info(txt2img_plan, result, job.started_at or job.submitted_at)
         images = [encode_png(png) for png in pngs] if body.send_images is not False else []
@@ -242,4 +253,14 @@ def build_api_router(
     def refresh_loras() -> None:
         library.refresh()
 
+    async def run_job(call: JobCall, owner: str, kind: str) -> Any:
+        job = _submit(queue, call, owner, kind)
+        await _finished(job)
+        return _failure(job) if job.state is JobState.FAILED else {}
+
+    def option_checkpoint() -> Path | None:
+        entry = default_checkpoint()
+        return entry.path if entry is not None else None
+
+    add_info_routes(router, queue, library, styles, cmd_flags or {}, run_job, option_checkpoint, Owner)
     return router

@@ -12,13 +12,17 @@ from typing import Any
 
 from PIL import Image, UnidentifiedImageError
 
-from webui.api.listing import SAMPLER_ALIASES, SCHEDULERS
+from webui import __version__
+from webui.api.listing import SAMPLER_ALIASES, SCHEDULERS, checkpoint_title
 from webui.api.models import Txt2ImgBody
 from webui.api.options import NO_VAE, OVERRIDE_KEYS, check_option
+from webui.engine.image_metadata import read_image_metadata
 from webui.engine.infotext import parse_infotext
 from webui.engine.pipelines import ModelChoice
+from webui.engine.reproduce import request_from_infotext
 from webui.engine.request import GenerationRequest, GenerationResult
 from webui.engine.samplers import split_legacy_name
+from webui.engine.styles import StyleLibrary, apply_styles
 from webui.models.kinds import Kind
 from webui.models.library import ModelNotFoundError
 
@@ -29,9 +33,15 @@ UNSUPPORTED = {
     "tiling": "tiling",
     "script_name": "scripts",
     "alwayson_scripts": "scripts",
-    "styles": "prompt styles",
-    "subseed_strength": "variation seeds",
 }
+# A1111's sampler parameters with the values that change nothing (s_tmax 0 means "no upper bound").
+SAMPLER_PARAMETER_DEFAULTS = {"s_min_uncond": 0.0, "s_churn": 0.0, "s_tmax": 0.0, "s_tmin": 0.0, "s_noise": 1.0}
+# Infotext values (reproduce.py's field names) → the body field A1111 fills from them.
+INFOTEXT_FIELDS = {
+    "prompt": "prompt", "negative_prompt": "negative_prompt", "steps": "steps", "cfg_scale": "cfg_scale",
+    "seed": "seed", "width": "width", "height": "height", "sampler": "sampler_name", "schedule": "scheduler",
+    "subseed": "subseed", "subseed_strength": "subseed_strength", "eta": "eta",
+}  # fmt: skip
 # Infotext keys that have their own field in A1111's info; the rest go to extra_generation_params.
 _MAIN_KEYS = frozenset(
     ("Steps", "Sampler", "CFG scale", "Seed", "Size", "Model hash", "Model", "VAE", "VAE hash", "Clip skip", "Version")
@@ -57,6 +67,9 @@ class Txt2ImgPlan:
     request: GenerationRequest
     sampler_name: str
     warnings: tuple[str, ...] = ()
+    samples_format: str = "png"
+    styles: tuple[str, ...] = ()
+    keep_settings: dict[str, Any] | None = None  # override_settings to keep (override_settings_restore_afterwards)
 
 
 def _given(body: Txt2ImgBody, name: str) -> Any:
@@ -124,24 +137,68 @@ def _clip_skip(body: Txt2ImgBody, options: dict[str, Any], overrides: dict[str, 
         raise FieldError(loc, _renamed(str(error), key, loc[-1]), value) from None
 
 
-def plan_txt2img(body: Txt2ImgBody, library: Any, options: dict[str, Any]) -> Txt2ImgPlan:
+def with_infotext(body: Txt2ImgBody, library: Any) -> tuple[Txt2ImgBody, list[str]]:
+    """A1111 1.8+'s `infotext` field: every field the body does not set comes from the infotext (prompt, steps,
+    sampler, size, seeds, ...), and so do the checkpoint, VAE and clip skip unless override_settings names them.
+    Returns the filled body and notes on what could not be used."""
+    if not body.infotext:
+        return body, []
+    reproduction = request_from_infotext(body.infotext, library)
+    given = body.model_fields_set
+    fills = {
+        field: reproduction.values[name]
+        for name, field in INFOTEXT_FIELDS.items()
+        if name in reproduction.values and field not in given
+    }
+    overrides = dict(body.override_settings or {})
+    checkpoint = reproduction.values.get("checkpoint")
+    if checkpoint is not None and "sd_model_checkpoint" not in overrides:
+        entry = next((e for e in library.entries(Kind.CHECKPOINT) if e.path == checkpoint), None)
+        if entry is not None:
+            overrides["sd_model_checkpoint"] = checkpoint_title(entry)
+    if reproduction.values.get("vae") is not None and "sd_vae" not in overrides:
+        overrides["sd_vae"] = reproduction.values["vae"].name
+    if "clip_skip" in reproduction.values and "CLIP_stop_at_last_layers" not in overrides and "clip_skip" not in given:
+        overrides["CLIP_stop_at_last_layers"] = reproduction.values["clip_skip"]
+    notes = [f"infotext: {note}" for note in reproduction.notes]
+    notes += [f"infotext: not in the library: {item}" for item in reproduction.missing]
+    return body.model_copy(update={**fills, "override_settings": overrides}), notes
+
+
+def plan_txt2img(
+    body: Txt2ImgBody, library: Any, options: dict[str, Any], styles: StyleLibrary | None = None
+) -> Txt2ImgPlan:
     """The engine request for an A1111 body. Raises FieldError (a bad field) or ModelNotFoundError (a name)."""
+    body, warnings = with_infotext(body, library)
     overrides = body.override_settings or {}
     sampler, schedule, sampler_loc = _sampler(body)
     clip_skip, clip_loc = _clip_skip(body, options, overrides)
+    prompt, negative = _given(body, "prompt"), _given(body, "negative_prompt")
+    style_names = tuple(body.styles or ())
+    if style_names:
+        if styles is None:
+            raise FieldError(("body", "styles"), "styles: no styles file is known here", list(style_names))
+        try:
+            prompt, negative = apply_styles(prompt, negative, styles.resolve(style_names))
+        except LookupError as error:
+            raise FieldError(("body", "styles"), str(error), list(style_names)) from None
     fields = {
-        "prompt": _given(body, "prompt"),
-        "negative_prompt": _given(body, "negative_prompt"),
+        "prompt": prompt,
+        "negative_prompt": negative,
         "steps": _given(body, "steps"),
         "cfg_scale": _given(body, "cfg_scale"),
         "width": _given(body, "width"),
         "height": _given(body, "height"),
         "seed": _given(body, "seed"),
+        "subseed": _given(body, "subseed"),
+        "subseed_strength": _given(body, "subseed_strength"),
+        "eta": body.eta,
         "batch_size": _given(body, "batch_size"),
         "batch_count": _given(body, "n_iter"),
         "sampler": sampler,
         "schedule": schedule,
         "clip_skip": clip_skip,
+        "disable_extra_networks": bool(body.disable_extra_networks),
     }
     choice = model_choice(library, options, overrides)
     try:
@@ -152,13 +209,35 @@ def plan_txt2img(body: Txt2ImgBody, library: Any, options: dict[str, Any]) -> Tx
             field, clip_loc if field == "clip_skip" else ("body", field)
         )
         raise FieldError(loc, _renamed(str(error), field, loc[-1]), fields.get(field)) from None
-    warnings = [f"{key}: {what} is not supported here; ignored" for key, what in UNSUPPORTED.items() if _set(body, key)]
+    samples_format = options["samples_format"]
+    if "samples_format" in overrides:
+        try:
+            samples_format = check_option("samples_format", overrides["samples_format"])
+        except ValueError as error:
+            loc = ("body", "override_settings", "samples_format")
+            raise FieldError(loc, str(error), overrides["samples_format"]) from None
+    warnings += [
+        f"{key}: {what} is not supported here; ignored" for key, what in UNSUPPORTED.items() if _set(body, key)
+    ]
+    warnings += [
+        f"{key}: {value} is not supported here; ignored"
+        for key, default in SAMPLER_PARAMETER_DEFAULTS.items()
+        if (value := getattr(body, key)) is not None and value != default
+    ]
+    warnings += [
+        f"{key}: resizing the seed's noise is not supported here; ignored"
+        for key in ("seed_resize_from_w", "seed_resize_from_h")
+        if (getattr(body, key) or 0) > 0
+    ]
     warnings += [
         f"override_settings.{key}: not supported here; ignored"
         for key, value in overrides.items()
         if key not in OVERRIDE_KEYS and options.get(key) != value
     ]
-    return Txt2ImgPlan(request, sampler, tuple(warnings))
+    keep = None
+    if body.override_settings_restore_afterwards is False:
+        keep = {key: value for key, value in overrides.items() if key in OVERRIDE_KEYS}
+    return Txt2ImgPlan(request, sampler, tuple(warnings), samples_format, style_names, keep)
 
 
 def _set(body: Txt2ImgBody, key: str) -> bool:
@@ -173,6 +252,7 @@ def txt2img_info(plan: Txt2ImgPlan, result: GenerationResult, started_at: float)
     seeds = [image.seed for image in result.images]
     params = parse_infotext(infotexts[0])[2] if infotexts else {}
     count = len(result.images)
+    subseeds = list(result.info.get("subseeds") or [-1] * count)[:count]
     return {
         "prompt": request.prompt,
         "all_prompts": [request.prompt] * count,
@@ -180,9 +260,9 @@ def txt2img_info(plan: Txt2ImgPlan, result: GenerationResult, started_at: float)
         "all_negative_prompts": [request.negative_prompt] * count,
         "seed": seeds[0] if seeds else request.seed,
         "all_seeds": seeds,
-        "subseed": -1,
-        "all_subseeds": [-1] * count,
-        "subseed_strength": 0,
+        "subseed": subseeds[0] if subseeds else request.subseed,
+        "all_subseeds": subseeds,
+        "subseed_strength": request.subseed_strength,
         "width": request.width,
         "height": request.height,
         "sampler_name": plan.sampler_name,
@@ -201,13 +281,14 @@ def txt2img_info(plan: Txt2ImgPlan, result: GenerationResult, started_at: float)
         "extra_generation_params": {k: v for k, v in params.items() if k not in _MAIN_KEYS},
         "index_of_first_image": 0,  # no grid is ever prepended
         "infotexts": infotexts,
-        "styles": [],
+        "styles": list(plan.styles),
         "job_timestamp": dt.datetime.fromtimestamp(started_at).strftime("%Y%m%d%H%M%S"),
         "clip_skip": request.clip_skip,
         "is_using_inpainting_conditioning": False,
         "interrupted": bool(result.info.get("interrupted")),
+        "version": params.get("Version", f"webui {__version__}"),
         "loras": [report.to_json() for report in result.loras],
-        "warnings": list(plan.warnings),
+        "warnings": list(plan.warnings) + list(result.info.get("warnings", [])),
     }
 
 
@@ -234,10 +315,11 @@ def png_info(encoded: str) -> dict[str, Any]:
     try:
         with Image.open(io.BytesIO(data)) as image:
             chunks = dict(image.info)
+        metadata = read_image_metadata(io.BytesIO(data))  # PNG's `parameters`, or JPEG/WebP's EXIF UserComment
     except (UnidentifiedImageError, OSError):
         raise FieldError(loc, "image: the decoded bytes are not an image file PIL can read", encoded[:40]) from None
-    info = chunks.pop("parameters", "")
-    info = info if isinstance(info, str) else ""
+    chunks.pop("parameters", None)
+    info = metadata.parameters or ""
     items = {key: value for key, value in chunks.items() if isinstance(value, (str, int, float))}
     if not info:
         return {"info": "", "items": items, "parameters": {}}

@@ -207,6 +207,14 @@ class JobQueue:
             job.cancel(owner)
         return jobs
 
+    def skip(self, owner: str) -> Job | None:
+        """Skip the current batch of `owner`'s running job (the A1111 Skip button); it goes on with the next."""
+        running = self._running
+        if running is None or running.owner != owner:
+            return None
+        running.cancel_token.skip()
+        return running
+
     # -- looking ---------------------------------------------------------------------------------
     def position_of(self, job: Job) -> int | None:
         with self._cond:

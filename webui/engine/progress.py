@@ -46,17 +46,30 @@ ProgressCallback = Callable[[Progress], None]
 
 
 class CancelToken:
-    """Set by whoever wants the job stopped; checked by the engine after every step."""
+    """Set by whoever wants the job stopped (or only its current batch skipped, A1111's Skip); checked by the
+    engine after every step."""
 
     def __init__(self) -> None:
         self._event = threading.Event()
+        self._skip = threading.Event()
 
     def cancel(self) -> None:
         self._event.set()
 
+    def skip(self) -> None:
+        """Stop the current batch where it is and go on with the next one."""
+        self._skip.set()
+
     @property
     def cancelled(self) -> bool:
         return self._event.is_set()
+
+    def take_skip(self) -> bool:
+        """Whether a skip was asked since the last call (it is consumed)."""
+        if self._skip.is_set():
+            self._skip.clear()
+            return True
+        return False
 
 
 class StepReporter:
@@ -76,6 +89,11 @@ class StepReporter:
         self.batch = 0
         self.started = time.perf_counter()
         self.interrupted = False
+        self.skipped = False
+
+    def start_batch(self, batch: int) -> None:
+        self.batch = batch
+        self.interrupted = self.skipped = False
 
     def __call__(self, pipeline, step: int, _timestep, tensors: dict) -> dict:  # noqa: ANN001 (diffusers' signature)
         # Some samplers run more model calls than requested steps (PLMS's warm-up, Heun's two per step).
@@ -89,7 +107,8 @@ class StepReporter:
         if self.callback is not None:
             eta = elapsed / done * remaining if done else None
             self.callback(Progress(step + 1, self.steps, self.batch, self.batches, eta, preview))
-        if self.cancel is not None and self.cancel.cancelled:
+        if self.cancel is not None and (self.cancel.cancelled or self.cancel.take_skip()):
             self.interrupted = True
+            self.skipped = not self.cancel.cancelled
             pipeline._interrupt = True  # diffusers skips the remaining steps of this call
         return tensors

@@ -47,6 +47,7 @@ class GenerationRequest:
     subseed: int = -1  # A1111's variation seed (-1: random); used when subseed_strength > 0
     subseed_strength: float = 0.0  # 0: the seed's noise; 1: the variation seed's; between: slerp of the two
     eta: float | None = None  # A1111's eta for the samplers that take one (None: the sampler's default)
+    disable_extra_networks: bool = False  # A1111's: the prompt's <lora:…> tags are removed but not applied
 
     def __post_init__(self) -> None:
         _check_range("steps", self.steps, 1, STEPS_LIMIT)

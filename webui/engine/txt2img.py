@@ -19,7 +19,7 @@ from webui.engine.extra_networks import LORA_KINDS, parse_extra_networks
 from webui.engine.infotext import format_infotext
 from webui.engine.lora import LoraReport, LoraSpec, LoraStackApplier
 from webui.engine.noise import initial_noise
-from webui.engine.outputs import day_folder, save_image
+from webui.engine.outputs import check_format, day_folder, save_image
 from webui.engine.pipelines import LoadedModel, PipelineManager
 from webui.engine.progress import CancelToken, ProgressCallback, StepReporter
 from webui.engine.prompt_conditioning import ConditioningHook, encode_plan
@@ -77,13 +77,17 @@ class Engine:
         preview_every: int = 0,
         strict_loras: bool = False,
         outputs_dir: Path | None = None,
+        samples_format: str | None = None,
     ) -> GenerationResult:
-        """Run one request under the device lock. `cancel` stops it within one step; finished images are kept.
-        With `strict_loras`, a LoRA that cannot apply raises LoraRefusedError before anything is generated
-        (a comparison cell must not show an image without its LoRA); otherwise it is only reported.
-        `outputs_dir` overrides where images go (the API's unsaved images go to a temporary folder)."""
+        """Run one request under the device lock. `cancel` stops it within one step; finished images are kept,
+        and the batch it stopped comes back as it was (A1111's partial image); `cancel.skip()` does that to the
+        current batch only and goes on. With `strict_loras`, a LoRA that cannot apply raises LoraRefusedError
+        before anything is generated (a comparison cell must not show an image without its LoRA); otherwise it
+        is only reported. `outputs_dir` overrides where images go (the API's unsaved images go to a temporary
+        folder); `samples_format` (png, jpg, webp) the engine's own."""
+        image_format = check_format(samples_format or self.samples_format)
         with self.gpu_lock:
-            return self._generate(request, progress, cancel, preview_every, strict_loras, outputs_dir)
+            return self._generate(request, progress, cancel, preview_every, strict_loras, outputs_dir, image_format)
 
     def _generate(
         self,
@@ -93,6 +97,7 @@ class Engine:
         preview_every: int,
         strict_loras: bool,
         outputs_dir: Path | None,
+        image_format: str = "png",
     ) -> GenerationResult:
         started = time.perf_counter()
         loaded = self.manager.load(request.model)
@@ -127,7 +132,7 @@ class Engine:
         for batch in range(request.batch_count):
             if cancel is not None and cancel.cancelled:
                 break
-            reporter.batch = batch
+            reporter.start_batch(batch)
             batch_slice = slice(batch * request.batch_size, (batch + 1) * request.batch_size)
             batch_seeds = seeds[batch_slice]
             batch_subseeds = subseeds[batch_slice] if subseeds is not None else None
@@ -151,12 +156,12 @@ class Engine:
                     image_params["Variation seed strength"] = request.subseed_strength
                 image_params |= _tail()
                 infotext = format_infotext(plan.prompt, plan.negative_prompt, image_params)
-                path = save_image(image, folder, seed, infotext, image_format=self.samples_format)
+                path = save_image(image, folder, seed, infotext, image_format=image_format)
                 images.append(GeneratedImage(path, seed, infotext))
             timings["denoise"] += t1 - t0
             timings["decode"] += t2 - t1
             timings["save"] += time.perf_counter() - t2
-            if reporter.interrupted:
+            if reporter.interrupted and not reporter.skipped:
                 break
         timings["total"] = time.perf_counter() - started
         info = {
@@ -181,6 +186,8 @@ class Engine:
             for skipped in networks.skipped
             if skipped.tag[1:].split(":", 1)[0].lower() in LORA_KINDS
         ]
+        if request.disable_extra_networks:
+            return stack, []
         for tag in networks.loras:
             try:
                 path = self.lora_resolver(tag.name)

@@ -110,6 +110,24 @@ def read_extra_roots(config: Path) -> tuple[list[ModelRoot], list[str]]:
     return roots, warnings
 
 
+def install_folders(config: Path, preset: str = "a1111") -> list[Path]:
+    """The install folders the TOML file names with `preset` (for files kept beside the models, like A1111's
+    styles.csv); [] when the file is missing or unreadable (read_extra_roots reports why)."""
+    if not config.is_file():
+        return []
+    try:
+        entries = _load_toml(config).get("roots", [])
+    except ExtraRootsError:
+        return []
+    folders = []
+    for entry in entries if isinstance(entries, list) else []:
+        raw = entry.get("path") if isinstance(entry, dict) else None
+        if isinstance(raw, str) and raw.strip() and entry.get("preset") == preset:
+            path = Path(raw).expanduser()
+            folders.append(path if path.is_absolute() else config.parent / path)
+    return [folder for folder in folders if folder.is_dir()]
+
+
 def _load_toml(config: Path) -> dict:
     try:
         import tomllib

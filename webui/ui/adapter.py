@@ -23,7 +23,7 @@ from webui.engine.jobs import QueueFullError
 from webui.engine.lora import LoraSpec
 from webui.engine.pipelines import ModelChoice
 from webui.engine.reproduce import Reproduction
-from webui.engine.request import GenerationRequest
+from webui.engine.request import LATENT_FACTOR, MAX_CFG, MAX_STEPS, MIN_SIDE, GenerationRequest
 from webui.engine.samplers import AUTOMATIC
 from webui.models.files import ModelFileError
 from webui.models.kinds import Kind
@@ -37,8 +37,13 @@ log = logging.getLogger(__name__)
 REQUEST_FIELDS = tuple(f.name for f in dataclasses.fields(GenerationRequest) if f.name not in ("model", "loras"))
 MODEL_FIELDS = tuple(f.name for f in dataclasses.fields(ModelChoice))
 MODEL_KINDS = {"checkpoint": Kind.CHECKPOINT, "unet": None, "vae": None, "text_encoder": None, "text_encoder_2": None}
-INTEGER_FIELDS = frozenset({"steps", "width", "height", "seed", "batch_size", "batch_count", "clip_skip"})
-FLOAT_FIELDS = frozenset({"cfg_scale"})
+INTEGER_FIELDS = frozenset({"steps", "width", "height", "seed", "batch_size", "batch_count", "clip_skip", "subseed"})
+FLOAT_FIELDS = frozenset({"cfg_scale", "subseed_strength"})
+OPTIONAL_FLOAT_FIELDS = frozenset({"eta"})  # empty: the sampler's default
+MAX_SIDE_UI = 2048
+# The widgets' ranges, A1111's: what Send to txt2img fits a value into (the API takes more).
+WIDGET_RANGES = {"steps": (1, MAX_STEPS), "cfg_scale": (0.0, MAX_CFG), "width": (MIN_SIDE, MAX_SIDE_UI),
+                 "height": (MIN_SIDE, MAX_SIDE_UI)}  # fmt: skip
 MAX_LORAS = 5
 # Errors a user can act on: shown as their message alone.
 USER_ERRORS = (ValueError, LookupError, OSError, ModelFileError, QueueFullError, JobFailed)
@@ -86,7 +91,9 @@ def request_fields(values: Mapping[str, Any]) -> dict[str, Any]:
         if name not in values:
             continue
         value = values[name]
-        if name in INTEGER_FIELDS or name in FLOAT_FIELDS:
+        if name in OPTIONAL_FLOAT_FIELDS:
+            value = None if value is None or value == "" else _number(name, value, False)
+        elif name in INTEGER_FIELDS or name in FLOAT_FIELDS:
             value = _number(name, value, name in INTEGER_FIELDS)
         elif name == "sampler":
             value = None if value in (None, "", MODEL_SAMPLER) else str(value)
@@ -165,6 +172,23 @@ def values_from_reproduction(reproduction: Reproduction, text: str, library: Mod
              names["enabled"]: True}
         )  # fmt: skip
     return out
+
+
+def fit_to_widgets(values: dict[str, Any]) -> list[str]:
+    """Fit request values into the txt2img widgets' ranges (in place); one note per value changed, saying to what.
+    A1111's sliders move in steps of 8, as the sizes it generates do."""
+    notes = []
+    for name, (low, high) in WIDGET_RANGES.items():
+        if values.get(name) is None:
+            continue
+        value = values[name]
+        fitted = min(max(value, low), high)
+        if name in ("width", "height"):
+            fitted = fitted // LATENT_FACTOR * LATENT_FACTOR
+        if fitted != value:
+            values[name] = type(value)(fitted)
+            notes.append(f"{name}: {value} is outside what the slider takes; set to {values[name]}")
+    return notes
 
 
 @contextmanager

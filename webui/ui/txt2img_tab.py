@@ -19,7 +19,7 @@ from webui.ui.lora_stack import LoraStack
 from webui.ui.model_bar import ModelBar, initial_checkpoint, status_html
 from webui.ui.preferences import MODEL_SAMPLER, REQUEST_DEFAULTS, Preferences
 
-MAX_SIDE_UI = 2048
+MAX_SIDE_UI = adapter.MAX_SIDE_UI
 SAMPLER_CHOICES = [MODEL_SAMPLER, *SAMPLER_NAMES]
 DISTILLED_FIELDS = ("sampler", "schedule", "steps", "cfg_scale")
 
@@ -424,9 +424,10 @@ def updates_from_infotext(ctx: UiContext, txt2img: Txt2ImgTab, tabs: gr.Tabs, te
     with adapter.shown_in_ui(f"Reading the {what}"):
         reproduction = request_from_infotext(text, ctx.library)
         values = adapter.values_from_reproduction(reproduction, text, ctx.library)
+    notes = reproduction.notes + adapter.fit_to_widgets(values)
     for item in reproduction.missing:
         gr.Warning(f"Not in the library: {item}. Left as it was.")
-    for note in reproduction.notes:
+    for note in notes:
         gr.Info(note)
     if not values.get("checkpoint"):
         values.pop("checkpoint", None)
