@@ -37,7 +37,13 @@ def open_context(settings: Settings) -> UiContext:
         log.warning("%s: %s", store.path, store.notes[-1])
         prefs = Preferences(ram_budget_gb=prefs.ram_budget_gb, vram_budget_gb=prefs.vram_budget_gb).with_cli(settings)
         engine = build_engine(library, settings.outputs_dir, policy_of(prefs), budgets_of(prefs))
-    return UiContext(engine=engine, queue=JobQueue(engine), library=library, settings=settings, preferences=store)
+    from webui.engine.styles import StyleLibrary
+
+    engine.samples_format = prefs.samples_format
+    styles = StyleLibrary(library.models_dir, library.extra_roots_file)
+    return UiContext(
+        engine=engine, queue=JobQueue(engine), library=library, settings=settings, preferences=store, styles=styles
+    )
 
 
 def build_app(settings: Settings, context: UiContext | None = None) -> gr.Blocks:

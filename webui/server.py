@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import logging
 import os
 import threading
@@ -12,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 import uvicorn
 from fastapi import FastAPI, HTTPException, Request
 
+from webui import __version__
 from webui.config import Settings
 from webui.security import (
     HostOriginMiddleware,
@@ -62,6 +64,61 @@ class RunningServer:
             self.thread.join(timeout=30)
 
 
+def cmd_flags(settings: Settings) -> dict[str, Any]:
+    """A1111's /cmd-flags for this launch, under A1111's flag names; secrets never appear (auth is a yes/no)."""
+    models = settings.models_dir
+    return {
+        "api": settings.api,
+        "listen": settings.host not in ("127.0.0.1", "localhost", "::1"),
+        "server_name": settings.host,
+        "port": settings.port,
+        "share": False,
+        "data_dir": str(models.parent.resolve()),
+        "models_dir": str(models.resolve()),
+        "ckpt_dir": str((models / "checkpoints").resolve()),
+        "vae_dir": str((models / "vae").resolve()),
+        "lora_dir": str((models / "loras").resolve()),
+        "embeddings_dir": str((models / "embeddings").resolve()),
+        "gradio_auth": bool(settings.auth or settings.auth_file),
+        "api_auth": bool(settings.auth or settings.auth_file),
+        "tls_keyfile": settings.tls_keyfile is not None,
+        "no_half": settings.precision == "fp32",
+        "precision": settings.precision or "autocast",
+        "device_id": settings.device,
+    }
+
+
+def add_api_docs(app: FastAPI, dependency: Any) -> None:
+    """`/openapi.json` and `/docs` for the API routes (A1111 serves both with --api). The docs page is plain HTML
+    built here from the schema, so it loads nothing from elsewhere; both ask for the API's login."""
+    from fastapi import Depends
+    from fastapi.openapi.utils import get_openapi
+    from fastapi.responses import HTMLResponse
+
+    def schema() -> dict[str, Any]:
+        routes = [r for r in app.routes if str(getattr(r, "path", "")).startswith(("/sdapi/", "/internal/"))]
+        return get_openapi(title="webui: the A1111-compatible API", version=__version__, routes=routes)
+
+    @app.get("/openapi.json", include_in_schema=False, dependencies=[Depends(dependency)])
+    def openapi() -> dict[str, Any]:
+        return schema()
+
+    @app.get("/docs", include_in_schema=False, dependencies=[Depends(dependency)])
+    def docs() -> HTMLResponse:
+        rows = "".join(
+            f"<tr><td>{method.upper()}</td><td><code>{html.escape(path)}</code></td>"
+            f"<td>{html.escape(operation.get('summary', ''))}</td></tr>"
+            for path, operations in schema()["paths"].items()
+            for method, operation in operations.items()
+        )
+        page = (
+            "<!doctype html><title>API</title><h1>A1111-compatible API</h1>"
+            '<p>The full schema: <a href="/openapi.json">/openapi.json</a></p>'
+            f"<table><tr><th>method</th><th>path</th><th>what</th></tr>{rows}</table>"
+        )
+        return HTMLResponse(page)
+
+
 def create_app(settings: Settings, context: UiContext, credentials: dict[str, str]) -> tuple[FastAPI, gr.Blocks]:
     """The ASGI app: our routes first, Gradio mounted at / (its own login when credentials are set)."""
     import gradio as gr
@@ -73,11 +130,20 @@ def create_app(settings: Settings, context: UiContext, credentials: dict[str, st
     blocks.queue(default_concurrency_limit=None, api_open=False, max_size=settings.queue_size)
     outer = FastAPI(openapi_url=None, docs_url=None, redoc_url=None)  # no schema endpoints beside the API's own
     if settings.api:
+        from fastapi import Depends
+
         from webui.api import ApiOptions, build_api_router
+        from webui.api.info_routes import build_internal_router
 
         options = ApiOptions.from_preferences(context.preferences.current)
         user = api_user_dependency(credentials)
-        outer.include_router(build_api_router(context.queue, context.library, options, current_user=user))
+        router = build_api_router(
+            context.queue, context.library, options, current_user=user, styles=context.styles,
+            cmd_flags=cmd_flags(settings),
+        )  # fmt: skip
+        outer.include_router(router)
+        outer.include_router(build_internal_router(Depends(user)))
+        add_api_docs(outer, user)
     launch = launch_options(settings, context)
     app = gr.mount_gradio_app(
         outer,

@@ -63,6 +63,8 @@ class ApiOptions:
             initial["CLIP_stop_at_last_layers"] = preferences.clip_skip
         if getattr(preferences, "preview_every", None) is not None:
             initial["show_progress_every_n_steps"] = preferences.preview_every
+        if getattr(preferences, "samples_format", None):
+            initial["samples_format"] = preferences.samples_format
         return cls(initial)
 
     def snapshot(self) -> dict[str, Any]:

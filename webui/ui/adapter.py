@@ -25,6 +25,7 @@ from webui.engine.pipelines import ModelChoice
 from webui.engine.reproduce import Reproduction
 from webui.engine.request import LATENT_FACTOR, MAX_CFG, MAX_STEPS, MIN_SIDE, GenerationRequest
 from webui.engine.samplers import AUTOMATIC
+from webui.engine.styles import StyleLibrary, apply_styles
 from webui.models.files import ModelFileError
 from webui.models.kinds import Kind
 from webui.models.library import ModelLibrary
@@ -61,7 +62,8 @@ def lora_names(row: int) -> dict[str, str]:
 
 
 LORA_FIELDS = tuple(name for row in range(1, MAX_LORAS + 1) for name in lora_names(row).values())
-KNOWN_NAMES = frozenset(REQUEST_FIELDS + MODEL_FIELDS + LORA_FIELDS)
+STYLES_FIELD = "styles"  # A1111's Styles: names of styles.csv rows applied to the prompts before generating
+KNOWN_NAMES = frozenset(REQUEST_FIELDS + MODEL_FIELDS + LORA_FIELDS + (STYLES_FIELD,))
 
 
 def check_names(names: Sequence[str]) -> None:
@@ -131,12 +133,21 @@ def lora_stack(values: Mapping[str, Any], library: ModelLibrary) -> tuple[LoraSp
     return tuple(stack)
 
 
-def build_request(values: Mapping[str, Any], library: ModelLibrary) -> GenerationRequest:
-    """The request the widgets describe; ValueError / ModelNotFoundError name the field that is wrong."""
+def build_request(
+    values: Mapping[str, Any], library: ModelLibrary, styles: StyleLibrary | None = None
+) -> GenerationRequest:
+    """The request the widgets describe, chosen styles applied to the prompts; ValueError / LookupError
+    (ModelNotFoundError included) name the field that is wrong."""
     check_names(list(values))
-    return GenerationRequest(
-        model=model_choice(values, library), loras=lora_stack(values, library), **request_fields(values)
-    )
+    fields = request_fields(values)
+    chosen = list(values.get(STYLES_FIELD) or [])
+    if chosen:
+        if styles is None:
+            raise LookupError("styles: no styles file is known here; put a styles.csv in the models folder")
+        prompt, negative = apply_styles(fields.get("prompt", ""), fields.get("negative_prompt", ""),
+                                        styles.resolve(chosen))  # fmt: skip
+        fields.update(prompt=prompt, negative_prompt=negative)
+    return GenerationRequest(model=model_choice(values, library), loras=lora_stack(values, library), **fields)
 
 
 def values_from_reproduction(reproduction: Reproduction, text: str, library: ModelLibrary) -> dict[str, Any]:

@@ -11,6 +11,7 @@ from webui.config import Settings
 from webui.engine.device import DevicePolicy
 from webui.engine.jobs import JobQueue
 from webui.engine.pipelines import PipelineManager, default_budgets
+from webui.engine.styles import StyleLibrary
 from webui.engine.txt2img import Engine
 from webui.models.library import ModelLibrary
 from webui.models.tokenizers import TokenizerNotFoundError, load_clip_tokenizer
@@ -35,6 +36,7 @@ class UiContext:
     library: ModelLibrary
     settings: Settings
     preferences: PreferencesStore
+    styles: StyleLibrary | None = None  # A1111 styles.csv files (txt2img's Styles, the API's styles)
     _tokenizer: Any = None
     _tokenizer_error: str | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -76,6 +78,9 @@ def apply_engine_preferences(engine: Engine, prefs: Preferences) -> list[str]:
             engine.manager = fresh
         for device_type, nbytes in {**default_budgets(engine.manager.device), **budgets_of(prefs)}.items():
             engine.manager.cache.set_budget(device_type, nbytes)
+        if engine.samples_format != prefs.samples_format:
+            engine.samples_format = prefs.samples_format
+            changes.append(f"images saved as {prefs.samples_format}")
     return changes
 
 

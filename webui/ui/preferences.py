@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from webui.config import DEVICES, PRECISIONS, SLICING_MODES, Settings
+from webui.engine.outputs import check_format
 from webui.engine.pipelines import ModelChoice
 from webui.engine.request import GenerationRequest
 from webui.engine.samplers import AUTOMATIC
@@ -39,6 +40,7 @@ class Preferences:
     batch_size: int = 1
     clip_skip: int = 1
     preview_every: int = 1  # live preview every N steps; 0: none
+    samples_format: str = "png"  # A1111's "File format for images": png, jpg or webp (infotext in EXIF)
     device: str = "auto"
     precision: str = "auto"
     attention_slicing: str = "auto"
@@ -61,6 +63,7 @@ class Preferences:
         for name in ("ram_budget_gb", "vram_budget_gb"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name}: {getattr(self, name)} is negative; give GB, or 0 for the default")
+        check_format(self.samples_format)
         if not 0 <= self.preview_every <= 150:
             raise ValueError(f"preview_every: {self.preview_every} is out of range; allowed 0..150")
 

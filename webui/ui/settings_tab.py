@@ -55,6 +55,12 @@ def _widgets(ctx: UiContext) -> dict[str, Any]:
         w["preview_every"] = gr.Slider(
             0, 50, step=1, value=current.preview_every, label="Live preview every N steps (0: off)"
         )
+        w["samples_format"] = gr.Radio(
+            ["png", "jpg", "webp"],
+            value=current.samples_format,
+            label="File format for images (the infotext goes in the PNG text or the JPEG/WebP EXIF, as A1111)",
+            elem_id="settings-samples-format",
+        )
     with gr.Accordion("Device and memory", open=True):
         with gr.Row():
             w["device"] = gr.Dropdown(
@@ -91,8 +97,8 @@ def _file_note(ctx: UiContext) -> str:
         lines.append(f"The command line set {given}: those flags win at launch; saving here applies now.")
     lines += [f"⚠ {html.escape(note)}" for note in ctx.preferences.notes]
     lines.append(
-        f"Images are saved as PNG with their infotext, under `{ctx.engine.outputs_dir}/txt2img/YYYY-MM-DD/`"
-        " as `NNNNN-SEED.png`."
+        f"Images are saved with their infotext under `{ctx.engine.outputs_dir}/txt2img/YYYY-MM-DD/`"
+        f" as `NNNNN-SEED.{ctx.prefs.samples_format}`."
     )
     return "\n\n".join(lines)
 

@@ -57,6 +57,11 @@ def token_counter(ctx: UiContext, text: str, steps: Any = 20, positive: bool = T
     return f'<span class="token-counter" title="{html.escape(title)}">{count}</span>'
 
 
+def style_names(ctx: UiContext) -> list[str]:
+    """The styles the styles.csv files hold (read again when one changed)."""
+    return list(ctx.styles.styles()) if ctx.styles is not None else []
+
+
 def schedule_update(sampler: str | None, schedule: str | None, *, set_value: bool = True) -> Any:
     """The schedule types `sampler` can use, and `schedule` if among them (else Automatic). With
     set_value=False the value is sent only when it must change (after a pick by hand, at page load)."""
@@ -146,6 +151,19 @@ def _request_widgets(d: dict[str, Any]) -> dict[str, Any]:
         distilled = gr.Checkbox(
             False, label="Distilled preset (Turbo / LCM)", elem_id="txt2img-distilled", min_width=200
         )
+    with gr.Accordion("Variation seed and eta", open=False, elem_id="txt2img-extra"):
+        with gr.Row(equal_height=True):
+            w["subseed"] = gr.Number(
+                value=-1, label="Variation seed (-1: random)", precision=0, minimum=-1, maximum=2**32 - 1,
+                elem_id="txt2img-subseed", min_width=160,
+            )  # fmt: skip
+            w["subseed_strength"] = gr.Slider(
+                0, 1, value=0, step=0.01, label="Variation strength", elem_id="txt2img-subseed-strength", min_width=200
+            )
+        w["eta"] = gr.Number(
+            value=None, label="Eta (empty: the sampler's own; Euler a, DPM fast/adaptive, DDIM take one)",
+            minimum=0, elem_id="txt2img-eta",
+        )  # fmt: skip
     w["_swap"], w["_preset"], w["_random"], w["_reuse"], w["_distilled"] = (
         swap,
         preset,
@@ -182,6 +200,10 @@ def build_tab(ctx: UiContext, bar: ModelBar) -> Txt2ImgTab:
                 negative_tokens = gr.HTML(
                     token_counter(ctx, ""), elem_id="txt2img-negative-tokens", container=False, padding=False
                 )
+                styles = gr.Dropdown(
+                    style_names(ctx), value=[], multiselect=True, label="Styles (A1111 styles.csv)",
+                    elem_id="txt2img-styles",
+                )  # fmt: skip
             with gr.Column(scale=1, min_width=160, elem_id="txt2img-buttons"):
                 generate = gr.Button("Generate", variant="primary", elem_id="txt2img-generate", size="lg")
                 interrupt = gr.Button("Interrupt", variant="stop", elem_id="txt2img-interrupt")
@@ -224,6 +246,7 @@ def build_tab(ctx: UiContext, bar: ModelBar) -> Txt2ImgTab:
     fields: dict[str, Any] = {
         "prompt": prompt,
         "negative_prompt": negative,
+        adapter.STYLES_FIELD: styles,
         **widgets,
         **bar.selection,
         **stack.fields,
@@ -238,6 +261,9 @@ def build_tab(ctx: UiContext, bar: ModelBar) -> Txt2ImgTab:
         queue=False,
     )
     _wire_helpers(ctx, bar, fields, prompt, prompt_tokens, negative, negative_tokens, swap, preset, distilled)
+    bar.app.load(
+        lambda: gr.update(choices=style_names(ctx)), outputs=styles, api_visibility="private", queue=False
+    )
 
     random_seed.click(lambda: -1, outputs=fields["seed"], api_visibility="private", queue=False)
     reuse_seed.click(
@@ -274,7 +300,7 @@ def build_tab(ctx: UiContext, bar: ModelBar) -> Txt2ImgTab:
     def run(values: dict[str, Any], request: gr.Request | None) -> Any:
         """Generate, as a job of the shared queue: progress and previews while it runs, then the saved images."""
         with adapter.shown_in_ui("Generation"):
-            generation = adapter.build_request(values, ctx.library)
+            generation = adapter.build_request(values, ctx.library, ctx.styles)
             job = ctx.queue.submit(generation, owner_of(request), "txt2img", preview_every=ctx.prefs.preview_every)
         with adapter.shown_in_ui("Generation"):
             yield from runner.job_updates(
