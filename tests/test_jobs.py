@@ -184,7 +184,7 @@ def test_only_the_owner_cancels_and_interrupt_stops_only_the_owners_job(queue, t
 
     assert queue.interrupt("alice") == [slow]
     assert slow.wait(WAIT) and slow.state is JobState.CANCELLED
-    assert slow.result.images == () and slow.progress.step < 150
+    assert len(slow.result.images) == 1 and slow.progress.step < 150  # A1111's partial image of the stopped batch
     assert bobs.wait(WAIT) and bobs.state is JobState.DONE and len(bobs.result.images) == 1
     assert bobs_extra.result is None
 

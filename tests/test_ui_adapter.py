@@ -78,8 +78,10 @@ def test_model_default_sampler_is_none_and_bad_values_name_their_field(library):
     assert adapter.build_request({**VALUES, "sampler": MODEL_SAMPLER, "schedule": "Automatic"}, library).sampler is None
     with pytest.raises(ValueError, match="steps: 2.5 is not a whole number"):
         adapter.build_request({**VALUES, "steps": 2.5}, library)
-    with pytest.raises(ValueError, match="width: 36 is not a multiple of 8"):
-        adapter.build_request({**VALUES, "width": 36}, library)
+    with pytest.raises(ValueError, match="width: 8 is out of range"):
+        adapter.build_request({**VALUES, "width": 8}, library)
+    with pytest.raises(LookupError, match="styles: no styles file"):
+        adapter.build_request({**VALUES, "styles": ["anime"]}, library)
     with pytest.raises(ValueError, match="checkpoint: none chosen"):
         adapter.build_request({**VALUES, "checkpoint": None}, library)
     with pytest.raises(ModelNotFoundError, match="no-such-vae"):

@@ -80,8 +80,8 @@ def test_generate_saves_png_with_infotext_and_reports_model(client, app):
 def test_bad_request_shows_the_engine_message_then_a_good_one_runs(client):
     from gradio_client.exceptions import AppError
 
-    with pytest.raises(AppError, match="width: 36 is not a multiple of 8"):
-        generate(client, prompt="bad", width=36)
+    with pytest.raises(AppError, match="eta: 20.0 is out of range"):
+        generate(client, prompt="bad", eta=20)
     with pytest.raises(AppError, match="no checkpoint model named 'nothing-here'"):
         generate(client, prompt="bad", checkpoint="nothing-here")
     assert "Steps: 2" in generate(client, prompt="good", seed=1)["infotext"]

@@ -15,7 +15,7 @@ from typing import Any
 from webui.config import DEVICES, PRECISIONS, SLICING_MODES, Settings
 from webui.engine.outputs import check_format
 from webui.engine.pipelines import ModelChoice
-from webui.engine.request import GenerationRequest
+from webui.engine.request import MAX_CFG, MAX_STEPS, GenerationRequest
 from webui.engine.samplers import AUTOMATIC
 
 log = logging.getLogger(__name__)
@@ -64,6 +64,9 @@ class Preferences:
             if getattr(self, name) < 0:
                 raise ValueError(f"{name}: {getattr(self, name)} is negative; give GB, or 0 for the default")
         check_format(self.samples_format)
+        for name, high in (("steps", MAX_STEPS), ("cfg_scale", MAX_CFG)):  # the sliders' ranges, not the API's
+            if getattr(self, name) > high:
+                raise ValueError(f"{name}: {getattr(self, name)} is out of range for the slider; allowed up to {high}")
         if not 0 <= self.preview_every <= 150:
             raise ValueError(f"preview_every: {self.preview_every} is out of range; allowed 0..150")
 
