@@ -66,6 +66,12 @@ PROTECTED = [
     ("GET", "/sdapi/v1/options"),
     ("POST", "/sdapi/v1/interrupt"),
     ("GET", "/sdapi/v1/progress"),
+    ("GET", "/sdapi/v1/cmd-flags"),
+    ("POST", "/sdapi/v1/skip"),
+    ("POST", "/sdapi/v1/unload-checkpoint"),
+    ("GET", "/internal/ping"),
+    ("GET", "/docs"),
+    ("GET", "/openapi.json"),
 ]
 
 

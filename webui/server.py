@@ -92,12 +92,12 @@ def add_api_docs(app: FastAPI, dependency: Any) -> None:
     """`/openapi.json` and `/docs` for the API routes (A1111 serves both with --api). The docs page is plain HTML
     built here from the schema, so it loads nothing from elsewhere; both ask for the API's login."""
     from fastapi import Depends
-    from fastapi.openapi.utils import get_openapi
     from fastapi.responses import HTMLResponse
 
+    app.title, app.version = "webui: the A1111-compatible API", __version__
+
     def schema() -> dict[str, Any]:
-        routes = [r for r in app.routes if str(getattr(r, "path", "")).startswith(("/sdapi/", "/internal/"))]
-        return get_openapi(title="webui: the A1111-compatible API", version=__version__, routes=routes)
+        return app.openapi()  # FastAPI's own, of the routes included in the schema (the API's)
 
     @app.get("/openapi.json", include_in_schema=False, dependencies=[Depends(dependency)])
     def openapi() -> dict[str, Any]:
