@@ -32,6 +32,7 @@ CSS = """
 .lora-report.ok { color: #15803d; }
 .lora-report.warn { color: #b45309; }
 .lora-report.error { color: #b91c1c; }
+.gen-warning { font-size: 0.8rem; color: #b45309; }
 .lora-report.off { color: var(--body-text-color-subdued); }
 .trigger-words label { font-size: 0.8rem; }
 

@@ -346,6 +346,13 @@ def _finished(
         f'<div class="prompt-lora"><b>{html.escape(r.name)}</b> (prompt tag) {lora_stack.report_html(r)}</div>'
         for r in rest
     )
+    # What did not apply as written (other extra networks, eta, schedule types a sampler ignores), never silent.
+    lora_tags = {r.name for r in rest}
+    prompt_loras += "".join(
+        f'<div class="gen-warning">⚠ {html.escape(w)}</div>'
+        for w in result.info.get("warnings", [])
+        if not any(w.startswith(f"{tag}: ") for tag in lora_tags)  # those show in their LoRA report
+    )
     first = items[0] if items else {"path": "", "infotext": ""}
     return {
         gallery: [(i["path"], f"seed {i['seed']}") for i in items],
