@@ -167,3 +167,19 @@ def test_prompt_warnings_and_comments(engine, tiny_models_dir):
 def test_a_comments_lora_tag_is_not_applied(engine, tiny_models_dir):
     result = engine.generate(request(tiny_models_dir, prompt="a hat\n# <lora:tiny-sd1-kohya:1>"))
     assert result.loras == ()
+
+
+def test_skip_stops_the_current_batch_and_goes_on_with_the_next(engine, tiny_models_dir):
+    from webui.engine.progress import CancelToken
+
+    cancel = CancelToken()
+    seen = []
+
+    def progress(report):
+        seen.append((report.batch, report.step))
+        if (report.batch, report.step) == (0, 1):
+            cancel.skip()  # A1111's Skip: this batch stops where it is, the next one runs
+
+    result = engine.generate(request(tiny_models_dir, steps=4, batch_count=2), progress=progress, cancel=cancel)
+    assert seen == [(0, 1), (1, 1), (1, 2), (1, 3), (1, 4)]
+    assert len(result.images) == 2 and not result.info["interrupted"]  # the skipped batch's partial image kept
