@@ -14,8 +14,9 @@ from webui.engine.pipelines import ModelChoice, PipelineManager
 from webui.engine.request import GenerationRequest
 from webui.engine.samplers import make_scheduler
 from webui.engine.txt2img import Engine
+from webui.families import Family
 from webui.models.derive import bundled_config
-from webui.models.kinds import Family, Kind
+from webui.models.kinds import Kind
 from webui.models.library import open_library
 
 

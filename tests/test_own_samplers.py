@@ -22,8 +22,8 @@ from webui.engine.pipelines import ModelChoice, PipelineManager
 from webui.engine.progress import CancelToken
 from webui.engine.request import GenerationRequest
 from webui.engine.txt2img import Engine
+from webui.families import Family
 from webui.models.derive import bundled_config
-from webui.models.kinds import Family
 
 SIGMA_MIN, SIGMA_MAX = 0.0292, 14.6146
 DATA_STD = 0.5

@@ -9,7 +9,7 @@ import torch
 from webui.engine.conditioning import PromptEncoder, encode_prompts
 from webui.engine.prompt_conditioning import ConditioningHook, encode_plan
 from webui.engine.prompt_plan import plan_prompt
-from webui.models.kinds import Family
+from webui.families import Family
 from webui.testing.tiny_models import tiny_pipeline
 
 STEPS = 4

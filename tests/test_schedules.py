@@ -10,8 +10,8 @@ import pytest
 from scipy import stats
 
 from webui.engine.schedules import SCHEDULES, NoiseLevels, schedule_sigmas
+from webui.families import Family
 from webui.models.derive import bundled_config
-from webui.models.kinds import Family
 
 
 @pytest.fixture(scope="module")
@@ -88,7 +88,9 @@ def test_align_your_steps_uses_nvidias_levels_and_interpolates_in_log_sigma(leve
     sd = [14.615, 6.475, 3.861, 2.697, 1.886, 1.396, 0.963, 0.652, 0.399, 0.152, 0.029]  # NVIDIA's how-to page
     xl = [14.615, 6.315, 3.771, 2.181, 1.342, 0.862, 0.555, 0.380, 0.234, 0.113, 0.029]
     np.testing.assert_allclose(schedule_sigmas("Align Your Steps", 11, levels), [*sd, 0.0])
-    np.testing.assert_allclose(schedule_sigmas("Align Your Steps", 11, levels, xl=True), [*xl, 0.0])
+    sdxl_levels = Family.SDXL.description.scheduler.align_your_steps  # the family's own table
+    np.testing.assert_allclose(schedule_sigmas("Align Your Steps", 11, levels, ays_levels=sdxl_levels), [*xl, 0.0])
+    assert Family.SD1.description.scheduler.align_your_steps is None  # SD 1.5's, the default
     ours = schedule_sigmas("Align Your Steps", 21, levels)[:-1]
     assert ours[0] == pytest.approx(14.615) and ours[-1] == pytest.approx(0.029)
     np.testing.assert_allclose(ours[::2], sd, rtol=1e-9)  # 21 points: the table's, one between each pair

@@ -19,9 +19,7 @@ import torch
 from webui.engine import own_samplers
 from webui.engine.prompt_conditioning import ConditioningHook, ScheduledConditioning
 from webui.engine.schedules import NoiseLevels, schedule_sigmas
-from webui.models.kinds import Family
-
-_XL = (Family.SDXL, Family.SDXL_REFINER)
+from webui.families import Family
 
 
 def _levels(scheduler_config: dict[str, Any]) -> NoiseLevels:
@@ -61,7 +59,7 @@ class _Denoiser:
         first = conditioning.first()
         self.hidden = torch.cat([first.negative_prompt_embeds, first.prompt_embeds]).to(self.device)
         self.added = None
-        if self.family in _XL:
+        if getattr(self.unet.config, "addition_embed_type", None) == "text_time":  # size conditioning (time ids)
             pooled = torch.cat([first.negative_pooled_prompt_embeds, first.pooled_prompt_embeds]).to(self.device)
             time_ids = self.pipeline._get_add_time_ids(
                 self.size, (0, 0), self.size, dtype=self.hidden.dtype, text_encoder_projection_dim=pooled.shape[-1]
@@ -150,7 +148,8 @@ def sample(
                     )
             elif own == "restart":
                 name = "Karras" if schedule == "Automatic" else schedule  # A1111's default for Restart
-                sigmas = schedule_sigmas(name, steps, levels, xl=family in _XL)
+                ays_levels = family.description.scheduler.align_your_steps
+                sigmas = schedule_sigmas(name, steps, levels, ays_levels=ays_levels)
                 run = own_samplers.restart(guided, x * float(sigmas[0]), sigmas, noise=fresh_noise, callback=callback)
             elif own == "ddim_cfgpp":
                 sigmas = _ddim_sigmas(scheduler_config, steps, levels)

@@ -249,7 +249,7 @@ def make_scheduler(
     schedule: str = AUTOMATIC,
     *,
     seeds: Sequence[int] | None = None,
-    xl: bool = False,
+    ays_levels: tuple[float, ...] | None = None,
     eta: float | None = None,
 ) -> SchedulerMixin:
     """A fresh scheduler for one batch: `sampler`'s class over the model's own config (betas, prediction type,
@@ -257,7 +257,7 @@ def make_scheduler(
 
     `sampler=None` keeps the model's own class; with schedule Automatic the result equals plain diffusers'
     `ModelClass.from_config(config)`. A schedule the class has no option for runs through its schedule variant
-    (`xl` picks SDXL's Align Your Steps levels); DDIM and PLMS ignore the schedule (see `schedule_note`). `eta`
+    (`ays_levels`: the family's Align Your Steps levels); DDIM and PLMS ignore the schedule (see `schedule_note`). `eta`
     (Euler a) re-adds that share of each step's noise; None is the sampler's default. `seeds` (one per image)
     seed the Brownian-tree noise of DPM++ SDE, whose noise does not come from the pipeline's generator.
     """
@@ -308,7 +308,7 @@ def make_scheduler(
     if variant:
         from webui.engine.scheduler_variants import SCHEDULE_ATTRIBUTE
 
-        setattr(scheduler, SCHEDULE_ATTRIBUTE, (schedule, xl))
+        setattr(scheduler, SCHEDULE_ATTRIBUTE, (schedule, ays_levels))
     if eta is not None:
         from webui.engine.scheduler_variants import ETA_ATTRIBUTE
 

@@ -22,13 +22,13 @@ import torch
 
 from webui.engine.schedules import NoiseLevels, schedule_sigmas
 
-SCHEDULE_ATTRIBUTE = "a1111_schedule"  # set on an instance: (schedule type, is SDXL)
+SCHEDULE_ATTRIBUTE = "a1111_schedule"  # set on an instance: (schedule type, the family's AYS levels or None)
 ETA_ATTRIBUTE = "a1111_eta"
 
 
 def _levels(scheduler: Any, steps: int) -> np.ndarray:
-    schedule, xl = getattr(scheduler, SCHEDULE_ATTRIBUTE)
-    return schedule_sigmas(schedule, steps, NoiseLevels(scheduler.alphas_cumprod.numpy()), xl=xl)
+    schedule, ays_levels = getattr(scheduler, SCHEDULE_ATTRIBUTE)
+    return schedule_sigmas(schedule, steps, NoiseLevels(scheduler.alphas_cumprod.numpy()), ays_levels=ays_levels)
 
 
 def _karras_hooked(base: type) -> type:
@@ -80,7 +80,7 @@ def _timesteps_given(base: type) -> type:
 
 @lru_cache(maxsize=64)
 def with_schedule(base: type) -> type:
-    """`base` running on an A1111 schedule type; set `(schedule, xl)` as the instance's `a1111_schedule`.
+    """`base` running on an A1111 schedule type; set `(schedule, ays_levels)` as the instance's `a1111_schedule`.
     ValueError if diffusers gives this class no way to take given noise levels (DDIM, PLMS)."""
     import inspect
 

@@ -17,10 +17,10 @@ from types import MappingProxyType
 
 import numpy as np
 
-# NVIDIA, "Align Your Steps" (Sabour et al. 2024), the how-to page's 10-step noise levels for SD 1.5 and SDXL,
-# as A1111 uses them (diffusers' AysSchedules holds the same levels with the last one set to 0).
-AYS_SD = (14.615, 6.475, 3.861, 2.697, 1.886, 1.396, 0.963, 0.652, 0.399, 0.152, 0.029)
-AYS_SDXL = (14.615, 6.315, 3.771, 2.181, 1.342, 0.862, 0.555, 0.380, 0.234, 0.113, 0.029)
+# NVIDIA, "Align Your Steps" (Sabour et al. 2024), the how-to page's 10-step noise levels for SD 1.5, which
+# A1111 uses for every model a family gives no levels of its own (diffusers' AysSchedules holds the same
+# levels with the last one set to 0). A family's own levels: its description's scheduler.align_your_steps.
+AYS_DEFAULT = (14.615, 6.475, 3.861, 2.697, 1.886, 1.396, 0.963, 0.652, 0.399, 0.152, 0.029)
 BETA_ALPHA = BETA_BETA = 0.6  # A1111's defaults for the Beta schedule (Lee et al. 2024 use the same)
 KARRAS_RHO = 7.0  # Karras et al. 2022, eq. 5
 POLYEXPONENTIAL_RHO = 1.0  # A1111's default_rho for Polyexponential
@@ -67,47 +67,47 @@ def _with_zero(sigmas: np.ndarray | list[float]) -> np.ndarray:
     return np.append(np.asarray(sigmas, dtype=np.float64), 0.0)
 
 
-def uniform(n: int, levels: NoiseLevels, *, xl: bool = False) -> np.ndarray:
+def uniform(n: int, levels: NoiseLevels, **_: object) -> np.ndarray:
     """k-diffusion `DiscreteSchedule.get_sigmas`: n steps evenly spaced in t from the last training step to 0."""
     return _with_zero(levels.t_to_sigma(np.linspace(len(levels.sigmas) - 1, 0, n)))
 
 
-def karras(n: int, levels: NoiseLevels, *, xl: bool = False) -> np.ndarray:
+def karras(n: int, levels: NoiseLevels, **_: object) -> np.ndarray:
     """Karras et al. 2022 ("Elucidating the Design Space…", eq. 5) with ρ = 7."""
     ramp = np.linspace(0, 1, n)
     low, high = levels.sigma_min ** (1 / KARRAS_RHO), levels.sigma_max ** (1 / KARRAS_RHO)
     return _with_zero((high + ramp * (low - high)) ** KARRAS_RHO)
 
 
-def exponential(n: int, levels: NoiseLevels, *, xl: bool = False) -> np.ndarray:
+def exponential(n: int, levels: NoiseLevels, **_: object) -> np.ndarray:
     """k-diffusion `get_sigmas_exponential`: evenly spaced in log σ."""
     return _with_zero(np.exp(np.linspace(math.log(levels.sigma_max), math.log(levels.sigma_min), n)))
 
 
-def polyexponential(n: int, levels: NoiseLevels, *, xl: bool = False) -> np.ndarray:
+def polyexponential(n: int, levels: NoiseLevels, **_: object) -> np.ndarray:
     """k-diffusion `get_sigmas_polyexponential`: log σ along a ramp of power ρ (ρ = 1 is Exponential)."""
     ramp = np.linspace(1, 0, n) ** POLYEXPONENTIAL_RHO
     log_min, log_max = math.log(levels.sigma_min), math.log(levels.sigma_max)
     return _with_zero(np.exp(ramp * (log_max - log_min) + log_min))
 
 
-def sgm_uniform(n: int, levels: NoiseLevels, *, xl: bool = False) -> np.ndarray:
+def sgm_uniform(n: int, levels: NoiseLevels, **_: object) -> np.ndarray:
     """A1111 / ComfyUI `sgm_uniform`: n + 1 points evenly spaced in t from σ_max to σ_min, the last dropped."""
     start, end = levels.sigma_to_t(levels.sigma_max), levels.sigma_to_t(levels.sigma_min)
     return _with_zero(levels.t_to_sigma(np.linspace(start, end, n + 1)[:-1]))
 
 
-def kl_optimal(n: int, levels: NoiseLevels, *, xl: bool = False) -> np.ndarray:
+def kl_optimal(n: int, levels: NoiseLevels, **_: object) -> np.ndarray:
     """KL-optimal schedule (Sabour et al. 2024, "Align Your Steps", eq. 12): σ = tan((1 − s)·atan σ_max +
     s·atan σ_min) for s = i/n; n + 1 points ending at σ_min, not 0 (as A1111's)."""
     steps = np.arange(n + 1) / n
     return np.tan(steps * math.atan(levels.sigma_min) + (1 - steps) * math.atan(levels.sigma_max))
 
 
-def align_your_steps(n: int, levels: NoiseLevels, *, xl: bool = False) -> np.ndarray:
-    """NVIDIA's Align Your Steps levels (SD 1.5 or SDXL), interpolated in log σ to n points as A1111 does
-    (11 steps use the table as it is), then 0."""
-    table = AYS_SDXL if xl else AYS_SD
+def align_your_steps(n: int, levels: NoiseLevels, *, ays_levels: tuple[float, ...] | None = None) -> np.ndarray:
+    """NVIDIA's Align Your Steps levels for the model (`ays_levels`, else SD 1.5's), interpolated in log σ to n
+    points as A1111 does (11 steps use the table as it is), then 0."""
+    table = ays_levels or AYS_DEFAULT
     if n == len(table):
         return _with_zero(table)
     xs = np.linspace(0, 1, len(table))
@@ -115,26 +115,26 @@ def align_your_steps(n: int, levels: NoiseLevels, *, xl: bool = False) -> np.nda
     return _with_zero(np.exp(np.interp(np.linspace(0, 1, n), xs, log_levels))[::-1])
 
 
-def simple(n: int, levels: NoiseLevels, *, xl: bool = False) -> np.ndarray:
+def simple(n: int, levels: NoiseLevels, **_: object) -> np.ndarray:
     """ComfyUI / A1111 `simple`: every (1000/n)-th training level, from the largest down."""
     stride = len(levels.sigmas) / n
     return _with_zero([levels.sigmas[-(1 + int(i * stride))] for i in range(n)])
 
 
-def normal(n: int, levels: NoiseLevels, *, xl: bool = False) -> np.ndarray:
+def normal(n: int, levels: NoiseLevels, **_: object) -> np.ndarray:
     """ComfyUI / A1111 `normal`: n points evenly spaced in t from σ_max to σ_min."""
     start, end = levels.sigma_to_t(levels.sigma_max), levels.sigma_to_t(levels.sigma_min)
     return _with_zero(levels.t_to_sigma(np.linspace(start, end, n)))
 
 
-def ddim(n: int, levels: NoiseLevels, *, xl: bool = False) -> np.ndarray:
+def ddim(n: int, levels: NoiseLevels, **_: object) -> np.ndarray:
     """ComfyUI / A1111 `ddim_uniform`: training levels 1, 1 + s, 1 + 2s, … (s = 1000 // n), largest first.
     A step count that does not divide 1000 gives one step more, as in A1111."""
     stride = max(len(levels.sigmas) // n, 1)
     return _with_zero(levels.sigmas[1::stride][::-1])
 
 
-def beta(n: int, levels: NoiseLevels, *, xl: bool = False) -> np.ndarray:
+def beta(n: int, levels: NoiseLevels, **_: object) -> np.ndarray:
     """Beta schedule (Lee et al. 2024, "Beta Sampling is All You Need"), α = β = 0.6, as A1111's and diffusers'
     `use_beta_sigmas`: σ_min + ppf(1 − i/(n−1)) · (σ_max − σ_min)."""
     from scipy import stats
@@ -162,10 +162,13 @@ SCHEDULES: Mapping[str, ScheduleFunction] = MappingProxyType(
 )
 
 
-def schedule_sigmas(schedule: str, steps: int, levels: NoiseLevels, *, xl: bool = False) -> np.ndarray:
-    """The sigmas of A1111's `schedule` for `steps` steps (see SCHEDULES); ValueError names an unknown one."""
+def schedule_sigmas(
+    schedule: str, steps: int, levels: NoiseLevels, *, ays_levels: tuple[float, ...] | None = None
+) -> np.ndarray:
+    """The sigmas of A1111's `schedule` for `steps` steps (see SCHEDULES); ValueError names an unknown one.
+    `ays_levels`: the model family's Align Your Steps levels (None: SD 1.5's)."""
     if schedule not in SCHEDULES:
         raise ValueError(f"schedule: unknown schedule type {schedule!r} (allowed: {', '.join(SCHEDULES)})")
     if steps < 1:
         raise ValueError(f"steps: {steps} is out of range; allowed 1 and more")
-    return SCHEDULES[schedule](steps, levels, xl=xl)
+    return SCHEDULES[schedule](steps, levels, ays_levels=ays_levels)

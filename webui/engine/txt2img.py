@@ -26,7 +26,7 @@ from webui.engine.prompt_conditioning import ConditioningHook, encode_plan
 from webui.engine.prompt_plan import PromptPlan, plan_prompt
 from webui.engine.request import GeneratedImage, GenerationRequest, GenerationResult
 from webui.engine.samplers import make_scheduler, sampler_entry, sampler_label, schedule_note
-from webui.families import DESCRIPTIONS, Family
+from webui.families import DESCRIPTIONS
 from webui.models.loading import Role
 
 Hasher = Callable[[Path], str | None]
@@ -231,7 +231,7 @@ class Engine:
         generators = [torch.Generator("cpu").manual_seed(seed) for seed in seeds]
         width, height = request.latent_size
         entry = sampler_entry(request.sampler) if request.sampler else None
-        xl = loaded.family in (Family.SDXL, Family.SDXL_REFINER)
+        ays_levels = loaded.family.description.scheduler.align_your_steps
         noise = None
         if request.subseed_strength or (entry is not None and entry.own):
             factor = pipeline.vae_scale_factor
@@ -246,7 +246,12 @@ class Engine:
                 eta=entry.eta if request.eta is None else request.eta, reporter=reporter,
             )  # fmt: skip
         pipeline.scheduler = make_scheduler(
-            loaded.scheduler_config, request.sampler, request.schedule, seeds=seeds, xl=xl, eta=request.eta
+            loaded.scheduler_config,
+            request.sampler,
+            request.schedule,
+            seeds=seeds,
+            ays_levels=ays_levels,
+            eta=request.eta,
         )
         kwargs: dict[str, Any] = {}
         if reporter is not None:

@@ -113,6 +113,9 @@ class SchedulerSpec:
     kind: SchedulerKind = SchedulerKind.NOISE_PREDICTION
     samplers: tuple[str, ...] | None = None
     default_sampler: str | None = None  # None: the user's preference
+    # The "Align Your Steps" noise levels published for this family's models (NVIDIA's how-to page, 10 steps);
+    # None: the ones for SD 1.5, which A1111 uses for every model it has no levels of its own for.
+    align_your_steps: tuple[float, ...] | None = None
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,7 @@ from webui.families.base import (
     PipelineSpec,
     Recognition,
     RoleSpec,
+    SchedulerSpec,
     UnetFacts,
     frozen,
 )
@@ -39,6 +40,10 @@ XL_LATENT = LatentFormat(
     rgb_bias=(0.1084, -0.0175, -0.0011),
 )
 XL_SIZES = ((1024, 1024), (896, 1152), (1152, 896), (832, 1216), (1216, 832), (768, 1344), (1344, 768))
+# NVIDIA's "Align Your Steps" how-to page: the 10-step noise levels for SDXL (A1111 uses them as its table).
+XL_SCHEDULER = SchedulerSpec(
+    align_your_steps=(14.615, 6.315, 3.771, 2.181, 1.342, 0.862, 0.555, 0.380, 0.234, 0.113, 0.029)
+)
 # diffusers reads hidden_states[-2] without the final norm (its clip_skip=None); clip skip shifts from there.
 XL_CONDITIONING = ClipChunks(clip_skip_offset=1, pooled=True, zero_empty_negative=True)
 TIME_EMBED = 256  # addition_time_embed_dim: each size/crop/score number is embedded 256 wide
@@ -92,6 +97,7 @@ DESCRIPTION = FamilyDescription(
         lora_weak=("lora_unet_input_blocks_", "lora_unet_output_blocks_"),  # sd-scripts' SDXL module names
     ),
     conditioning=XL_CONDITIONING,
+    scheduler=XL_SCHEDULER,
     defaults=Defaults(sizes=XL_SIZES),
     pipeline=PipelineSpec("StableDiffusionXLPipeline"),
     lora=LoraFacts(

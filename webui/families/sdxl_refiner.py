@@ -9,7 +9,15 @@ from __future__ import annotations
 
 from webui.families.base import Defaults, FamilyDescription, FixtureSpec, PipelineSpec, Recognition, UnetFacts, frozen
 from webui.families.sd1 import TINY_WRITER, UNET_BLOCKS, UNET_ROLE, VAE_ROLE
-from webui.families.sdxl import TIME_EMBED, TINY_XL_BLOCKS, XL_CONDITIONING, XL_LATENT, XL_SIZES, bigg_role
+from webui.families.sdxl import (
+    TIME_EMBED,
+    TINY_XL_BLOCKS,
+    XL_CONDITIONING,
+    XL_LATENT,
+    XL_SCHEDULER,
+    XL_SIZES,
+    bigg_role,
+)
 from webui.models.kinds import Role
 
 DESCRIPTION = FamilyDescription(
@@ -22,6 +30,7 @@ DESCRIPTION = FamilyDescription(
     unet=UnetFacts(context_dim=1280, linear_proj=True, add_embedding_in=1280 + 5 * TIME_EMBED, head_channels=64),
     recognition=Recognition(metadata_hints=("refiner",)),
     conditioning=XL_CONDITIONING,
+    scheduler=XL_SCHEDULER,
     defaults=Defaults(sizes=XL_SIZES),
     pipeline=PipelineSpec(
         "StableDiffusionXLImg2ImgPipeline",
