@@ -177,7 +177,9 @@ def _run_cell(
     before anything is saved (strict LoRAs)."""
     started = time.perf_counter()
     try:
-        result = engine.generate(request, tracker.engine_callback, cancel, preview_every, strict_loras=True)
+        result = engine.generate(
+            request, tracker.engine_callback, cancel, preview_every, strict_loras=True, partial=False
+        )
     except CELL_ERRORS as error:  # a failed load or a refused LoRA: the time spent finding out counts as loading
         return _failed(cell, error, load_seconds=time.perf_counter() - started)
     load_seconds = result.timings.get("load", 0.0) + result.timings.get("lora", 0.0)

@@ -78,16 +78,20 @@ class Engine:
         strict_loras: bool = False,
         outputs_dir: Path | None = None,
         samples_format: str | None = None,
+        partial: bool = True,
     ) -> GenerationResult:
         """Run one request under the device lock. `cancel` stops it within one step; finished images are kept,
         and the batch it stopped comes back as it was (A1111's partial image); `cancel.skip()` does that to the
         current batch only and goes on. With `strict_loras`, a LoRA that cannot apply raises LoraRefusedError
         before anything is generated (a comparison cell must not show an image without its LoRA); otherwise it
         is only reported. `outputs_dir` overrides where images go (the API's unsaved images go to a temporary
-        folder); `samples_format` (png, jpg, webp) the engine's own."""
+        folder); `samples_format` (png, jpg, webp) the engine's own. `partial=False` drops the image of an
+        interrupted batch (a comparison cell must not show a half-denoised image)."""
         image_format = check_format(samples_format or self.samples_format)
         with self.gpu_lock:
-            return self._generate(request, progress, cancel, preview_every, strict_loras, outputs_dir, image_format)
+            return self._generate(
+                request, progress, cancel, preview_every, strict_loras, outputs_dir, image_format, partial
+            )
 
     def _generate(
         self,
@@ -98,6 +102,7 @@ class Engine:
         strict_loras: bool,
         outputs_dir: Path | None,
         image_format: str = "png",
+        partial: bool = True,
     ) -> GenerationResult:
         started = time.perf_counter()
         loaded = self.manager.load(request.model)
@@ -141,6 +146,8 @@ class Engine:
             t1 = time.perf_counter()
             if use.used:
                 params["TI hashes"] = ", ".join(f"{name}: {self.hasher(path) or ''}" for name, path in use.used.items())
+            if reporter.interrupted and not (partial or reporter.skipped):
+                break
             # An interrupted batch is decoded where it stopped, as A1111 returns its partial image.
             pixels = decode_latents(
                 self.manager.cache.get_or_load(loaded.keys[Role.VAE], _never),
