@@ -45,6 +45,8 @@ class Txt2ImgBody(BaseModel):
     restore_faces: bool | None = None
     tiling: bool | None = None
     enable_hr: bool | None = False
+    refiner_checkpoint: str | None = None
+    refiner_switch_at: float | None = None
     override_settings: dict[str, Any] | None = None
     override_settings_restore_afterwards: bool | None = True
     script_name: str | None = None

@@ -33,6 +33,7 @@ UNSUPPORTED = {
     "tiling": "tiling",
     "script_name": "scripts",
     "alwayson_scripts": "scripts",
+    "refiner_checkpoint": "the refiner",
 }
 # A1111's sampler parameters with the values that change nothing (s_tmax 0 means "no upper bound").
 SAMPLER_PARAMETER_DEFAULTS = {"s_min_uncond": 0.0, "s_churn": 0.0, "s_tmax": 0.0, "s_tmin": 0.0, "s_noise": 1.0}

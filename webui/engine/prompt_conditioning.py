@@ -48,10 +48,17 @@ class ScheduledConditioning:
 
     parts: tuple[tuple[float, _Scheduled], ...]
     negative: _Scheduled
-    empty: Encoded
+    encoder: PromptEncoder  # for the empty chunk that pads, encoded only when some step needs it
     batch: int
     plain: bool
     _cache: dict[tuple[int, ...], tuple[Encoded, list[tuple[float, Encoded]]]] = field(default_factory=dict)
+    _empty: Encoded | None = None
+
+    @property
+    def empty(self) -> Encoded:
+        if self._empty is None:
+            self._empty = self.encoder.encode("")
+        return self._empty
 
     def first(self) -> Conditioning:
         uncond, conds = self.at_call(0)
@@ -111,7 +118,7 @@ def encode_plan(encoder: PromptEncoder, plan: PromptPlan, batch: int) -> Schedul
         positive, uncond = encoder.same_length(like, negative.encodings[0])
         parts = ((1.0, _Scheduled(parts[0][1].ends, (positive,))),)
         negative = _Scheduled(negative.ends, (uncond,))
-    return ScheduledConditioning(parts, negative, encode(""), batch, plan.plain)
+    return ScheduledConditioning(parts, negative, encoder, batch, plan.plain)
 
 
 class ConditioningHook:
