@@ -187,6 +187,7 @@ def test_unreadable_lora_tags_generate_and_are_reported(api):
     assert any(w.startswith("<hypernet:x:1>: 'hypernet' extra networks are not supported") for w in info["warnings"])
 
 
+@pytest.mark.slow  # 151 steps: ~10 s on 2 CPU cores
 def test_info_carries_the_version_and_big_steps_and_cfg_pass(api):
     info, _ = txt2img(api, steps=151, cfg_scale=31.5, width=33, height=32, sampler_name="Euler")
     assert info["version"].startswith("webui ") and info["steps"] == 151 and info["cfg_scale"] == 31.5
