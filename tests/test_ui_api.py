@@ -147,3 +147,11 @@ def test_only_outputs_are_served(client, app, tiny_models_dir):
         Path("pyproject.toml"),
     ):
         assert _status(base + str(refused)) == 403, refused
+
+
+def test_variation_seed_eta_and_prompt_syntax_through_the_ui(client):
+    out = generate(client, prompt="a [cat:dog:1] AND sky:0.5 <hypernet:x:1>", seed=4, subseed=9,
+                   subseed_strength=0.5, sampler="Euler a", eta=0.5)  # fmt: skip
+    assert "Variation seed: 9, Variation seed strength: 0.5" in out["infotext"] and "Eta: 0.5" in out["infotext"]
+    assert "hypernet" in out["prompt_loras"] and "not supported" in out["prompt_loras"]  # said, never silent
+    assert out["infotext"].startswith("a [cat:dog:1] AND sky:0.5 <hypernet:x:1>\n")
