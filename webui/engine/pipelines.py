@@ -33,7 +33,7 @@ from webui.models.loading import (
     checkpoint_prefix,
     load_component,
 )
-from webui.models.tokenizers import load_clip_tokenizer
+from webui.models.tokenizers import CLIPPromptTokenizer, load_clip_tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -260,13 +260,12 @@ class PipelineManager:
             )
 
     def _tokenizer(self, checkpoint: Path, subfolder: str, pad: str) -> Any:
-        from transformers import CLIPTokenizer
-
+        """A diffusers folder's own tokenizer for that folder; else models/tokenizers/clip/ or the bundled one."""
         own = checkpoint / subfolder
         key = (str(own) if own.is_dir() else str(self.models_dir), pad)
         if key not in self._tokenizers:
             if own.is_dir():
-                self._tokenizers[key] = CLIPTokenizer.from_pretrained(own, local_files_only=True)
+                self._tokenizers[key] = CLIPPromptTokenizer.from_pretrained(own, local_files_only=True)
             else:
                 self._tokenizers[key] = load_clip_tokenizer(self.models_dir, pad_token=pad)
         return self._tokenizers[key]
