@@ -25,7 +25,8 @@ from webui.engine.memory import device_total_bytes, system_ram_bytes
 from webui.families import Family
 from webui.families.encoders import ENCODERS
 from webui.models.derive import bundled_config
-from webui.models.kinds import Kind, Prediction
+from webui.models.identity import Identity
+from webui.models.kinds import Kind
 from webui.models.loading import (
     ComponentLoadError,
     ComponentSource,
@@ -148,7 +149,8 @@ class PipelineManager:
             raise ModelLoadError(f"{path}: {identity.family.label} UNet does not fit a {family.label} pipeline")
         return ComponentSource(path)
 
-    def _plan(self, choice: ModelChoice) -> tuple[Family, Prediction | None, dict[Role, ComponentSource]]:
+    def _plan(self, choice: ModelChoice) -> tuple[Family, Identity | None, dict[Role, ComponentSource]]:
+        """The family, the checkpoint's identity (its declared prediction and zero-SNR), each role's source."""
         base = None
         if choice.checkpoint is not None:
             base = _identify(choice.checkpoint)
@@ -178,14 +180,14 @@ class PipelineManager:
                 )
             else:
                 sources[role] = ComponentSource(choice.checkpoint, checkpoint_prefix(family, role))
-        return family, (base.prediction if base is not None else None), sources
+        return family, base, sources
 
     # -- loading ---------------------------------------------------------------------------------
     def load(self, choice: ModelChoice) -> LoadedModel:
         """Assemble the pipeline for `choice`; on any failure the previous model stays current."""
         with self._lock:
             started = time.perf_counter()
-            family, prediction, sources = self._plan(choice)
+            family, declared, sources = self._plan(choice)
             keys = {
                 role: ComponentKey.of(s.path, s.prefix, role, family, self.dtype, self.home)
                 for role, s in sources.items()
@@ -194,7 +196,7 @@ class PipelineManager:
             in_use = list(self.current.keys.values()) if self.current is not None else []
             self.cache.pin([*keys.values(), *in_use])
             try:
-                loaded = self._load_planned(choice, family, prediction, sources, keys, started)
+                loaded = self._load_planned(choice, family, declared, sources, keys, started)
             except BaseException:
                 self.cache.pin(in_use)
                 raise
@@ -206,7 +208,7 @@ class PipelineManager:
         self,
         choice: ModelChoice,
         family: Family,
-        prediction: Prediction | None,
+        declared: Identity | None,
         sources: dict[Role, ComponentSource],
         keys: dict[Role, ComponentKey],
         started: float,
@@ -220,7 +222,7 @@ class PipelineManager:
                 raise ModelLoadError(str(error)) from error
             modules[role] = item.module
         self._check_fit(family, modules, sources)
-        pipeline, scheduler_config = self._assemble(family, prediction, choice.checkpoint, modules)
+        pipeline, scheduler_config = self._assemble(family, declared, choice.checkpoint, modules)
         return LoadedModel(
             choice=choice,
             family=family,
@@ -273,7 +275,7 @@ class PipelineManager:
     def _assemble(
         self,
         family: Family,
-        prediction: Prediction | None,
+        declared: Identity | None,
         checkpoint: Path | None,
         modules: dict[Role, torch.nn.Module],
     ) -> tuple[Any, dict[str, Any]]:
@@ -285,8 +287,12 @@ class PipelineManager:
             scheduler_config = json.loads((checkpoint / "scheduler" / "scheduler_config.json").read_text())
         else:
             scheduler_config = bundled_config(family, "scheduler")
-            if prediction is not None:
-                scheduler_config["prediction_type"] = prediction.value
+            if declared is not None and declared.prediction is not None:
+                scheduler_config["prediction_type"] = declared.prediction.value
+            if declared is not None and declared.zero_snr:
+                # diffusers' zero-SNR recipe (Lin et al., "Common Diffusion Noise Schedules and Sample Steps are
+                # Flawed"): betas rescaled to zero terminal SNR, timesteps spaced "trailing" to start there.
+                scheduler_config |= {"rescale_betas_zero_snr": True, "timestep_spacing": "trailing"}
         scheduler = getattr(diffusers, scheduler_config["_class_name"]).from_config(scheduler_config)
         components: dict[str, Any] = {role.value: module for role, module in modules.items()}
         components["scheduler"] = scheduler

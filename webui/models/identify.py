@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cache
 
 from webui.families import Family
@@ -24,6 +24,7 @@ from webui.models.identity import (
     Identity,
     Shapes,
     declared_prediction,
+    declares_zero_snr,
     encoder_label,
     family_from_metadata,
     has_key_prefix,
@@ -218,7 +219,10 @@ def identify(header: TensorHeader) -> Identity:
             "LyCORIS hada/lokr), embeddings (emb_params, clip_l + clip_g, string_to_param.*), "
             f"{looked_for}; the file has {len(shapes)} tensors, e.g. {sample}"
         )
-    return _combine(parts, declared_prediction(shapes, metadata), family_from_metadata(metadata))
+    identity = _combine(parts, declared_prediction(shapes, metadata), family_from_metadata(metadata))
+    if identity.kind in (Kind.CHECKPOINT, Kind.UNET) and declares_zero_snr(shapes):
+        identity = replace(identity, zero_snr=True, detail=f"{identity.detail}; zero terminal SNR (ztsnr)")
+    return identity
 
 
 def _combine(

@@ -33,7 +33,8 @@ _PREDICTION_WORDS = {
 @dataclass(frozen=True)
 class Identity:
     """What a file is. `family` is the one it belongs to; `compatible` lists every family it can serve
-    (an SD VAE or a CLIP-L text encoder fits several). `prediction` is set only when the file declares it."""
+    (an SD VAE or a CLIP-L text encoder fits several). `prediction` is set only when the file declares it;
+    `zero_snr` only when it carries the `ztsnr` marker."""
 
     kind: Kind
     family: Family
@@ -42,6 +43,7 @@ class Identity:
     lora_touches_text_encoder: bool | None = None
     detail: str = ""
     compatible: tuple[Family, ...] = ()
+    zero_snr: bool = False  # trained with zero terminal SNR (the `ztsnr` marker): sample with rescaled betas
 
     @property
     def supported(self) -> bool:
@@ -87,6 +89,13 @@ def declared_prediction(shapes: Shapes, metadata: dict[str, str]) -> Prediction 
     if "v_pred" in shapes or has_key_prefix(shapes, "edm_vpred"):
         return Prediction.V
     return None
+
+
+def declares_zero_snr(shapes: Shapes) -> bool:
+    """Whether a checkpoint marks zero-terminal-SNR training with an (empty) `ztsnr` tensor, as NoobAI-style
+    SDXL v-prediction fine-tunes do beside `v_pred`; ComfyUI (`supported_models.SDXL.model_type`) and Forge
+    then sample with zero-SNR sigmas."""
+    return "ztsnr" in shapes
 
 
 def has_key_prefix(shapes: Shapes, *prefixes: str) -> bool:

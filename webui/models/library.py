@@ -77,6 +77,7 @@ class ModelEntry:
             "hash": self.hash,
             "problem": self.problem,
             "prediction": identity.prediction.value if identity and identity.prediction else None,
+            "zero_snr": identity.zero_snr if identity else False,
             "text_encoders": [e.value for e in identity.text_encoders] if identity else [],
             "lora_touches_text_encoder": identity.lora_touches_text_encoder if identity else None,
             "compatible": [f.value for f in identity.compatible] if identity else [],

@@ -7,6 +7,7 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 import torch
@@ -41,6 +42,7 @@ __all__ = [
     "MANIFEST_NAME",
     "TINY_FAMILIES",
     "TOKENIZER_DIR",
+    "VPRED_VARIANTS",
     "FixtureFile",
     "assemble_pipeline",
     "build_tiny_pipeline",
@@ -49,6 +51,7 @@ __all__ = [
     "stem",
     "tiny_pipeline",
     "write_tiny_models",
+    "write_marked_checkpoints",
     "write_unet_family",
 ]
 
@@ -242,6 +245,30 @@ def write_tiny_models(models_dir: Path) -> list[FixtureFile]:
     files = [f for family in TINY_FAMILIES for f in fixture_spec(family).write(root, family.description)]
     manifest = {"version": 1, "files": [f.to_json() for f in files]}
     (root / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n")
+    return files
+
+
+# Single-file marker variants (suffix -> empty marker tensors): NoobAI-style SDXL v-prediction fine-tunes
+# carry `v_pred`, and `ztsnr` when trained with zero terminal SNR.
+VPRED_VARIANTS = MappingProxyType({"vpred": ("v_pred",), "vpred-ztsnr": ("v_pred", "ztsnr")})
+
+
+def write_marked_checkpoints(
+    models_dir: Path, family: Family, variants: Mapping[str, tuple[str, ...]] = VPRED_VARIANTS
+) -> list[FixtureFile]:
+    """The family's tiny single-file checkpoint once per variant, `checkpoints/<stem>-<suffix>.safetensors`
+    with the variant's (empty) marker tensors added, plus the tiny tokenizer. Kept out of `write_tiny_models`
+    (an SDXL copy is 50 MB, for every session); the tests that need them call this."""
+    root = Path(models_dir)
+    (root / "checkpoints").mkdir(parents=True, exist_ok=True)
+    write_tokenizer_files(root / TOKENIZER_DIR)
+    ldm = pipeline_to_ldm(build_tiny_pipeline(family), family)
+    files = []
+    for suffix, markers in variants.items():
+        relative = f"checkpoints/{stem(family)}-{suffix}.safetensors"
+        save_single_file({**ldm, **{m: torch.tensor([]) for m in markers}}, root / relative, dtype=_FP16)
+        prediction = Prediction.V if "v_pred" in markers else prediction_of(family)
+        files.append(FixtureFile(relative, Kind.CHECKPOINT, family, "ldm-single-file", None, prediction))
     return files
 
 

@@ -48,12 +48,15 @@ def parse_size_label(label: str) -> tuple[int, int]:
 
 
 def badge(entry: ModelEntry | None) -> str:
-    """The family badge: `SDXL`, `SD2.x v-pred`, `SDXL · distilled`; empty without a checkpoint."""
+    """The family badge: `SDXL`, `SD2.x · v-pred`, `SDXL · v-pred · zero-SNR`, `SDXL · distilled`; empty without
+    a checkpoint."""
     if entry is None:
         return ""
     parts = [entry.family.label]
     if entry.identity is not None and entry.identity.prediction is Prediction.V:
         parts.append("v-pred")
+    if entry.identity is not None and entry.identity.zero_snr:
+        parts.append("zero-SNR")
     if distilled_preset(entry) is not None:
         parts.append("distilled")
     return " · ".join(parts)
