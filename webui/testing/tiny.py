@@ -24,6 +24,7 @@ from webui.models.ldm_writer import (
     unet_to_ldm,
     vae_to_ldm,
 )
+from webui.models.tokenizer_bundle import CLIP_VOCAB_SIZE
 from webui.testing import tiny_lora
 from webui.testing.tiny_models import (
     TINY_FAMILIES,
@@ -50,6 +51,7 @@ __all__ = [
     "read_manifest",
     "stem",
     "tiny_pipeline",
+    "write_full_vocab_checkpoint",
     "write_tiny_models",
     "write_marked_checkpoints",
     "write_unet_family",
@@ -270,6 +272,14 @@ def write_marked_checkpoints(
         prediction = Prediction.V if "v_pred" in markers else prediction_of(family)
         files.append(FixtureFile(relative, Kind.CHECKPOINT, family, "ldm-single-file", None, prediction))
     return files
+
+
+def write_full_vocab_checkpoint(path: Path, family: Family) -> Path:
+    """A tiny single-file (LDM layout, fp16) checkpoint of `family` whose text encoders have CLIP's full
+    49,408-token embedding, as a downloaded checkpoint has: the bundled tokenizer's ids fit it. Nothing
+    else is written (no tokenizer folder), as when a user drops one file into `models/checkpoints/`."""
+    components = build_tiny_pipeline(family, vocab_size=CLIP_VOCAB_SIZE)
+    return save_single_file(pipeline_to_ldm(components, family), Path(path), dtype=_FP16)
 
 
 def read_manifest(models_dir: Path) -> list[FixtureFile]:

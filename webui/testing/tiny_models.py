@@ -77,13 +77,15 @@ def vae_config(family: Family) -> dict[str, Any]:
     }
 
 
-def text_encoder_config(encoder: TextEncoderType) -> CLIPTextConfig:
-    """2 layers, MLP 64, the real width and head count; token ids as the real configs give them."""
+def text_encoder_config(encoder: TextEncoderType, vocab_size: int | None = None) -> CLIPTextConfig:
+    """2 layers, MLP 64, the real width and head count; token ids as the real configs give them.
+
+    `vocab_size`: the tiny tokenizer's by default; CLIP's 49,408 for a model the bundled tokenizer drives."""
     spec = ENCODERS[encoder]
     # bos 0 / eos 2 / pad 1 are the legacy values every SD text-encoder config carries: with eos 2,
     # CLIP pools at the largest token id, which is <|endoftext|> in the tiny vocab as in the real one.
     return CLIPTextConfig(
-        vocab_size=tiny_vocab_size(),
+        vocab_size=vocab_size or tiny_vocab_size(),
         hidden_size=spec.width,
         intermediate_size=64,
         num_hidden_layers=2,
@@ -154,18 +156,21 @@ def build_tiny_vae(family: Family, seed: int = 0) -> AutoencoderKL:
     return _build(lambda: AutoencoderKL(**vae_config(family)), _component_seed(family, seed, "vae"))
 
 
-def _text_encoder(description: FamilyDescription, role: Role, seed: int) -> torch.nn.Module:
+def _text_encoder(
+    description: FamilyDescription, role: Role, seed: int, vocab_size: int | None = None
+) -> torch.nn.Module:
     """The role's CLIP at tiny size, in the class the family's pipeline takes (with projection or not)."""
     spec = description.role(role)
-    config = text_encoder_config(spec.encoder)
+    config = text_encoder_config(spec.encoder, vocab_size)
     return _build(lambda: spec.component_type()(config), seed)
 
 
-def build_tiny_pipeline(family: Family, seed: int = 0) -> dict[str, Any]:
+def build_tiny_pipeline(family: Family, seed: int = 0, vocab_size: int | None = None) -> dict[str, Any]:
     """Components for `family` (keys as the diffusers pipeline names them); same seed, same weights.
 
     `write_tiny_models` writes the weights of seed 0, so `build_tiny_pipeline(family)` is what every
-    layout of that family on disk holds.
+    layout of that family on disk holds. `vocab_size` widens the text encoders' token embeddings (to
+    CLIP's 49,408 for use with the bundled tokenizer); the tokenizers returned stay the tiny one.
     """
     fixture_spec(family)
     description = family.description
@@ -177,7 +182,7 @@ def build_tiny_pipeline(family: Family, seed: int = 0) -> dict[str, Any]:
     components.update(dict.fromkeys(description.pipeline.absent))
     for spec in description.text_encoders:
         seed_of = _component_seed(family, seed, spec.role.value)
-        components[spec.role.value] = _text_encoder(description, spec.role, seed_of)
+        components[spec.role.value] = _text_encoder(description, spec.role, seed_of, vocab_size)
         components[spec.tokenizer] = build_tiny_tokenizer(ENCODERS[spec.encoder].pad_token)
     return components
 
