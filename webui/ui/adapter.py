@@ -29,7 +29,7 @@ from webui.engine.styles import StyleLibrary, apply_styles
 from webui.models.files import ModelFileError
 from webui.models.kinds import Kind
 from webui.models.library import ModelLibrary
-from webui.ui import choices
+from webui.ui import choices, empty_state
 from webui.ui.preferences import MODEL_SAMPLER
 from webui.ui.runner import JobFailed
 
@@ -109,6 +109,8 @@ def request_fields(values: Mapping[str, Any]) -> dict[str, Any]:
 
 def model_choice(values: Mapping[str, Any], library: ModelLibrary) -> ModelChoice:
     if not values.get("checkpoint"):
+        if empty_state.library_is_empty(library):
+            raise ValueError(empty_state.no_model_message(library))
         raise ValueError("checkpoint: none chosen; pick one in the model bar (press Refresh after adding files)")
     paths = {name: choices.resolve(library, values.get(name), MODEL_KINDS[name]) for name in MODEL_FIELDS}
     return ModelChoice(**paths)

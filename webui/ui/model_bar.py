@@ -15,7 +15,7 @@ import gradio as gr
 
 from webui.families import Family
 from webui.models.loading import Role
-from webui.ui import adapter, choices, families, runner
+from webui.ui import adapter, choices, empty_state, families, runner
 from webui.ui.context import GPU, UiContext, owner_of
 
 OVERRIDE_ROLES = (Role.UNET, Role.TEXT_ENCODER, Role.TEXT_ENCODER_2, Role.VAE)
@@ -136,10 +136,21 @@ def load_selection(ctx: UiContext, values: dict[str, Any], request: Any) -> str:
     return status_html(ctx)
 
 
+def empty_updates(ctx: UiContext) -> tuple[Any, Any, Any]:
+    """(model bar row, empty-state panel, panel text): the panel in place of the bar while there is no model."""
+    empty = empty_state.library_is_empty(ctx.library)
+    text = empty_state.empty_state_html(ctx.library) if empty else gr.skip()
+    return gr.update(visible=not empty), gr.update(visible=empty), text
+
+
 def build(ctx: UiContext, app: gr.Blocks) -> ModelBar:
     library = ctx.library
     family = choices.family_of(library, initial_checkpoint(ctx))
-    with gr.Row(elem_id="model-bar", equal_height=True):
+    empty = empty_state.library_is_empty(library)
+    with gr.Column(visible=empty, elem_id="model-empty") as empty_panel:
+        empty_text = gr.HTML(empty_state.empty_state_html(library) if empty else "", elem_id="model-empty-text")
+        empty_refresh = gr.Button("Refresh: look for models again", elem_id="model-empty-refresh", variant="primary")
+    with gr.Row(elem_id="model-bar", equal_height=True, visible=not empty) as bar_row:
         with gr.Column(scale=4, min_width=300), gr.Row(equal_height=True):  # dropdown and refresh side by side
             checkpoint = gr.Dropdown(
                 choices=choices.checkpoints(library),
@@ -187,9 +198,12 @@ def build(ctx: UiContext, app: gr.Blocks) -> ModelBar:
             gr.update(choices=available) if value == current else gr.update(choices=available, value=value),
             badge_html(ctx, value),
             *(updates[name] for name in overrides),
+            *empty_updates(ctx),
         ]
 
-    refreshed = refresh.click(refresh_library, outputs=status, api_name="refresh_models")
+    refreshed = gr.on(
+        [refresh.click, empty_refresh.click], refresh_library, outputs=status, api_name="refresh_models"
+    )
     bar = ModelBar(checkpoint, overrides, badge, status, refreshed, app)
     built_with = initial_checkpoint(ctx)
 
@@ -208,7 +222,9 @@ def build(ctx: UiContext, app: gr.Blocks) -> ModelBar:
         queue=False,
     )
     bar.on_models_changed(
-        adapter.by_name(names, sync), inputs=widgets, outputs=[checkpoint, badge, *overrides.values()]
+        adapter.by_name(names, sync),
+        inputs=widgets,
+        outputs=[checkpoint, badge, *overrides.values(), bar_row, empty_panel, empty_text],
     )
     checkpoint.input(
         adapter.by_name(names, lambda values, request: load_selection(ctx, fitting_overrides(ctx, values), request)),

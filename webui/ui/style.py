@@ -13,6 +13,13 @@ CSS = """
 #model-status details summary { cursor: pointer; }
 #model-status ul { margin: 2px 0 0 1rem; padding: 0; }
 .model-note { color: var(--primary-600); }
+#model-empty { border: 1px dashed var(--primary-300); border-radius: 8px; padding: 10px 14px; }
+.empty-state h3 { margin: 0 0 4px 0; }
+.empty-state p { margin: 4px 0; }
+.empty-folders { font-size: 0.85rem; margin: 6px 0; }
+.empty-folders td { padding: 2px 10px 2px 0; vertical-align: top; }
+.empty-folders code, .empty-state pre { word-break: break-all; white-space: pre-wrap; }
+.empty-state pre { font-size: 0.8rem; margin: 4px 0; }
 
 .token-counter {
   display: block; text-align: right; font-size: 0.78rem; color: var(--body-text-color-subdued);
