@@ -82,6 +82,14 @@ def test_ztsnr_checkpoint_gets_a_zero_snr_trailing_v_scheduler(manager, vpred_di
         assert int(scheduler.timesteps[0]) == 999, sampler  # "trailing" starts at that last step
 
 
+def test_ztsnr_sd1_file_gets_a_scheduler_that_can_rescale(manager, vpred_dir):
+    (fixture,) = write_marked_checkpoints(vpred_dir, Family.SD1, {"ztsnr": ("ztsnr",)})
+    loaded = manager.load(ModelChoice(vpred_dir / fixture.path))
+    assert loaded.family is Family.SD1 and loaded.scheduler_config["rescale_betas_zero_snr"] is True
+    assert loaded.scheduler_config["_class_name"] == "EulerDiscreteScheduler"  # SD1's own PNDM cannot
+    assert make_scheduler(loaded.scheduler_config, None).alphas_cumprod[-1] < 1e-6
+
+
 def test_v_pred_without_ztsnr_keeps_the_standard_betas(manager, vpred_dir):
     loaded = manager.load(ModelChoice(vpred_dir / f"checkpoints/{VPRED}.safetensors"))
     config = loaded.scheduler_config

@@ -8,6 +8,7 @@ are cheap wrappers, rebuilt on every switch. A failed load leaves the previous m
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import threading
@@ -293,6 +294,9 @@ class PipelineManager:
                 # diffusers' zero-SNR recipe (Lin et al., "Common Diffusion Noise Schedules and Sample Steps are
                 # Flawed"): betas rescaled to zero terminal SNR, timesteps spaced "trailing" to start there.
                 scheduler_config |= {"rescale_betas_zero_snr": True, "timestep_spacing": "trailing"}
+                own_class = getattr(diffusers, scheduler_config["_class_name"])
+                if "rescale_betas_zero_snr" not in inspect.signature(own_class).parameters:
+                    scheduler_config["_class_name"] = "EulerDiscreteScheduler"  # SD1's PNDM cannot rescale its betas
         scheduler = getattr(diffusers, scheduler_config["_class_name"]).from_config(scheduler_config)
         components: dict[str, Any] = {role.value: module for role, module in modules.items()}
         components["scheduler"] = scheduler
