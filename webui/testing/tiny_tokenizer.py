@@ -9,6 +9,8 @@ from pathlib import Path
 
 from transformers import CLIPTokenizer
 
+from webui.models.tokenizer_bundle import bytes_to_unicode
+
 MODEL_MAX_LENGTH = 77
 BOS = "<|startoftext|>"
 EOS = "<|endoftext|>"
@@ -35,28 +37,13 @@ tinytrigger trigger token embedding worst low quality blurry ugly deformed bad a
 )
 
 
-@cache
-def bytes_to_unicode() -> tuple[tuple[int, str], ...]:
-    """GPT-2 / CLIP's reversible byte -> printable character table, in CLIP's vocabulary order."""
-    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1))
-    printable += list(range(ord("®"), ord("ÿ") + 1))
-    codes = printable[:]
-    extra = 0
-    for byte in range(256):
-        if byte not in printable:
-            printable.append(byte)
-            codes.append(256 + extra)
-            extra += 1
-    return tuple((byte, chr(code)) for byte, code in zip(printable, codes, strict=True))
-
-
 def _word_symbols(word: str, table: dict[int, str]) -> tuple[str, ...]:
     chars = [table[b] for b in word.encode("utf-8")]
     return (*chars[:-1], chars[-1] + "</w>")
 
 
 def _learn_merges(count: int) -> list[tuple[str, str]]:
-    table = dict(bytes_to_unicode())
+    table = bytes_to_unicode()
     words = Counter(_word_symbols(w, table) for w in _CORPUS)
     merges: list[tuple[str, str]] = []
     made: set[str] = set()
@@ -90,7 +77,7 @@ def _learn_merges(count: int) -> list[tuple[str, str]]:
 
 @cache
 def _vocab_and_merges() -> tuple[tuple[str, ...], tuple[tuple[str, str], ...]]:
-    base = [char for _, char in bytes_to_unicode()]
+    base = list(bytes_to_unicode().values())
     merges = _learn_merges(MERGE_COUNT)
     # CLIP's order: bytes, bytes + "</w>", one token per merge, then the two specials (largest ids,
     # which the legacy `eos_token_id: 2` configs rely on: they pool at the argmax id).
