@@ -340,3 +340,18 @@ def test_bundle_script_refuses_a_wheel_without_tokenizers_or_licence(tmp_path):
     unlicensed = _wheel(tmp_path / "nolicence-0-py3-none-any.whl", {gz: gzip.compress(merges)})
     with pytest.raises(BundleSourceError, match="no LICENSE"):
         bundle_from_wheel(unlicensed, tmp_path / "out")
+
+
+def test_package_data_globs_carry_every_bundled_tokenizer_file():
+    """A non-editable install ships what pyproject's package-data names (checked: the built wheel lists them)."""
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        import tomli as tomllib
+
+    package = BUNDLED_DIR.parents[1]  # the webui package folder
+    pyproject = tomllib.loads((package.parent / "pyproject.toml").read_text())
+    globs = pyproject["tool"]["setuptools"]["package-data"]["webui"]
+    shipped = {path for pattern in globs for path in package.glob(pattern) if path.is_file()}
+    data = {p for p in BUNDLED_DIR.rglob("*") if p.is_file() and p.suffix != ".py" and "__pycache__" not in p.parts}
+    assert len(data) == 14 and data <= shipped
