@@ -264,6 +264,14 @@ def test_unreadable_user_vocab_names_the_file(tmp_path):
         load_clip_tokenizer(tmp_path)
 
 
+def test_malformed_user_merges_name_the_line(tmp_path):
+    folder = tmp_path / "tokenizers/clip"
+    write_tokenizer_files(folder)
+    (folder / "merges.txt").write_text("#version: 0.2\na b\nnot-a-pair\n", encoding="utf-8")
+    with pytest.raises(TokenizerNotFoundError, match=r"one pair per line \(found 'not-a-pair'\)"):
+        load_clip_tokenizer(tmp_path)
+
+
 def test_users_t5_folder_wins(tmp_path):
     folder = tmp_path / "tokenizers/t5"
     folder.mkdir(parents=True)

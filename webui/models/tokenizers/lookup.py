@@ -104,8 +104,9 @@ def clip_tokenizer_from_folder(folder: Path, pad_token: str = CLIP_PAD) -> CLIPP
         lines = (folder / "merges.txt").read_text(encoding="utf-8").splitlines()
     except (OSError, UnicodeDecodeError) as error:
         raise TokenizerNotFoundError(f"{folder / 'merges.txt'}: unreadable ({error})") from error
-    merges = [tuple(line.split()) for line in lines if line and not line.startswith("#version")]
-    bad = next((line for line, pair in zip(lines, merges, strict=False) if len(pair) != 2), None)
+    merge_lines = [line for line in lines if line and not line.startswith("#version")]
+    merges = [tuple(line.split()) for line in merge_lines]
+    bad = next((line for line, pair in zip(merge_lines, merges, strict=True) if len(pair) != 2), None)
     if not isinstance(vocab, dict) or bad is not None:
         raise TokenizerNotFoundError(
             f"{folder}: vocab.json must map tokens to ids and merges.txt hold one pair per line (found {bad!r})"
