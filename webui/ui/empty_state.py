@@ -10,6 +10,7 @@ from __future__ import annotations
 import html
 from pathlib import Path
 
+from webui.families import DESCRIPTIONS
 from webui.models.kinds import Kind
 from webui.models.library import ModelLibrary
 from webui.models.roots import EXTRA_ROOTS_FILE, OWN_LAYOUT
@@ -27,6 +28,11 @@ EXTRA_ROOTS_EXAMPLE = """[[roots]]
 path = "~/stable-diffusion-webui"   # or your ComfyUI folder, with preset = "comfyui"
 preset = "a1111"
 """
+
+
+def _generating_families() -> list[str]:
+    """The labels of the families a checkpoint can generate with today, in registration order."""
+    return [d.label for d in DESCRIPTIONS if d.supported and d.txt2img]
 
 
 def library_is_empty(library: ModelLibrary) -> bool:
@@ -71,8 +77,9 @@ def empty_state_html(library: ModelLibrary) -> str:
     return (
         "<div class='empty-state'>"
         "<h3>No model yet</h3>"
-        "<p>Download a checkpoint (SD1.x, SD2.x or SDXL, <code>.safetensors</code>) and put it in the first folder "
-        "below, then press <b>Refresh</b>. Nothing is downloaded for you and nothing else is needed.</p>"
+        f"<p>Download a checkpoint ({html.escape(' / '.join(_generating_families()))}, <code>.safetensors</code>) "
+        "and put it in the first folder below, then press <b>Refresh</b>. Nothing is downloaded for you and "
+        "nothing else is needed.</p>"
         f"<table class='empty-folders'><thead><tr><th>folder</th><th>what goes in it</th></tr></thead>"
         f"<tbody>{rows}</tbody></table>"
         f"<p>Already have an AUTOMATIC1111/Forge or ComfyUI install? Use its models in place (nothing is copied) by "
