@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 
+from webui.engine.lora_modules import is_kohya_named
 from webui.families import Family
 from webui.models.kinds import Kind
 
@@ -116,14 +117,25 @@ def _capturing_unexpected_keys() -> Iterator[_UnexpectedKeys]:
             logger.setLevel(level)
 
 
+def _has_adapter(module: Any, name: str) -> bool:
+    """A PEFT tuner layer (LoRA, LoHa, LoKr) holding adapter `name`: every kind keeps a scaling per adapter."""
+    return name in getattr(module, "scaling", {}) and hasattr(module, "get_base_layer")
+
+
 def _applied_modules(pipeline: Any, name: str) -> int:
     count = 0
     for component in _COMPONENTS:
         module = getattr(pipeline, component, None)
         if module is None:
             continue
-        count += sum(1 for _, m in module.named_modules() if name in getattr(m, "lora_A", {}))
+        count += sum(1 for _, m in module.named_modules() if _has_adapter(m, name))
     return count
+
+
+def _short(message: str, limit: int = 300) -> str:
+    """The first line of a library's error, cut to `limit` characters (some list every key of the file)."""
+    first = message.strip().splitlines()[0] if message.strip() else "unknown error"
+    return first if len(first) <= limit else first[:limit] + f"… ({len(first) - limit} more characters)"
 
 
 def _components_with(pipeline: Any, name: str) -> list[str]:
@@ -179,7 +191,7 @@ class LoraStackApplier:
         components = [c for c in _COMPONENTS if getattr(pipeline, c, None) is not None]
         for component in components:
             for module in getattr(pipeline, component).modules():
-                if any(name in getattr(module, "lora_A", {}) for name in names):
+                if any(_has_adapter(module, name) for name in names):
                     base = module.get_base_layer()
                     self._originals.append((base, base.weight.detach().clone()))
         pipeline.fuse_lora(components=components, lora_scale=1.0, adapter_names=names)
@@ -221,20 +233,49 @@ class LoraStackApplier:
         except ModelFileError as error:
             return LoraReport(label, error=f"{spec.path.name}: {error.problem}")
         total = count_lora_modules(state_dict)
-        convert = family.description.lora.converter()  # None: diffusers' loader converts the keys itself
-        if convert is not None:
-            state_dict = convert(state_dict)
+        self._active = None  # loading makes the new adapter the active one
+        convert = family.description.lora.converter()  # None: the SD families' kohya names are placed here
+        if convert is None and is_kohya_named(state_dict):
+            report = self._inject(pipeline, family, spec, name, state_dict, total)
+        else:
+            converted = convert(state_dict) if convert is not None else state_dict
+            report = self._load_with_diffusers(pipeline, spec, name, converted, total)
+        if report.error is None:
+            self._reports[name] = report
+        return report
+
+    def _inject(
+        self, pipeline: Any, family: Family, spec: LoraSpec, name: str, state_dict: dict[str, Any], total: int
+    ) -> LoraReport:
+        """kohya / LyCORIS names: LoRA, DoRA, LoHa and LoKr modules placed and injected here (lora_inject.py)."""
+        from webui.engine.lora_inject import inject_network
+
+        try:
+            injected = inject_network(pipeline, family, state_dict, name)
+        except ValueError as error:
+            return LoraReport(spec.path.stem, unapplied=total, error=f"{spec.path.name}: {_short(str(error))}")
+        examples = tuple(f"{module} ({reason})" for module, reason in sorted(injected.unapplied.items())[:5])
+        return LoraReport(
+            spec.path.stem,
+            applied=injected.applied_total,
+            unapplied=len(injected.unapplied),
+            examples=examples,
+        )
+
+    def _load_with_diffusers(
+        self, pipeline: Any, spec: LoraSpec, name: str, state_dict: dict[str, Any], total: int
+    ) -> LoraReport:
         with _capturing_unexpected_keys() as unexpected:
             try:
-                self._active = None  # loading makes the new adapter the active one
                 pipeline.load_lora_weights(state_dict, adapter_name=name, low_cpu_mem_usage=True)
             except (ValueError, KeyError, RuntimeError) as error:
-                return LoraReport(label, unapplied=total, error=f"{spec.path.name}: no layer of it fits ({error})")
+                problem = _short(str(error))
+                error_text = f"{spec.path.name}: no layer of it fits ({problem})"
+                return LoraReport(spec.path.stem, unapplied=total, error=error_text)
         applied = _applied_modules(pipeline, name)
         examples = tuple(sorted({_MODULE_SUFFIXES.sub("", k) for k in unexpected.keys}))[:5]
-        report = LoraReport(label, applied=applied, unapplied=max(total - applied, len(examples)), examples=examples)
-        self._reports[name] = report
-        return report
+        unapplied = max(total - applied, len(examples))
+        return LoraReport(spec.path.stem, applied=applied, unapplied=unapplied, examples=examples)
 
     def _activate(self, pipeline: Any, active: list[tuple[str, LoraSpec]]) -> None:
         if not pipeline.get_list_adapters():
