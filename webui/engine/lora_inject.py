@@ -143,9 +143,22 @@ def _fill(layer: Any, module: NetworkModule, name: str) -> None:
             magnitude.weight = _parameter(parts["dora_scale"], base, magnitude.weight.shape)
         return
     for attribute in layer.adapter_layer_names:  # LoHa / LoKr parts share LyCORIS's names
-        getattr(layer, attribute).pop(name, None)
+        created = getattr(layer, attribute)
+        if name in created:
+            del created[name]
         if attribute in parts:
             getattr(layer, attribute)[name] = _parameter(parts[attribute], base)
+
+
+def _expose_conv_groups(model: torch.nn.Module, members: list[tuple[NetworkModule, Target]]) -> None:
+    """Let PEFT wrap a convolution another adapter type already wraps (a LoRA on top of a LoHa, in one stack).
+
+    PEFT's LoRA `_ConvNd.__init__` reads `groups` from the layer it wraps rather than from its base layer, and
+    the LoHa/LoKr wrappers have none; the wrapper gets its base convolution's value."""
+    for _, target in members:
+        layer = model.get_submodule(target.path)
+        if layer is not target.layer and isinstance(target.layer, torch.nn.Conv2d) and not hasattr(layer, "groups"):
+            layer.groups = target.layer.groups
 
 
 def _tuner_layer(model: torch.nn.Module, path: str, name: str) -> Any:
@@ -181,9 +194,11 @@ def inject_network(pipeline: Any, family: Family, state_dict: dict[str, torch.Te
             for module, _ in groups.pop((component, algorithm, dora)):
                 report.unapplied[module.name] = "a plain LoRA module in a DoRA file (one adapter is DoRA or not)"
     if not groups:
-        raise ValueError(f"none of its {len(modules)} modules can be applied to this model")
+        examples = "; ".join(f"{module} ({reason})" for module, reason in list(report.unapplied.items())[:3])
+        raise ValueError(f"none of its {len(report.unapplied)} modules can be applied to this model, e.g. {examples}")
     for (component, algorithm, _dora), members in groups.items():
         model = getattr(pipeline, component)
+        _expose_conv_groups(model, members)
         inject_adapter_in_model(_config(algorithm, members), model, adapter_name=name, low_cpu_mem_usage=True)
         for module, target in members:
             _fill(_tuner_layer(model, target.path, name), module, name)
