@@ -52,7 +52,7 @@ def pixels(engine: Engine, models_dir: Path, family: Family, stack=()) -> np.nda
     request = _request(models_dir, family, stack)
     loaded = engine.manager.load(request.model)
     specs, missing = engine.lora_stack(request)
-    engine.last_reports = missing + engine.loras.apply(loaded.pipeline, loaded.family, specs)
+    engine.last_reports = missing + engine.loras.apply(loaded.pipeline, loaded.family, specs, engine.fuse_loras)
     return _image(engine, loaded, request)
 
 
@@ -152,3 +152,21 @@ def test_a_lora_matching_nothing_gets_a_short_report_with_a_count_and_examples(e
     assert "300" in report.error and "lora_unet_nowhere_block_" in report.error
     assert len(report.error) < 600
     assert np.array_equal(image, base)
+
+
+def test_a_loha_and_a_lora_stack_on_the_same_layers_and_fuse_alike(engine, tiny_models_dir, components, tmp_path):
+    layers = wild.kohya_layers(components[Family.SD1], Family.SD1)
+    loha = wild.save(wild.loha(layers, seed=17, alpha=1.0), tmp_path / "stack-loha.safetensors", Family.SD1)
+    lora = wild.save(wild.kohya_lora(layers, seed=18, alpha=1.0), tmp_path / "stack-lora.safetensors", Family.SD1)
+    stacked = pixels(engine, tiny_models_dir, Family.SD1, [LoraSpec(loha), LoraSpec(lora)])
+    assert [(r.applied, r.unapplied, r.error) for r in engine.last_reports] == [(len(layers), 0, None)] * 2
+    both = wild.patched_weights(loha, layers)
+    for key, weight in wild.patched_weights(lora, layers).items():
+        both[key] = both[key] + weight - next(layer.weight for layer in layers if (layer.component, layer.path) == key)
+    np.testing.assert_allclose(stacked, reference(tiny_models_dir, Family.SD1, both, tmp_path), atol=ATOL, rtol=0)
+    engine.fuse_loras = True
+    try:
+        fused = pixels(engine, tiny_models_dir, Family.SD1, [LoraSpec(loha), LoraSpec(lora)])
+    finally:
+        engine.fuse_loras = False
+    np.testing.assert_allclose(fused, stacked, atol=ATOL, rtol=0)
