@@ -233,3 +233,14 @@ def save(state: dict[str, torch.Tensor], path: Path, family: Family | None = Non
     save_file({k: v.contiguous() for k, v in state.items()}, path, metadata=metadata)
     return path
 
+
+
+def linked_models(root: Path, tiny_models_dir: Path, files: tuple[str, ...]) -> Path:
+    """A models dir of its own holding links to some tiny fixtures (and the tokenizer), for files to add beside."""
+    for relative in (*files, "tokenizers/clip"):
+        link = root / relative
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.symlink_to(tiny_models_dir / relative, target_is_directory=(tiny_models_dir / relative).is_dir())
+    for folder in ("checkpoints", "vae", "loras", "embeddings"):
+        (root / folder).mkdir(exist_ok=True)
+    return root

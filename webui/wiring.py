@@ -29,5 +29,6 @@ def build_engine(
         outputs_dir,
         hasher=library.model_hash,
         lora_resolver=lambda name: library.find(name, Kind.LORA).path,
-        embeddings=EmbeddingSet(lambda: [e.path for e in library.entries(Kind.EMBEDDING) if e.usable]),
+        # Unusable embedding files too: a prompt naming one gets told why it was skipped, not read as words.
+        embeddings=EmbeddingSet(lambda: [e.path for e in library.entries(Kind.EMBEDDING)]),
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import pickle
@@ -20,6 +21,10 @@ MAX_HEADER_BYTES = 100 * 1024 * 1024  # safetensors itself refuses headers above
 MODEL_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin", ".sft", ".gguf")
 SAFETENSORS_SUFFIXES = (".safetensors", ".sft")
 _DIFFUSERS_COMPONENTS = ("unet", "transformer", "vae", "text_encoder", "text_encoder_2", "text_encoder_3")
+# Classes a weights-only load may build beyond tensors and plain containers: named, inert ones that real files
+# need. The original textual-inversion repo (rinongal/textual_inversion) saves `string_to_param` as a
+# ParameterDict; AUTOMATIC1111's restricted unpickler (modules/safe.py) allows it for that reason.
+_INERT_CLASSES = ("torch.nn.ParameterDict",)
 _CONVERT_HINT = (
     "re-save it as .safetensors with a tool you trust, or download the .safetensors version of the model"
 )
@@ -236,17 +241,27 @@ def _weights_only_load(path: Path, handle: BinaryIO, *, mmap: bool, device: str)
         fd_path = f"/proc/self/fd/{handle.fileno()}"
         target = fd_path if os.path.exists(fd_path) else handle
         mmap = mmap and isinstance(target, str)
-    try:
-        return torch.load(target, map_location=device, weights_only=True, mmap=mmap)
-    except RuntimeError as error:
-        if not (mmap and "mmap" in str(error)):
-            raise
-    handle.seek(0)  # legacy non-zip pickles cannot be memory-mapped
-    return torch.load(handle, map_location=device, weights_only=True)
+    with torch.serialization.safe_globals(_inert_classes()):
+        try:
+            return torch.load(target, map_location=device, weights_only=True, mmap=mmap)
+        except RuntimeError as error:
+            if not (mmap and "mmap" in str(error)):
+                raise
+        handle.seek(0)  # legacy non-zip pickles cannot be memory-mapped
+        return torch.load(handle, map_location=device, weights_only=True)
+
+
+def _inert_classes() -> list[type]:
+    """The classes of _INERT_CLASSES, for `torch.serialization.safe_globals` (scoped to one load)."""
+    classes = []
+    for name in _INERT_CLASSES:
+        module, _, attribute = name.rpartition(".")
+        classes.append(getattr(importlib.import_module(module), attribute))
+    return classes
 
 
 def _refusal_problem(path: Path, error: Exception) -> str:
-    found = re.search(r"Unsupported global: GLOBAL (\S+)", str(error))
+    found = re.search(r"unsupported global:? (?:GLOBAL )?(\S+)", str(error), re.IGNORECASE)  # both torch wordings
     needs = f" (it asks for {found.group(1)})" if found else ""
     renamed = (
         f"this is a pickle (legacy .ckpt) file named {path.suffix}, and it "
@@ -275,9 +290,11 @@ def _tensors_of(loaded: Any, path: Path) -> tuple[dict[str, torch.Tensor], dict[
         for key, value in mapping.items():
             name = f"{prefix}{key}"
             if isinstance(value, torch.Tensor):
-                tensors[name] = value
+                tensors[name] = value.detach()  # a Parameter (from a ParameterDict) becomes a plain tensor
             elif isinstance(value, Mapping):
                 walk(value, name + ".")
+            elif isinstance(value, torch.nn.ParameterDict):
+                walk(dict(value.items()), name + ".")
             elif not prefix and isinstance(value, (str, int, float, bool)):
                 metadata[name] = str(value)
 
