@@ -244,3 +244,34 @@ def linked_models(root: Path, tiny_models_dir: Path, files: tuple[str, ...]) -> 
     for folder in ("checkpoints", "vae", "loras", "embeddings"):
         (root / folder).mkdir(exist_ok=True)
     return root
+
+
+def variant_unet(components: dict, in_channels: int, seed: int) -> torch.nn.Module:
+    """The tiny UNet grown to `in_channels` inputs as inpainting / instruct-pix2pix fine-tunes are: the base weights,
+    and random weights for the extra input channels of conv_in (so what they are fed shows in the image)."""
+    from diffusers import UNet2DConditionModel
+
+    base = components["unet"]
+    unet = UNet2DConditionModel.from_config({**base.config, "in_channels": in_channels}).eval()
+    state = base.state_dict()
+    weight = state["conv_in.weight"]
+    extra = torch.randn((weight.shape[0], in_channels - weight.shape[1], *weight.shape[2:]),
+                        generator=torch.Generator().manual_seed(seed)) * weight.std()  # fmt: skip
+    state["conv_in.weight"] = torch.cat([weight, extra], dim=1)
+    unet.load_state_dict(state)
+    return unet
+
+
+def write_checkpoint(
+    path: Path,
+    components: dict,
+    family: Family,
+    drop: tuple[str, ...] = (),
+    dtype: torch.dtype | None = torch.float16,
+) -> dict[str, torch.Tensor]:
+    """A single-file checkpoint of `components` in the family's LDM layout, without the keys under `drop`."""
+    from webui.models.ldm_writer import pipeline_to_ldm, save_single_file
+
+    state = {k: v for k, v in pipeline_to_ldm(components, family).items() if not k.startswith(drop)}
+    save_single_file(state, path, dtype=dtype)
+    return state

@@ -23,7 +23,7 @@ def build_engine(
     policy = policy or DevicePolicy()
     device = policy.resolve_device()
     cache = ComponentCache({**default_budgets(device), **(budgets or {})})
-    manager = PipelineManager(library.models_dir, policy, cache)
+    manager = PipelineManager(library.models_dir, policy, cache, default_part=library.default_part)
     return Engine(
         manager,
         outputs_dir,

@@ -13,6 +13,7 @@ import json
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -24,6 +25,7 @@ from webui.engine.cache import ComponentCache, ComponentKey
 from webui.engine.device import DevicePolicy
 from webui.engine.memory import device_total_bytes, system_ram_bytes
 from webui.families import Family
+from webui.families.base import UnetVariant
 from webui.families.encoders import ENCODERS
 from webui.models.derive import bundled_config
 from webui.models.identity import Identity
@@ -80,6 +82,8 @@ class LoadedModel:
     dtype: torch.dtype
     load_seconds: float
     loaded_from_disk: list[Role] = field(default_factory=list)
+    defaults: dict[Role, Path] = field(default_factory=dict)  # parts the checkpoint lacks, chosen by rule (a VAE)
+    variant: UnetVariant | None = None  # an inpainting / instruct-pix2pix UNet (extra input channels)
 
 
 def _identify(path: Path):  # noqa: ANN202 (webui.models.identify.Identity)
@@ -111,14 +115,25 @@ def default_budgets(device: torch.device) -> dict[str, int]:
     return budgets
 
 
+DefaultPart = Callable[[Family, Role, Path], Path | None]
+
+
 class PipelineManager:
+    """Loads model choices into pipelines over cached components (see the module docstring).
+
+    `default_part(family, role, checkpoint)` names the file for a part the checkpoint lacks and the choice does
+    not override (the model library's rule for a VAE, webui.models.default_vae); None, or a None answer, leaves
+    the part missing and the load is refused saying where to put one."""
+
     def __init__(
         self,
         models_dir: Path,
         policy: DevicePolicy | None = None,
         cache: ComponentCache | None = None,
+        default_part: DefaultPart | None = None,
     ) -> None:
         self.models_dir = Path(models_dir)
+        self.default_part = default_part
         self.policy = policy or DevicePolicy()
         self.device = self.policy.resolve_device()
         self.dtype = self.policy.resolve_dtype(self.device)
@@ -150,8 +165,11 @@ class PipelineManager:
             raise ModelLoadError(f"{path}: {identity.family.label} UNet does not fit a {family.label} pipeline")
         return ComponentSource(path)
 
-    def _plan(self, choice: ModelChoice) -> tuple[Family, Identity | None, dict[Role, ComponentSource]]:
-        """The family, the checkpoint's identity (its declared prediction and zero-SNR), each role's source."""
+    def _plan(
+        self, choice: ModelChoice
+    ) -> tuple[Family, Identity | None, dict[Role, ComponentSource], dict[Role, Path]]:
+        """The family, the checkpoint's identity (its declared prediction and zero-SNR), each role's source, and
+        the parts the checkpoint lacks that were chosen by rule (a no-VAE checkpoint's VAE)."""
         base = None
         if choice.checkpoint is not None:
             base = _identify(choice.checkpoint)
@@ -166,8 +184,11 @@ class PipelineManager:
         if not family.supported:
             raise ModelLoadError(f"{choice.checkpoint or choice.unet}: {family.label} models are not supported yet")
         sources: dict[Role, ComponentSource] = {}
+        defaults: dict[Role, Path] = {}
         for role in family.description.role_names:
             override = choice.override(role)
+            if override is None and base is not None and role in base.lacks and choice.checkpoint is not None:
+                override = defaults[role] = self._default_part(family, role, choice.checkpoint)
             if override is not None:
                 sources[role] = self._source_for(role, override, family)
             elif base is None or choice.checkpoint is None:
@@ -181,14 +202,33 @@ class PipelineManager:
                 )
             else:
                 sources[role] = ComponentSource(choice.checkpoint, checkpoint_prefix(family, role))
-        return family, base, sources
+        return family, base, sources, defaults
+
+    def _default_part(self, family: Family, role: Role, checkpoint: Path) -> Path:
+        """The file for a part the checkpoint lacks (a "no-VAE" upload), or a ModelLoadError saying where to put one."""
+        found = self.default_part(family, role, checkpoint) if self.default_part is not None else None
+        if found is not None:
+            return found
+        choose = f"--{role.value.replace('_', '-')}" if role is not Role.TEXT_ENCODER_2 else "a second --text-encoder"
+        if role is Role.VAE:
+            names = family.description.defaults.vae_names
+            example = f" (e.g. {names[0]}.safetensors)" if names else ""
+            folder = self.models_dir / "vae"
+            fix = f"put a {family.label} VAE file{example} into {folder}/ (then it is used by default), or choose one"
+        else:
+            folder = self.models_dir / "text_encoders"
+            fix = f"put a {family.label} {role.value} file into {folder}/ and choose it"
+        raise ModelLoadError(
+            f"{checkpoint.name} has no {role.value} inside and none was chosen: {fix} with {choose} or in the "
+            "Components tab"
+        )
 
     # -- loading ---------------------------------------------------------------------------------
     def load(self, choice: ModelChoice) -> LoadedModel:
         """Assemble the pipeline for `choice`; on any failure the previous model stays current."""
         with self._lock:
             started = time.perf_counter()
-            family, declared, sources = self._plan(choice)
+            family, declared, sources, defaults = self._plan(choice)
             keys = {
                 role: ComponentKey.of(s.path, s.prefix, role, family, self.dtype, self.home)
                 for role, s in sources.items()
@@ -198,6 +238,7 @@ class PipelineManager:
             self.cache.pin([*keys.values(), *in_use])
             try:
                 loaded = self._load_planned(choice, family, declared, sources, keys, started)
+                loaded.defaults = defaults
             except BaseException:
                 self.cache.pin(in_use)
                 raise
@@ -222,8 +263,8 @@ class PipelineManager:
             except ComponentLoadError as error:
                 raise ModelLoadError(str(error)) from error
             modules[role] = item.module
-        self._check_fit(family, modules, sources)
-        pipeline, scheduler_config = self._assemble(family, declared, choice.checkpoint, modules)
+        variant = self._check_fit(family, modules, sources)
+        pipeline, scheduler_config = self._assemble(family, declared, choice.checkpoint, modules, variant)
         return LoadedModel(
             choice=choice,
             family=family,
@@ -235,6 +276,7 @@ class PipelineManager:
             dtype=self.dtype,
             load_seconds=time.perf_counter() - started,
             loaded_from_disk=from_disk,
+            variant=variant,
         )
 
     def _load_one(self, source: ComponentSource, role: Role, family: Family) -> torch.nn.Module:
@@ -242,9 +284,11 @@ class PipelineManager:
         return module.to(self.home)
 
     @staticmethod
-    def _check_fit(family: Family, modules: dict[Role, torch.nn.Module], sources: dict[Role, ComponentSource]) -> None:
+    def _check_fit(
+        family: Family, modules: dict[Role, torch.nn.Module], sources: dict[Role, ComponentSource]
+    ) -> UnetVariant | None:
         """A UNet's cross-attention takes the text encoders' features side by side; the VAE's latents are
-        the denoiser's input."""
+        the denoiser's input (with extra channels, a UNet variant of the family's description). Returns the variant."""
         description = family.description
         denoiser_role = description.denoiser.role
         unet = modules[denoiser_role]
@@ -256,11 +300,17 @@ class PipelineManager:
                 f"but the text encoder(s) give {'+'.join(map(str, widths))}"
             )
         vae = modules[Role.VAE]
-        if vae.config.latent_channels != unet.config.in_channels:
+        latent, takes = vae.config.latent_channels, unet.config.in_channels
+        if latent == takes:
+            return None
+        variant = description.unet_variant(takes)
+        if variant is None:
+            known = ", ".join(f"{v.in_channels} ({v.name})" for v in description.unet_variants)
             raise ModelLoadError(
-                f"{sources[Role.VAE].describe()}: the VAE has {vae.config.latent_channels} latent channels, "
-                f"the UNet takes {unet.config.in_channels}"
+                f"{sources[Role.VAE].describe()}: the VAE has {latent} latent channels, the UNet takes {takes}, "
+                f"which is no {family.label} UNet (known: {latent}{', ' + known if known else ''})"
             )
+        return variant
 
     def _tokenizer(self, checkpoint: Path, subfolder: str, pad: str) -> Any:
         """A diffusers folder's own tokenizer for that folder; else models/tokenizers/clip/ or the bundled one."""
@@ -279,6 +329,7 @@ class PipelineManager:
         declared: Identity | None,
         checkpoint: Path | None,
         modules: dict[Role, torch.nn.Module],
+        variant: UnetVariant | None = None,
     ) -> tuple[Any, dict[str, Any]]:
         import diffusers
 
@@ -304,9 +355,10 @@ class PipelineManager:
             if spec.tokenizer is not None and spec.role in modules:
                 pad = ENCODERS[spec.encoder].pad_token
                 components[spec.tokenizer] = self._tokenizer(checkpoint, spec.tokenizer, pad)
-        if description.pipeline is None:
+        spec = variant.pipeline if variant is not None else description.pipeline
+        if spec is None:
             raise ModelLoadError(f"{family.label}: its description names no diffusers pipeline yet")
-        pipeline = description.pipeline.create(components)
+        pipeline = spec.create(components)
         pipeline.set_progress_bar_config(disable=True)
         if self.current is not None and self.offload:
             self.current.pipeline.remove_all_hooks()  # the cached modules carry the old pipeline's hooks
@@ -322,6 +374,8 @@ class PipelineManager:
         return {
             "current": None if current is None else current.choice.name,
             "family": None if current is None else current.family.value,
+            "variant": None if current is None or current.variant is None else current.variant.name,
+            "defaults": {} if current is None else {r.value: p.name for r, p in current.defaults.items()},
             "device": str(self.device),
             "dtype": str(self.dtype).removeprefix("torch."),
             "cached": [vars(s) for s in self.cache.stats()],

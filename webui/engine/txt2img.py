@@ -27,6 +27,7 @@ from webui.engine.prompt_plan import PromptPlan, plan_prompt
 from webui.engine.request import GeneratedImage, GenerationRequest, GenerationResult
 from webui.engine.samplers import make_scheduler, sampler_entry, sampler_label, schedule_note
 from webui.families import DESCRIPTIONS
+from webui.families.base import VariantInput
 from webui.models.loading import Role
 
 Hasher = Callable[[Path], str | None]
@@ -112,6 +113,10 @@ class Engine:
                 f"model: {loaded.choice.name} is an {loaded.family.label}, which refines an existing image; "
                 f"txt2img needs a checkpoint of another family ({takes})"
             )
+        variant = loaded.variant
+        if variant is not None and variant.txt2img is None:
+            what = f"{variant.name} {loaded.family.label} model"
+            raise ValueError(f"model: {loaded.choice.name} is an {what}: {variant.refusal}")
         timings = {"load": time.perf_counter() - started, "denoise": 0.0, "decode": 0.0, "save": 0.0}
         plan = plan_prompt(request.prompt, request.negative_prompt, request.steps)
         stack, unresolved = self.lora_stack(request, plan)
@@ -240,9 +245,16 @@ class Engine:
         entry = sampler_entry(request.sampler) if request.sampler else None
         ays_levels = loaded.family.description.scheduler.align_your_steps
         noise = None
+        if entry is not None and entry.own and loaded.variant is not None:
+            raise ValueError(
+                f"sampler: {request.sampler} runs its own sampling loop, which cannot feed the extra input "
+                f"channels of {loaded.choice.name}'s {loaded.variant.name} UNet; choose a diffusers sampler "
+                "(Euler, DPM++ 2M, ...)"
+            )
         if request.subseed_strength or (entry is not None and entry.own):
             factor = pipeline.vae_scale_factor
-            shape = (pipeline.unet.config.in_channels, height // factor, width // factor)
+            # The latent channels (an inpainting UNet takes more inputs than it denoises).
+            shape = (pipeline.vae.config.latent_channels, height // factor, width // factor)
             noise = initial_noise(seeds, shape, subseeds, request.subseed_strength)
         if entry is not None and entry.own:
             from webui.engine import own_sampling
@@ -267,6 +279,7 @@ class Engine:
             kwargs["latents"] = noise.to(pipeline.unet.dtype)
         if request.eta is not None and entry is not None and entry.scheduler == "DDIMScheduler":
             kwargs["eta"] = request.eta
+        kwargs.update(_variant_inputs(loaded, request))
         pipeline._interrupt = False
 
         def run() -> torch.Tensor:
@@ -298,9 +311,10 @@ class Engine:
             "Model hash": self.hasher(choice.checkpoint or choice.unet),
             "Model": choice.name,
         }
-        if choice.vae is not None:
-            params["VAE hash"] = self.hasher(choice.vae)
-            params["VAE"] = choice.vae.name
+        vae = choice.vae or loaded.defaults.get(Role.VAE)  # a no-VAE checkpoint's default VAE is named too
+        if vae is not None:
+            params["VAE hash"] = self.hasher(vae)
+            params["VAE"] = vae.name
         params["Clip skip"] = request.clip_skip if request.clip_skip > 1 else None
         entry = sampler_entry(request.sampler) if request.sampler else None
         if request.eta is not None and entry is not None and entry.eta is not None and request.eta != entry.eta:
@@ -310,6 +324,23 @@ class Engine:
             if override is not None:
                 params[key] = override.name
         return params
+
+
+def _variant_inputs(loaded: LoadedModel, request: GenerationRequest) -> dict[str, Any]:
+    """What a UNet variant's extra channels get in txt2img (its description's `txt2img`).
+
+    FULL_MASK, A1111's txt2img on an inpainting model: the whole image is masked, so the masked image is all
+    zeros whatever the image (diffusers' inpaint pipeline computes `image * (mask < 0.5)`), and strength 1
+    starts from pure noise as txt2img does."""
+    variant = loaded.variant
+    if variant is None or variant.txt2img is None:
+        return {}
+    if variant.txt2img is VariantInput.FULL_MASK:
+        from PIL import Image
+
+        size = (request.width, request.height)
+        return {"image": Image.new("RGB", size), "mask_image": Image.new("L", size, 255), "strength": 1.0}
+    raise ValueError(f"model: txt2img does not know how to feed a {variant.name} UNet ({variant.txt2img})")
 
 
 def _tail() -> dict[str, Any]:

@@ -151,6 +151,7 @@ class Defaults:
     cfg_scale: float | None = None
     distilled_guidance: float | None = None
     negative_prompt: bool = True
+    vae_names: tuple[str, ...] = ()  # name fragments of the VAE a checkpoint without one gets, best first
 
     def size_presets(self, prediction: Prediction | None) -> tuple[tuple[int, int], ...]:
         if prediction is Prediction.V and self.sizes_v_prediction:
@@ -180,6 +181,30 @@ class PipelineSpec:
         kwargs.update(self.flags)
         kwargs.update(components)
         return self.pipeline_class()(**kwargs)
+
+
+class VariantInput(str, Enum):
+    """What txt2img feeds a UNet variant's extra input channels."""
+
+    FULL_MASK = "full_mask"  # an all-ones mask and the latents of an all-zero masked image (A1111's txt2img)
+
+
+@dataclass(frozen=True)
+class UnetVariant:
+    """A UNet of the family whose `conv_in` takes extra channels: latents concatenated to the noisy ones.
+
+    `name` is what users call it (A1111, diffusers model cards); `pipeline` the diffusers pipeline that feeds
+    those channels; `txt2img` how txt2img runs it (None: it cannot, and `refusal` says why and what can).
+    Inpainting UNets (9 = 4 latent + 1 mask + 4 masked-image latent channels) run txt2img as A1111 runs them:
+    the whole image masked (`processing.txt2img_image_conditioning`), which diffusers' inpaint pipeline at
+    strength 1 with an all-ones mask does; instruct-pix2pix UNets (8 = 4 + 4 latents of the image to edit)
+    need an input image."""
+
+    name: str
+    in_channels: int
+    pipeline: PipelineSpec
+    txt2img: VariantInput | None = None
+    refusal: str | None = None
 
 
 @dataclass(frozen=True)
@@ -338,6 +363,7 @@ class FamilyDescription:
     embedding: EmbeddingFormat | None = None
     second_pass: SecondPass = field(default_factory=SecondPass)
     merge_blocks: tuple[BlockGroup, ...] = ()
+    unet_variants: tuple[UnetVariant, ...] = ()
     fixtures: FixtureSpec | None = None
     bench: BenchSpec | None = None
 
@@ -349,6 +375,10 @@ class FamilyDescription:
 
     def has(self, role: Role) -> bool:
         return any(spec.role is role for spec in self.roles)
+
+    def unet_variant(self, in_channels: int) -> UnetVariant | None:
+        """The variant whose UNet takes `in_channels` input channels (None: the plain UNet, or none known)."""
+        return next((v for v in self.unet_variants if v.in_channels == in_channels), None)
 
     @property
     def role_names(self) -> tuple[Role, ...]:

@@ -21,7 +21,9 @@ from webui.families.base import (
     Recognition,
     RoleSpec,
     UnetFacts,
+    UnetVariant,
     VaeArchitecture,
+    VariantInput,
     frozen,
 )
 from webui.models.kinds import Role, TextEncoderType
@@ -47,6 +49,24 @@ SD_PIPELINE = PipelineSpec(
     absent=("safety_checker", "feature_extractor"),
     flags=frozen(requires_safety_checker=False),
 )
+# UNets with extra input channels (runwayml/stable-diffusion-inpainting, timbrooks/instruct-pix2pix), shared with SD2.
+SD_VARIANTS = (
+    UnetVariant(
+        "inpainting",
+        9,
+        PipelineSpec("StableDiffusionInpaintPipeline", SD_PIPELINE.absent, SD_PIPELINE.flags),
+        txt2img=VariantInput.FULL_MASK,
+    ),
+    UnetVariant(
+        "instruct-pix2pix",
+        8,
+        PipelineSpec("StableDiffusionInstructPix2PixPipeline", SD_PIPELINE.absent, SD_PIPELINE.flags),
+        refusal="an instruct-pix2pix model edits an input image by an instruction, so txt2img cannot run it "
+        "(it needs img2img, which is not here yet); use it there, or pick a txt2img checkpoint",
+    ),
+)
+# What a no-VAE SD1/SD2 checkpoint gets: stabilityai/sd-vae-ft-mse-original's files, the peers' usual choice.
+SD_VAE_NAMES = ("vae-ft-mse-840000", "vae-ft-ema-560000")
 # The UNet's blocks as A1111's per-block merge weights name them (IN00.., M00, OUT00..).
 UNET_BLOCKS = (
     BlockGroup("IN", "input_blocks."),
@@ -89,10 +109,11 @@ DESCRIPTION = FamilyDescription(
     unet=UnetFacts(context_dim=768, linear_proj=False, add_embedding_in=None, head_channels=None),
     recognition=Recognition(metadata_hints=("v1",)),
     conditioning=ClipChunks(),
-    defaults=Defaults(sizes=SD1_SIZES),
+    defaults=Defaults(sizes=SD1_SIZES, vae_names=SD_VAE_NAMES),
     pipeline=SD_PIPELINE,
     lora=LoraFacts(kohya_text_encoders=((Role.TEXT_ENCODER, "lora_te_"),), base_model_version="sd_v1"),
     merge_blocks=UNET_BLOCKS,
+    unet_variants=SD_VARIANTS,
     fixtures=FixtureSpec(
         writer=TINY_WRITER,
         unet=frozen(TINY_SD_BLOCKS, cross_attention_dim=768, attention_head_dim=8),

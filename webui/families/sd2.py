@@ -24,6 +24,8 @@ from webui.families.sd1 import (
     SD1_SIZES,
     SD_LATENT,
     SD_PIPELINE,
+    SD_VAE_NAMES,
+    SD_VARIANTS,
     TINY_SD_BLOCKS,
     TINY_WRITER,
     UNET_BLOCKS,
@@ -121,6 +123,7 @@ DESCRIPTION = FamilyDescription(
     defaults=Defaults(
         sizes=SD1_SIZES,
         sizes_v_prediction=((768, 768), (768, 1024), (1024, 768), (768, 576), (576, 768)),
+        vae_names=SD_VAE_NAMES,
     ),
     pipeline=SD_PIPELINE,
     lora=LoraFacts(
@@ -129,6 +132,7 @@ DESCRIPTION = FamilyDescription(
         metadata=frozen(ss_v2="True", ss_v_parameterization="True"),
     ),
     merge_blocks=UNET_BLOCKS,
+    unet_variants=SD_VARIANTS,  # stabilityai/stable-diffusion-2-inpainting
     fixtures=FixtureSpec(
         writer=TINY_WRITER,
         # upcast_attention as stabilityai/stable-diffusion-2-1 ships it

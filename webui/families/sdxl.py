@@ -23,6 +23,8 @@ from webui.families.base import (
     RoleSpec,
     SchedulerSpec,
     UnetFacts,
+    UnetVariant,
+    VariantInput,
     frozen,
 )
 from webui.families.sd1 import SD_VAE, TINY_WRITER, UNET_BLOCKS, UNET_ROLE, VAE_ROLE
@@ -55,6 +57,21 @@ TINY_XL_BLOCKS = frozen(
     addition_embed_type="text_time",
     addition_time_embed_dim=TIME_EMBED,
     use_linear_projection=True,
+)
+
+
+# What a no-VAE SDXL checkpoint gets: stabilityai/sdxl-vae's sdxl_vae.safetensors, or madebyollin's fp16 fix.
+XL_VAE_NAMES = ("sdxl_vae", "sdxl-vae")
+# diffusers/stable-diffusion-xl-1.0-inpainting-0.1 and diffusers/sdxl-instructpix2pix-768.
+XL_VARIANTS = (
+    UnetVariant("inpainting", 9, PipelineSpec("StableDiffusionXLInpaintPipeline"), txt2img=VariantInput.FULL_MASK),
+    UnetVariant(
+        "instruct-pix2pix",
+        8,
+        PipelineSpec("StableDiffusionXLInstructPix2PixPipeline"),
+        refusal="an instruct-pix2pix model edits an input image by an instruction, so txt2img cannot run it "
+        "(it needs img2img, which is not here yet); use it there, or pick a txt2img checkpoint",
+    ),
 )
 
 
@@ -98,7 +115,7 @@ DESCRIPTION = FamilyDescription(
     ),
     conditioning=XL_CONDITIONING,
     scheduler=XL_SCHEDULER,
-    defaults=Defaults(sizes=XL_SIZES),
+    defaults=Defaults(sizes=XL_SIZES, vae_names=XL_VAE_NAMES),
     pipeline=PipelineSpec("StableDiffusionXLPipeline"),
     lora=LoraFacts(
         kohya_text_encoders=((Role.TEXT_ENCODER, "lora_te1_"), (Role.TEXT_ENCODER_2, "lora_te2_")),
@@ -106,6 +123,7 @@ DESCRIPTION = FamilyDescription(
         base_model_version="sdxl_base_v1-0",
     ),
     merge_blocks=UNET_BLOCKS,
+    unet_variants=XL_VARIANTS,
     embedding=EmbeddingFormat(keys=((Role.TEXT_ENCODER, "clip_l"), (Role.TEXT_ENCODER_2, "clip_g"))),
     fixtures=FixtureSpec(
         writer=TINY_WRITER,

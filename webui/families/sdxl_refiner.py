@@ -16,6 +16,7 @@ from webui.families.sdxl import (
     XL_LATENT,
     XL_SCHEDULER,
     XL_SIZES,
+    XL_VAE_NAMES,
     bigg_role,
 )
 from webui.models.kinds import Role
@@ -31,7 +32,7 @@ DESCRIPTION = FamilyDescription(
     recognition=Recognition(metadata_hints=("refiner",)),
     conditioning=XL_CONDITIONING,
     scheduler=XL_SCHEDULER,
-    defaults=Defaults(sizes=XL_SIZES),
+    defaults=Defaults(sizes=XL_SIZES, vae_names=XL_VAE_NAMES),
     pipeline=PipelineSpec(
         "StableDiffusionXLImg2ImgPipeline",
         absent=("text_encoder", "tokenizer"),

@@ -30,7 +30,7 @@ from webui.models.identity import (
     has_key_prefix,
     unknown,
 )
-from webui.models.kinds import Kind, Prediction, TextEncoderType
+from webui.models.kinds import Kind, Prediction, Role, TextEncoderType
 
 __all__ = ["Identity", "identify", "UNET_SIGNATURES", "split_components", "classify"]
 
@@ -71,10 +71,8 @@ def measure_unet(shapes: Shapes) -> Component:
     proj_in = _first(shapes, "proj_in.weight")
     add = _matrix(shapes.get("label_emb.0.0.weight") or shapes.get("add_embedding.linear_1.weight"))
     conv_in = shapes.get("input_blocks.0.0.weight") or shapes.get("conv_in.weight")
+    in_channels = conv_in[1] if conv_in is not None and len(conv_in) == 4 else None
     notes = []
-    if conv_in is not None and len(conv_in) == 4 and conv_in[1] != 4:
-        variant = {9: "inpainting", 8: "instruct-pix2pix"}.get(conv_in[1], "unusual")
-        notes.append(f"{variant} UNet ({conv_in[1]} input channels)")
     if to_k is None or proj_in is None:
         return Component(
             Kind.UNET, Family.UNKNOWN, note="UNet without cross-attention weights (attn2.to_k, proj_in)"
@@ -87,6 +85,7 @@ def measure_unet(shapes: Shapes) -> Component:
                     f"unexpected {'linear' if linear else 'conv'} proj_in for {signature.family.label}"
                 )
             widths = f"cross-attention {context}" + (f", add-embedding {add_in}" if add_in else "")
+            notes += _variant_notes(signature.family, in_channels)
             return Component(Kind.UNET, signature.family, note="; ".join([widths, *notes]))
     known = "; ".join(s.describe() for s in UNET_SIGNATURES)
     return Component(
@@ -95,6 +94,19 @@ def measure_unet(shapes: Shapes) -> Component:
         note=f"UNet with cross-attention {context}/{'linear' if linear else 'conv'}/add-embedding "
         f"{add_in or 'none'} matches no known family (known: {known})",
     )
+
+
+def _variant_notes(family: Family, in_channels: int | None) -> list[str]:
+    """What a UNet with extra input channels is, from the family's description (inpainting, instruct-pix2pix)."""
+    description = family.description
+    plain = description.latent.channels if description.latent is not None else None
+    if in_channels is None or in_channels == plain:
+        return []
+    variant = description.unet_variant(in_channels)
+    if variant is None:
+        return [f"unusual UNet ({in_channels} input channels, no known {family.label} variant)"]
+    use = "txt2img runs it with the whole image masked" if variant.txt2img else variant.refusal
+    return [f"{variant.name} UNet ({in_channels} input channels): {use}"]
 
 
 def _denoiser(shapes: Shapes) -> Component | None:
@@ -243,8 +255,17 @@ def _combine(
                 detail=f"{family.label} UNet: {unet.note}{declared}",
                 compatible=(family,),
             )
-        notes = [unet.note + declared, encoder_label(encoders), "VAE" if vaes else "no VAE inside: choose one"]
-        expected = family.description.encoder_types
+        description = family.description
+        lacks = tuple(
+            spec.role
+            for spec in description.text_encoders
+            if spec.encoder is not None and spec.encoder not in encoders and not spec.optional
+        )
+        if not vaes and description.has(Role.VAE):
+            lacks += (Role.VAE,)
+        no_vae = "no VAE inside: a VAE from vae/ is used unless one is chosen"
+        notes = [unet.note + declared, encoder_label(encoders), "VAE" if vaes else no_vae]
+        expected = description.encoder_types
         if expected and set(encoders) != set(expected):
             notes.append(f"expected text encoders {encoder_label(expected)}")
         return Identity(
@@ -254,6 +275,7 @@ def _combine(
             encoders,
             detail=f"{family.label} checkpoint: " + ", ".join(n for n in notes if n),
             compatible=(family,),
+            lacks=lacks,
         )
     if vaes and not encoders:
         vae = vaes[0]

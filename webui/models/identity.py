@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from webui.families import DESCRIPTIONS, Family, family_of
 from webui.families.encoders import ENCODER_BY_WIDTH, encoder_label
-from webui.models.kinds import Kind, Prediction, TextEncoderType
+from webui.models.kinds import Kind, Prediction, Role, TextEncoderType
 
 __all__ = [
     "ENCODER_BY_WIDTH",
@@ -34,7 +34,8 @@ _PREDICTION_WORDS = {
 class Identity:
     """What a file is. `family` is the one it belongs to; `compatible` lists every family it can serve
     (an SD VAE or a CLIP-L text encoder fits several). `prediction` is set only when the file declares it;
-    `zero_snr` only when it carries the `ztsnr` marker."""
+    `zero_snr` only when it carries the `ztsnr` marker. `lacks`: the family's roles a checkpoint does not hold
+    (a "no-VAE" upload lacks its VAE)."""
 
     kind: Kind
     family: Family
@@ -44,6 +45,7 @@ class Identity:
     detail: str = ""
     compatible: tuple[Family, ...] = ()
     zero_snr: bool = False  # trained with zero terminal SNR (the `ztsnr` marker): sample with rescaled betas
+    lacks: tuple[Role, ...] = ()
 
     @property
     def supported(self) -> bool:

@@ -12,10 +12,11 @@ from pathlib import Path
 from typing import Any
 
 from webui.families import Family
+from webui.models.default_vae import default_vae
 from webui.models.files import MODEL_SUFFIXES, ModelFileError, extension_problem, read_header, sniff_format
 from webui.models.hashing import BackgroundHasher, FileHashes, HashCache, HashJob
 from webui.models.identify import Identity, identify
-from webui.models.kinds import FileFormat, Kind, Prediction
+from webui.models.kinds import FileFormat, Kind, Prediction, Role
 from webui.models.roots import (
     EXTRA_ROOTS_FILE,
     ExtraRootsError,
@@ -56,6 +57,7 @@ class ModelEntry:
     hash: str | None = None
     problem: str | None = None
     identity: Identity | None = None
+    aliases: tuple[str, ...] = ()  # names of other paths to the same file (links), which find it too
 
     @property
     def usable(self) -> bool:
@@ -84,6 +86,7 @@ class ModelEntry:
             "supported": self.usable,
             "detail": self.detail,
             "mtime": self.mtime,
+            "aliases": list(self.aliases),
         }
 
 
@@ -162,7 +165,7 @@ class ModelLibrary:
                 old = self._entries.get(path)
                 same = old is not None and (old.size, old.mtime_ns) == (where.size, where.mtime_ns)
                 if same and not where.problem and self._sidecars.get(path) == where.sidecar_mtime_ns:
-                    entries[path] = old
+                    entries[path] = replace(old, aliases=where.aliases)  # links come and go; the file is the same
                     continue
                 (changed if old is not None else added).append(path)
                 entries[path] = self._read_entry(path, where)
@@ -175,15 +178,24 @@ class ModelLibrary:
             return self.entries()
 
     def _discover(self) -> dict[Path, FoundModel]:
-        found: dict[Path, FoundModel] = {}
-        seen_real: set[str] = set()
-        for root in self.roots():
+        """One FoundModel per real file, under its most direct path; the other paths to it become its aliases.
+
+        The same file reached through two roots, a file link and a linked folder, or two links, is listed once.
+        Which path names it does not depend on walk order: the earlier root, then the path through the fewest
+        linked folders (a file linked by name keeps its name when a linked folder also holds the file), then
+        the shorter and alphabetically first name. Every other path's name still finds the file."""
+        reached: dict[str, list[tuple[tuple[int, int, int, str], Path, FoundModel]]] = {}
+        for order, root in enumerate(self.roots()):
             if root.path.is_dir():
                 for path, name in walk_models(root.path, root.path):
-                    real = os.path.realpath(path)
-                    if real not in seen_real:  # the same file reached through two roots is listed once
-                        seen_real.add(real)
-                        found[path] = stat_model(path, FoundModel(root, name))
+                    rank = (order, _linked_folders(path, root.path), name.count("/"), name)
+                    reached.setdefault(os.path.realpath(path), []).append((rank, path, FoundModel(root, name)))
+        found: dict[Path, FoundModel] = {}
+        for paths in reached.values():
+            paths.sort(key=lambda item: item[0])
+            _, path, where = paths[0]
+            where.aliases = tuple(dict.fromkeys(other.name for _, _, other in paths[1:] if other.name != where.name))
+            found[path] = stat_model(path, where)
         return found
 
     def _read_entry(self, path: Path, where: FoundModel) -> ModelEntry:
@@ -215,6 +227,7 @@ class ModelLibrary:
             mtime_ns=where.mtime_ns,
             problem=problem,
             identity=identity,
+            aliases=where.aliases,
         )
 
     # -- listing and finding ------------------------------------------------------------------
@@ -247,21 +260,17 @@ class ModelLibrary:
             if entry.path == path:
                 return entry
         title = _A1111_TITLE.match(query)
-        name = (title.group("name") if title else query).lower()
-        stem = name[: -len(Path(name).suffix)] if Path(name).suffix in MODEL_SUFFIXES else name
-        for same in (
-            lambda e: f"{e.name}{e.path.suffix}".lower() == name,  # foo.ckpt means that file
-            lambda e: e.name.lower() == stem,
-            lambda e: e.name.rsplit("/", 1)[-1].lower() == stem,  # without its subfolder
-        ):
-            hits = [e for e in candidates if same(e)]
-            if hits:
-                return min(hits, key=lambda e: e.format is not FileFormat.SAFETENSORS)
+        # The name as written first: `mymix [0123abcd]` may be a file's own name, not a title with a hash.
+        for name in (query, title.group("name")) if title else (query,):
+            hit = _by_name(candidates, name.lower())
+            if hit is not None:
+                return hit
         wanted = (title.group("hash") if title else query).lower()
         if re.fullmatch(r"[0-9a-f]{8,64}", wanted):
             for entry in candidates:
                 if entry.hash and (entry.hash.startswith(wanted) or wanted.startswith(entry.hash)):
                     return entry
+        stem = _stem(query.lower())
         names = [e.name for e in candidates]
         close = difflib.get_close_matches(stem, names, n=5, cutoff=0.4)
         what = f"{kind.value} " if kind else ""
@@ -272,6 +281,14 @@ class ModelLibrary:
             f"no {what}model named {query!r} under {self.models_dir} or its extra roots{known}. "
             "Refresh the list after adding files, or give the file's path."
         )
+
+    def default_part(self, family: Family, role: Role, checkpoint: Path) -> Path | None:
+        """The file for a part a checkpoint lacks: a VAE by webui.models.default_vae's rule; None for other
+        parts (a missing text encoder must be chosen) or when no VAE fits."""
+        if role is not Role.VAE:
+            return None
+        entry = default_vae(self.entries(Kind.VAE), family, checkpoint)
+        return entry.path if entry is not None else None
 
     # -- hashes -------------------------------------------------------------------------------
     def _with_cached_hash(self, entry: ModelEntry) -> ModelEntry:
@@ -319,6 +336,34 @@ class ModelLibrary:
             hasher, self._hasher = self._hasher, None
         if hasher is not None:
             hasher.stop()
+
+
+def _stem(name: str) -> str:
+    return name[: -len(Path(name).suffix)] if Path(name).suffix in MODEL_SUFFIXES else name
+
+
+def _by_name(candidates: list[ModelEntry], name: str) -> ModelEntry | None:
+    """The entry a (lower-case) name means: `foo.ckpt` that file, then `sub/foo` or `foo`, then `foo` without
+    its subfolder, each also among the names of links to the file; several: the .safetensors one, then the first."""
+    stem = _stem(name)
+    for same in (
+        lambda e: any(f"{n}{e.path.suffix}".lower() == name for n in (e.name, *e.aliases)),  # foo.ckpt: that file
+        lambda e: any(n.lower() == stem for n in (e.name, *e.aliases)),
+        lambda e: any(n.rsplit("/", 1)[-1].lower() == stem for n in (e.name, *e.aliases)),  # without its subfolder
+    ):
+        hits = [e for e in candidates if same(e)]
+        if hits:
+            return min(hits, key=lambda e: e.format is not FileFormat.SAFETENSORS)
+    return None
+
+
+def _linked_folders(path: Path, root: Path) -> int:
+    """How many folders between `root` and `path` are symlinks (the file itself not counted)."""
+    count, folder = 0, path.parent
+    while folder != root and root in folder.parents:
+        count += folder.is_symlink()
+        folder = folder.parent
+    return count
 
 
 def open_library(models_dir: Path, extra_model_paths: Path | None = None) -> ModelLibrary:

@@ -152,6 +152,8 @@ def load_component(
         if not state:
             where = f" under {source.prefix!r}" if source.prefix else ""
             raise ComponentLoadError(f"no {role.value} weights{where}")
+        if not source.prefix:
+            state = _without_component_prefix(state, role, family)
         if role is Role.UNET:
             return _load_unet(state, family, dtype)
         if role is Role.VAE:
@@ -161,6 +163,30 @@ def load_component(
         raise ComponentLoadError(f"{source.describe()}: {error}") from error
     except (ValueError, KeyError, RuntimeError, OSError) as error:
         raise ComponentLoadError(f"{source.describe()}: cannot load the {role.value}: {error}") from error
+
+
+def _without_component_prefix(
+    state: dict[str, torch.Tensor], role: Role, family: Family
+) -> dict[str, torch.Tensor]:
+    """A lone component file whose keys sit under a prefix identification accepts (`vae.encoder...`, as some
+    tools save a VAE) loses that prefix, so it loads as it was listed; the family's own single-file prefix
+    (`first_stage_model.`), which the loaders read themselves, stays."""
+    from webui.families.base import Part
+    from webui.models.identify import classify, split_components
+    from webui.models.kinds import Kind
+
+    description = family.description
+    if not description.has(role):
+        return state
+    spec = description.role(role)
+    wanted = {Part.DENOISER: Kind.UNET, Part.VAE: Kind.VAE, Part.TEXT_ENCODER: Kind.TEXT_ENCODER}[spec.part]
+    for prefix, _hint, group in split_components(_shapes(state)):
+        component = classify(group)
+        if component is not None and component.kind is wanted:
+            if prefix in ("", spec.checkpoint_prefix):
+                return state
+            return {key[len(prefix) :]: value for key, value in state.items() if key.startswith(prefix)}
+    return state
 
 
 def _load_unet(state: dict[str, torch.Tensor], family: Family, dtype: torch.dtype) -> torch.nn.Module:

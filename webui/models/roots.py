@@ -190,6 +190,7 @@ class FoundModel:
     mtime_ns: int = 0
     problem: str | None = None  # could not even stat it (a broken link)
     sidecar_mtime_ns: int | None = None  # the A1111 `<stem>.yaml` beside it, if any
+    aliases: tuple[str, ...] = ()  # names of other paths (links) to the same file
 
 
 def walk_models(folder: Path, root: Path, visited: set[str] | None = None) -> Iterator[tuple[Path, str]]:

@@ -69,7 +69,7 @@ def apply_engine_preferences(engine: Engine, prefs: Preferences) -> list[str]:
             manager.policy, device=prefs.device, precision=prefs.precision, attention_slicing=prefs.attention_slicing
         )
         if policy != manager.policy:
-            fresh = PipelineManager(manager.models_dir, policy, cache=manager.cache)
+            fresh = PipelineManager(manager.models_dir, policy, cache=manager.cache, default_part=manager.default_part)
             if (fresh.device, fresh.dtype) != (manager.device, manager.dtype):
                 manager.cache.clear()
                 changes.append(f"device {fresh.device}, {str(fresh.dtype).removeprefix('torch.')}")

@@ -75,6 +75,10 @@ def status_html(ctx: UiContext, note: str = "") -> str:
             path = loaded.choice.override(role)
             if path is not None:
                 parts.append(f"{choices.ROLE_LABELS[role]}: {html.escape(path.name)}")
+        for role, path in loaded.defaults.items():  # a no-VAE checkpoint's VAE, chosen by the library's rule
+            parts.append(f"{choices.ROLE_LABELS[role]}: {html.escape(path.name)} (default: the checkpoint has none)")
+        if loaded.variant is not None:
+            parts.append(f"{html.escape(loaded.variant.name)} UNet")
         head = " · ".join(parts)
     items = "".join(
         f"<li>{html.escape(item['label'])} — {_mb(item['nbytes'])} ({item['dtype']}, {item['device']})</li>"
