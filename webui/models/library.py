@@ -183,12 +183,13 @@ class ModelLibrary:
         The same file reached through two roots, a file link and a linked folder, or two links, is listed once.
         Which path names it does not depend on walk order: the earlier root, then the path through the fewest
         linked folders (a file linked by name keeps its name when a linked folder also holds the file), then
-        the shorter and alphabetically first name. Every other path's name still finds the file."""
-        reached: dict[str, list[tuple[tuple[int, int, int, str], Path, FoundModel]]] = {}
+        the file itself before a link to it, then the shallower and alphabetically first name. Every other
+        path's name still finds the file."""
+        reached: dict[str, list[tuple[tuple[int, int, bool, int, str], Path, FoundModel]]] = {}
         for order, root in enumerate(self.roots()):
             if root.path.is_dir():
                 for path, name in walk_models(root.path, root.path):
-                    rank = (order, _linked_folders(path, root.path), name.count("/"), name)
+                    rank = (order, _linked_folders(path, root.path), path.is_symlink(), name.count("/"), name)
                     reached.setdefault(os.path.realpath(path), []).append((rank, path, FoundModel(root, name)))
         found: dict[Path, FoundModel] = {}
         for paths in reached.values():
