@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import wild_inputs as wild
 
+from webui.api.translate import model_choice
 from webui.cli import main
 from webui.engine.reproduce import request_from_infotext
 from webui.models.kinds import Kind
@@ -47,6 +48,9 @@ def test_a_name_that_looks_like_a_title_is_matched_literally_everywhere(models, 
     title_hash = library.model_hash(path)
     assert library.find(f"{TITLE_LIKE} [{title_hash}]").path == path
 
+    api = model_choice(library, {"sd_model_checkpoint": "tiny-sd1", "sd_vae": "Automatic"},
+                       {"sd_model_checkpoint": TITLE_LIKE})  # fmt: skip
+    assert api.checkpoint == path
     reproduced = request_from_infotext(f"a cat\nSteps: 2, Seed: 1, Size: 32x32, Model: {TITLE_LIKE}", library)
     assert reproduced.values["checkpoint"] == path and not reproduced.missing
 
