@@ -56,7 +56,8 @@ class LoraSpec:
 
 @dataclass(frozen=True)
 class LoraReport:
-    """What became of one LoRA: modules patched, modules that matched nothing (with examples), or why refused."""
+    """What became of one LoRA: modules patched, modules not applied (examples, with the reason where known: no
+    matching layer, DoRA on the input axis, an unsupported LyCORIS algorithm), or why the whole file was refused."""
 
     name: str
     applied: int = 0

@@ -13,15 +13,17 @@ from typing import Any
 
 from webui.families import Family
 from webui.models.default_vae import default_vae
-from webui.models.files import MODEL_SUFFIXES, ModelFileError, extension_problem, read_header, sniff_format
+from webui.models.files import ModelFileError, extension_problem, read_header, sniff_format
 from webui.models.hashing import BackgroundHasher, FileHashes, HashCache, HashJob
 from webui.models.identify import Identity, identify
 from webui.models.kinds import FileFormat, Kind, Prediction, Role
+from webui.models.names import match_entry, name_stem
 from webui.models.roots import (
     EXTRA_ROOTS_FILE,
     ExtraRootsError,
     FoundModel,
     ModelRoot,
+    linked_folders,
     own_roots,
     read_extra_roots,
     stat_model,
@@ -31,7 +33,6 @@ from webui.models.roots import (
 HASH_CACHE_FILE = ".webui-hashes.json"
 # Infotext hashes: LoRAs and embeddings are named by 12 hex digits, everything else by 10.
 _TWELVE_HEX_KINDS = (Kind.LORA, Kind.EMBEDDING)
-_A1111_TITLE = re.compile(r"^(?P<name>.*) \[(?P<hash>[0-9a-fA-F]{8,64})\]$")
 # A1111 reads `<checkpoint stem>.yaml` beside a checkpoint; SD2 v-prediction files ship with one.
 _YAML_PARAMETERIZATION = re.compile(r"^\s*parameterization:\s*[\"']?(\w+)", re.MULTILINE)
 log = logging.getLogger(__name__)
@@ -189,7 +190,7 @@ class ModelLibrary:
         for order, root in enumerate(self.roots()):
             if root.path.is_dir():
                 for path, name in walk_models(root.path, root.path):
-                    rank = (order, _linked_folders(path, root.path), path.is_symlink(), name.count("/"), name)
+                    rank = (order, linked_folders(path, root.path), path.is_symlink(), name.count("/"), name)
                     reached.setdefault(os.path.realpath(path), []).append((rank, path, FoundModel(root, name)))
         found: dict[Path, FoundModel] = {}
         for paths in reached.values():
@@ -260,18 +261,10 @@ class ModelLibrary:
         for entry in candidates:
             if entry.path == path:
                 return entry
-        title = _A1111_TITLE.match(query)
-        # The name as written first: `mymix [0123abcd]` may be a file's own name, not a title with a hash.
-        for name in (query, title.group("name")) if title else (query,):
-            hit = _by_name(candidates, name.lower())
-            if hit is not None:
-                return hit
-        wanted = (title.group("hash") if title else query).lower()
-        if re.fullmatch(r"[0-9a-f]{8,64}", wanted):
-            for entry in candidates:
-                if entry.hash and (entry.hash.startswith(wanted) or wanted.startswith(entry.hash)):
-                    return entry
-        stem = _stem(query.lower())
+        hit = match_entry(candidates, query)
+        if hit is not None:
+            return hit
+        stem = name_stem(query.lower())
         names = [e.name for e in candidates]
         close = difflib.get_close_matches(stem, names, n=5, cutoff=0.4)
         what = f"{kind.value} " if kind else ""
@@ -337,34 +330,6 @@ class ModelLibrary:
             hasher, self._hasher = self._hasher, None
         if hasher is not None:
             hasher.stop()
-
-
-def _stem(name: str) -> str:
-    return name[: -len(Path(name).suffix)] if Path(name).suffix in MODEL_SUFFIXES else name
-
-
-def _by_name(candidates: list[ModelEntry], name: str) -> ModelEntry | None:
-    """The entry a (lower-case) name means: `foo.ckpt` that file, then `sub/foo` or `foo`, then `foo` without
-    its subfolder, each also among the names of links to the file; several: the .safetensors one, then the first."""
-    stem = _stem(name)
-    for same in (
-        lambda e: any(f"{n}{e.path.suffix}".lower() == name for n in (e.name, *e.aliases)),  # foo.ckpt: that file
-        lambda e: any(n.lower() == stem for n in (e.name, *e.aliases)),
-        lambda e: any(n.rsplit("/", 1)[-1].lower() == stem for n in (e.name, *e.aliases)),  # without its subfolder
-    ):
-        hits = [e for e in candidates if same(e)]
-        if hits:
-            return min(hits, key=lambda e: e.format is not FileFormat.SAFETENSORS)
-    return None
-
-
-def _linked_folders(path: Path, root: Path) -> int:
-    """How many folders between `root` and `path` are symlinks (the file itself not counted)."""
-    count, folder = 0, path.parent
-    while folder != root and root in folder.parents:
-        count += folder.is_symlink()
-        folder = folder.parent
-    return count
 
 
 def open_library(models_dir: Path, extra_model_paths: Path | None = None) -> ModelLibrary:

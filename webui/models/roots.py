@@ -221,6 +221,15 @@ def walk_models(folder: Path, root: Path, visited: set[str] | None = None) -> It
             yield path, relative[: -len(path.suffix)]
 
 
+def linked_folders(path: Path, root: Path) -> int:
+    """How many folders between `root` and `path` are symlinks (the file itself not counted)."""
+    count, folder = 0, path.parent
+    while folder != root and root in folder.parents:
+        count += folder.is_symlink()
+        folder = folder.parent
+    return count
+
+
 def stat_model(path: Path, found: FoundModel) -> FoundModel:
     """Fill in size and mtime (a folder: sum and newest of its files); a broken link gets a problem."""
     try:

@@ -84,7 +84,7 @@ def report_html(report: LoraReport | None) -> str:
     css = "ok"
     if report.unapplied:
         examples = ", ".join(report.examples)
-        text += f"; ⚠ {report.unapplied} matched nothing" + (f" (e.g. {html.escape(examples)})" if examples else "")
+        text += f"; ⚠ {report.unapplied} not applied" + (f" (e.g. {html.escape(examples)})" if examples else "")
         css = "warn"
     return f'<div class="lora-report {css}">{text}</div>'
 
