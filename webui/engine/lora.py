@@ -271,7 +271,7 @@ class LoraStackApplier:
                 pipeline.load_lora_weights(state_dict, adapter_name=name, low_cpu_mem_usage=True)
             except (ValueError, KeyError, RuntimeError) as error:
                 problem = _short(str(error))
-                error_text = f"{spec.path.name}: no layer of it fits ({problem})"
+                error_text = f"{spec.path.name}: none of its {total} modules fits this model ({problem})"
                 return LoraReport(spec.path.stem, unapplied=total, error=error_text)
         applied = _applied_modules(pipeline, name)
         examples = tuple(sorted({_MODULE_SUFFIXES.sub("", k) for k in unexpected.keys}))[:5]

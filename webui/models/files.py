@@ -241,6 +241,8 @@ def _weights_only_load(path: Path, handle: BinaryIO, *, mmap: bool, device: str)
         fd_path = f"/proc/self/fd/{handle.fileno()}"
         target = fd_path if os.path.exists(fd_path) else handle
         mmap = mmap and isinstance(target, str)
+    # safe_globals is torch's scoped allow-list; loads in two threads at once may leave ParameterDict allowed
+    # for later loads too, which is harmless (it is inert: nothing it holds runs).
     with torch.serialization.safe_globals(_inert_classes()):
         try:
             return torch.load(target, map_location=device, weights_only=True, mmap=mmap)
