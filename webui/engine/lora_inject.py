@@ -10,6 +10,10 @@ rank and alpha in `rank_pattern` / `alpha_pattern` (anchored, escaped full paths
 so diffusers' `set_adapters`, `disable_lora`, `fuse_lora` and `delete_adapters` switch and weight them like any
 LoRA, and a weight change re-reads nothing.
 
+At weight 1 a DoRA module gives LyCORIS' weight, dora_scale · (W + ΔW) / ‖W + ΔW‖ per output channel; at other
+weights PEFT scales ΔW inside the norm, where A1111 and ComfyUI blend the weight (W + w·(W_dora − W)): the two
+agree at 0 and 1 only.
+
 What PEFT cannot compute is reported per module and never injected: DoRA with a per-input-channel magnitude
 (PEFT's DoRA normalises per output channel), DoRA on LoHa/LoKr, Tucker-core LoCon, OFT and the other algorithms
 of webui.engine.lora_modules.
