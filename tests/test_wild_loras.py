@@ -14,7 +14,7 @@ import torch
 import wild_inputs as wild
 
 from webui.engine.decode import decode_latents
-from webui.engine.lora import LoraSpec
+from webui.engine.lora import LoraSpec, adapter_name
 from webui.engine.pipelines import ModelChoice, PipelineManager
 from webui.engine.request import GenerationRequest
 from webui.engine.txt2img import Engine
@@ -170,3 +170,26 @@ def test_a_loha_and_a_lora_stack_on_the_same_layers_and_fuse_alike(engine, tiny_
     finally:
         engine.fuse_loras = False
     np.testing.assert_allclose(fused, stacked, atol=ATOL, rtol=0)
+
+
+def test_an_adapter_peft_cannot_build_is_removed_whole_and_reported(engine, tiny_models_dir, components, tmp_path,
+                                                                    monkeypatch):  # fmt: skip
+    from webui.engine import lora_inject
+
+    layers = wild.kohya_layers(components[Family.SD1], Family.SD1)
+    path = wild.save(wild.loha(layers, seed=19), tmp_path / "breaks.safetensors", Family.SD1)
+    base = pixels(engine, tiny_models_dir, Family.SD1)
+    calls = []
+
+    def failing_fill(layer, module, name):  # noqa: ANN001, ANN202
+        calls.append(module.name)
+        if len(calls) == 3:
+            raise RuntimeError("simulated failure inside PEFT")
+
+    monkeypatch.setattr(lora_inject, "_fill", failing_fill)
+    image = pixels(engine, tiny_models_dir, Family.SD1, [LoraSpec(path)])
+    report = engine.last_reports[0]
+    assert report.applied == 0 and "simulated failure" in report.error
+    adapters = engine.manager.current.pipeline.get_list_adapters()
+    assert all(adapter_name(path) not in names for names in adapters.values())
+    assert np.array_equal(image, base)

@@ -200,12 +200,25 @@ def inject_network(pipeline: Any, family: Family, state_dict: dict[str, torch.Te
     if not groups:
         examples = "; ".join(f"{module} ({reason})" for module, reason in list(report.unapplied.items())[:3])
         raise ValueError(f"none of its {len(report.unapplied)} modules can be applied to this model, e.g. {examples}")
-    for (component, algorithm, _dora), members in groups.items():
-        model = getattr(pipeline, component)
-        _expose_conv_groups(model, members)
-        inject_adapter_in_model(_config(algorithm, members), model, adapter_name=name, low_cpu_mem_usage=True)
-        for module, target in members:
-            _fill(_tuner_layer(model, target.path, name), module, name)
-        model._hf_peft_config_loaded = True  # what diffusers' and transformers' adapter methods check
-        report.applied[component] = report.applied.get(component, 0) + len(members)
+    try:
+        for (component, algorithm, _dora), members in groups.items():
+            model = getattr(pipeline, component)
+            _expose_conv_groups(model, members)
+            inject_adapter_in_model(_config(algorithm, members), model, adapter_name=name, low_cpu_mem_usage=True)
+            model._hf_peft_config_loaded = True  # what diffusers' and transformers' adapter methods check
+            for module, target in members:
+                _fill(_tuner_layer(model, target.path, name), module, name)
+            report.applied[component] = report.applied.get(component, 0) + len(members)
+    except (RuntimeError, ValueError, TypeError, KeyError) as error:
+        _remove(pipeline, {component for component, _, _ in groups}, name)  # no half-built adapter stays behind
+        raise ValueError(f"PEFT could not build its adapter ({type(error).__name__}: {error})") from error
     return report
+
+
+def _remove(pipeline: Any, components: set[str], name: str) -> None:
+    from diffusers.utils.peft_utils import delete_adapter_layers
+
+    for component in components:
+        model = getattr(pipeline, component)
+        delete_adapter_layers(model, name)
+        getattr(model, "peft_config", {}).pop(name, None)
