@@ -5,6 +5,7 @@ training leftovers), each checked against the image the file's own weights must 
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import diffusers
@@ -87,6 +88,10 @@ def test_inpainting_checkpoint_runs_txt2img_with_the_whole_image_masked(models, 
     torch.testing.assert_close(latents, expected, atol=1e-5, rtol=0)
     result = engine.generate(request)
     assert result.images and np.isfinite(_png(result)).all()
+    varied = engine.generate(dataclasses.replace(request, subseed=9, subseed_strength=0.5))  # noise of 4 channels
+    assert not np.array_equal(_png(varied), _png(result))
+    with pytest.raises(ValueError, match=r"^sampler: DPM fast .*inpainting UNet"):
+        engine.generate(dataclasses.replace(request, sampler="DPM fast"))
 
 
 def test_instruct_pix2pix_checkpoint_is_recognised_and_refused_with_its_reason(models, components, tmp_path):
