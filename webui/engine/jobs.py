@@ -1,7 +1,8 @@
-"""The one queue for every GPU job (UI, API, compare): first in, first out, one job at a time on one worker thread.
+"""The one queue for every GPU job (UI, API, compare): first in, first out, one job at a time per engine.
 
-Jobs are requests (`submit`) or callables on the engine (`submit_call`). The worker thread starts only when
-`start()` is called. A job that raises is marked failed with a message a user can act on, memory is released,
+Jobs are requests (`submit`) or callables on the engine (`submit_call`). One worker thread per engine (one here;
+one per replica when the engine runs as Ray Serve replicas, `webui.cluster`) starts only when `start()` is called.
+A job says which model it needs and where it runs (`Placement`), so a spread-out engine can route it. A job that raises is marked failed with a message a user can act on, memory is released,
 and the next job runs; the worker itself never stops on a job's error. Only a job's owner may cancel it: a
 queued job leaves the queue, a running one stops within one step (finished images are kept).
 """
@@ -23,6 +24,7 @@ from webui.engine import memory
 from webui.engine.progress import CancelToken
 
 if TYPE_CHECKING:
+    from webui.engine.pipelines import ModelChoice
     from webui.engine.request import GenerationRequest
     from webui.engine.txt2img import Engine
 
@@ -46,6 +48,15 @@ class JobState(str, Enum):
         return self in (JobState.DONE, JobState.FAILED, JobState.CANCELLED)
 
 
+class Placement(str, Enum):
+    """Where a job runs when the engine is spread over several replicas (`python launch.py --ray`). With one
+    engine (the default) every job simply runs on it, whatever its placement."""
+
+    ANY = "any"  # one engine: preferably one that holds the job's model (multiplexed routing)
+    EVERY = "every"  # every engine, and any started later (settings, unloading: each replica has its own memory)
+    FRONT = "front"  # in the front process, handing its generations to the engines (a comparison's cells)
+
+
 class QueueFullError(RuntimeError):
     """The queue already holds `max_size` waiting jobs."""
 
@@ -57,11 +68,23 @@ class QueueFullError(RuntimeError):
 class Job:
     """One unit of GPU work. Its state, progress, result and error are written by the queue's worker only."""
 
-    def __init__(self, queue: JobQueue, call: JobCall, owner: str, kind: str, request: Any = None) -> None:
+    def __init__(
+        self,
+        queue: JobQueue,
+        call: JobCall,
+        owner: str,
+        kind: str,
+        request: Any = None,
+        model: ModelChoice | None = None,
+        placement: Placement = Placement.ANY,
+    ) -> None:
         self.id = uuid.uuid4().hex
         self.owner = owner
         self.kind = kind
         self.request = request  # the GenerationRequest of a `submit`ted job; None for a call
+        self.model = model  # the model the job needs (routing: the replica holding it); None when it needs none
+        self.placement = placement
+        self.replica: str | None = None  # which replica runs it (set on a spread-out engine)
         self.cancel_token = CancelToken()
         self.state = JobState.QUEUED
         self.progress: Any = None  # the last progress report (engine Progress, or what a call reports)
@@ -137,20 +160,29 @@ class JobQueue:
         self.max_size = max_size
         self._cond = threading.Condition()
         self._waiting: deque[Job] = deque()
-        self._running: Job | None = None
+        self._running: list[Job] = []  # in the order they started
         self._finished: deque[Job] = deque(maxlen=FINISHED_KEPT)
-        self._thread: threading.Thread | None = None
+        self._threads: list[threading.Thread] = []
         self._stopping = False
+
+    @property
+    def workers(self) -> int:
+        """How many jobs run at once: one per engine (a spread-out engine has one per replica)."""
+        return 1
 
     # -- lifecycle ---------------------------------------------------------------------------
     def start(self) -> None:
-        """Start the worker thread (once)."""
+        """Start the worker threads (once)."""
         with self._cond:
             if self._stopping:
                 raise RuntimeError("this queue was stopped; build a new JobQueue")
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._work, name="webui-job-queue", daemon=True)
-                self._thread.start()
+            if not self._threads:
+                self._threads = [
+                    threading.Thread(target=self._work, name=f"webui-job-queue-{n}", daemon=True)
+                    for n in range(self.workers)
+                ]
+                for thread in self._threads:
+                    thread.start()
 
     def stop(self, timeout: float | None = None) -> None:
         """Cancel every waiting job, ask the running one to stop, and let the worker end."""
@@ -160,23 +192,32 @@ class JobQueue:
             self._waiting.clear()
             for job in waiting:
                 self._mark_finished(job, JobState.CANCELLED)
-            if self._running is not None:
-                self._running.cancel_token.cancel()
+            for job in self._running:
+                job.cancel_token.cancel()
             self._cond.notify_all()
-            thread = self._thread
+            threads = list(self._threads)
         for job in waiting:
             self._run_callbacks(job)
-        if thread is not None:
+        for thread in threads:
             thread.join(timeout)
 
     # -- submitting ------------------------------------------------------------------------------
     def submit(self, request: GenerationRequest, owner: str, kind: str = "txt2img", preview_every: int = 0) -> Job:
         """Queue one generation; the job's result is the engine's GenerationResult. Raises QueueFullError."""
-        return self._enqueue(Job(self, _generate(request, preview_every), owner, kind, request))
+        return self._enqueue(Job(self, _generate(request, preview_every), owner, kind, request, request.model))
 
-    def submit_call(self, fn: JobCall, owner: str, kind: str) -> Job:
-        """Queue `fn(engine, progress, cancel)` (a compare grid, a model load); its return value is the result."""
-        return self._enqueue(Job(self, fn, owner, kind))
+    def submit_call(
+        self,
+        fn: JobCall,
+        owner: str,
+        kind: str,
+        model: ModelChoice | None = None,
+        placement: Placement = Placement.ANY,
+    ) -> Job:
+        """Queue `fn(engine, progress, cancel)` (a compare grid, a model load); its return value is the result.
+        `model` is the model it will load (so a spread-out engine sends it where that model is held); `placement`
+        says where it runs there (`Placement`). A call that runs on a replica must pickle (no open files, locks)."""
+        return self._enqueue(Job(self, fn, owner, kind, model=model, placement=placement))
 
     def _enqueue(self, job: Job) -> Job:
         with self._cond:
@@ -209,8 +250,9 @@ class JobQueue:
 
     def skip(self, owner: str) -> Job | None:
         """Skip the current batch of `owner`'s running job (the A1111 Skip button); it goes on with the next."""
-        running = self._running
-        if running is None or running.owner != owner:
+        with self._cond:
+            running = next((job for job in self._running if job.owner == owner), None)
+        if running is None:
             return None
         running.cancel_token.skip()
         return running
@@ -218,7 +260,7 @@ class JobQueue:
     # -- looking ---------------------------------------------------------------------------------
     def position_of(self, job: Job) -> int | None:
         with self._cond:
-            if job is self._running:
+            if any(job is running for running in self._running):
                 return 0
             for number, waiting in enumerate(self._waiting, 1):
                 if waiting is job:
@@ -226,13 +268,14 @@ class JobQueue:
             return None
 
     def current(self) -> Job | None:
-        """The running job, whoever owns it."""
-        return self._running
+        """The running job (the first started, when several engines run one each), whoever owns it."""
+        with self._cond:
+            return self._running[0] if self._running else None
 
     def jobs(self, owner: str | None = None) -> list[Job]:
         """Unfinished jobs (running first, then in queue order), all or one owner's."""
         with self._cond:
-            active = ([self._running] if self._running is not None else []) + list(self._waiting)
+            active = list(self._running) + list(self._waiting)
         return [job for job in active if owner is None or job.owner == owner]
 
     def progress_of(self, owner: str) -> Job | None:
@@ -262,17 +305,17 @@ class JobQueue:
                 job = self._waiting.popleft()
                 job.state = JobState.RUNNING
                 job.started_at = time.time()
-                self._running = job
+                self._running.append(job)
             state = self._run(job)
             with self._cond:
-                self._running = None
+                self._running.remove(job)
                 self._mark_finished(job, state)
             self._run_callbacks(job)
 
     def _run(self, job: Job) -> JobState:
         failure = None
         try:
-            job.result = job._call(self.engine, job._report, job.cancel_token)
+            job.result = self._execute(job)
         except Exception as error:  # any job's failure is that job's, never the worker's
             failure = describe_failure(error)
             job.error, job.error_type = failure, type(error).__name__
@@ -283,6 +326,10 @@ class JobQueue:
             memory.release_memory()
             return JobState.FAILED
         return JobState.CANCELLED if job.cancel_token.cancelled else JobState.DONE
+
+    def _execute(self, job: Job) -> Any:
+        """Run the job's call on the engine; a spread-out engine overrides this to run it on a replica."""
+        return job._call(self.engine, job._report, job.cancel_token)
 
     def _mark_finished(self, job: Job, state: JobState) -> None:
         """Under the lock: record the end; callbacks run after the lock is released (`_run_callbacks`)."""
