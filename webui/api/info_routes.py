@@ -25,7 +25,7 @@ from webui.api.models import (
     UpscalerItem,
 )
 from webui.engine.embeddings import load_embedding
-from webui.engine.jobs import JobCall, JobQueue
+from webui.engine.jobs import JobCall, JobQueue, Placement
 from webui.engine.styles import StyleLibrary
 from webui.models.kinds import Kind
 
@@ -116,12 +116,12 @@ def add_info_routes(
     library: Any,
     styles: StyleLibrary | None,
     cmd_flags: Mapping[str, Any],
-    submit: Callable[[JobCall, str, str], Any],
+    submit: Callable[[JobCall, str, str, Placement], Any],
     checkpoint: Callable[[], Path | None],
     owner_type: Any,
 ) -> None:
-    """Add the routes to the /sdapi/v1 `router`. `submit(call, owner, kind)` runs a call as a queue job and waits;
-    `checkpoint()` is the option's checkpoint file; `owner_type` the route parameter type naming the caller."""
+    """Add the routes to the /sdapi/v1 `router`. `submit(call, owner, kind, placement)` runs a call as a queue job
+    and waits; `checkpoint()` is the option's checkpoint file; `owner_type` the route parameter type naming the caller."""
 
     @router.get("/prompt-styles", response_model=list[PromptStyleItem])
     def prompt_styles() -> list[dict[str, Any]]:
@@ -167,11 +167,11 @@ def add_info_routes(
 
     @router.post("/unload-checkpoint")
     async def unload_checkpoint(owner: owner_type) -> Any:
-        return await submit(_unload(), owner, "unload-model")
+        return await submit(_unload(), owner, "unload-model", Placement.EVERY)
 
     @router.post("/reload-checkpoint")
     async def reload_checkpoint(owner: owner_type) -> Any:
-        return await submit(_reload(checkpoint), owner, "load-model")
+        return await submit(_reload(checkpoint), owner, "load-model", Placement.EVERY)
 
 
 def build_internal_router(dependency: Any) -> APIRouter:

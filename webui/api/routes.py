@@ -30,7 +30,7 @@ from webui.api.models import (
 from webui.api.options import NO_VAE, ApiOptions, check_option
 from webui.api.status import progress_body
 from webui.api.translate import FieldError, encode_png, plan_txt2img, png_info, txt2img_info
-from webui.engine.jobs import Job, JobCall, JobQueue, JobState, QueueFullError
+from webui.engine.jobs import Job, JobCall, JobQueue, JobState, Placement, QueueFullError
 from webui.engine.pipelines import ModelChoice
 from webui.engine.request import GenerationRequest, GenerationResult
 from webui.engine.styles import StyleLibrary
@@ -50,9 +50,16 @@ def _unprocessable(error: FieldError) -> RequestValidationError:
     return RequestValidationError([{"type": "value_error", "loc": error.loc, "msg": str(error), "input": error.value}])
 
 
-def _submit(queue: JobQueue, fn: JobCall, owner: str, kind: str) -> Job:
+def _submit(
+    queue: JobQueue,
+    fn: JobCall,
+    owner: str,
+    kind: str,
+    model: ModelChoice | None = None,
+    placement: Placement = Placement.ANY,
+) -> Job:
     try:
-        return queue.submit_call(fn, owner, kind)
+        return queue.submit_call(fn, owner, kind, model=model, placement=placement)
     except QueueFullError as error:
         raise HTTPException(status_code=503, detail=str(error), headers={"Retry-After": "5"}) from None
 
@@ -158,7 +165,7 @@ def build_api_router(
         txt2img_plan = await run_in_threadpool(plan, body)
         keep = bool(body.save_images) and not body.do_not_save_samples
         call = _generate(txt2img_plan.request, options.preview_every, keep, txt2img_plan.samples_format)
-        job = _submit(queue, call, owner, "txt2img")
+        job = _submit(queue, call, owner, "txt2img", model=txt2img_plan.request.model)
         await _finished(job)
         if job.state is JobState.FAILED:
             return _failure(job)
@@ -206,7 +213,8 @@ def build_api_router(
             entry = await run_in_threadpool(
                 find, checked["sd_model_checkpoint"], Kind.CHECKPOINT, "sd_model_checkpoint"
             )
-            job = _submit(queue, _load(ModelChoice(entry.path, vae=vae_path)), owner, "load-model")
+            choice = ModelChoice(entry.path, vae=vae_path)
+            job = _submit(queue, _load(choice), owner, "load-model", model=choice)
             await _finished(job)
             if job.state is JobState.FAILED:
                 return _failure(job)
@@ -253,8 +261,8 @@ def build_api_router(
     def refresh_loras() -> None:
         library.refresh()
 
-    async def run_job(call: JobCall, owner: str, kind: str) -> Any:
-        job = _submit(queue, call, owner, kind)
+    async def run_job(call: JobCall, owner: str, kind: str, placement: Placement = Placement.ANY) -> Any:
+        job = _submit(queue, call, owner, kind, placement=placement)
         await _finished(job)
         return _failure(job) if job.state is JobState.FAILED else {}
 

@@ -2,9 +2,10 @@
 
 Jobs are requests (`submit`) or callables on the engine (`submit_call`). One worker thread per engine (one here;
 one per replica when the engine runs as Ray Serve replicas, `webui.cluster`) starts only when `start()` is called.
-A job says which model it needs and where it runs (`Placement`), so a spread-out engine can route it. A job that raises is marked failed with a message a user can act on, memory is released,
-and the next job runs; the worker itself never stops on a job's error. Only a job's owner may cancel it: a
-queued job leaves the queue, a running one stops within one step (finished images are kept).
+A job says which model it needs and where it runs (`Placement`), so a spread-out engine can route it. A job that
+raises is marked failed with a message a user can act on, memory is released, and the next job runs; the worker
+itself never stops on a job's error. Only a job's owner may cancel it: a queued job leaves the queue, a running
+one stops within one step (finished images are kept).
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ import gradio as gr
 
 from webui.engine.compare import run_compare
 from webui.engine.compare_plan import CompareJob, library_resolver, plan
-from webui.engine.jobs import Job
+from webui.engine.jobs import Job, Placement
 from webui.engine.request import MAX_STEPS, MIN_SIDE
 from webui.ui import adapter, compare_form, compare_pickers, runner
 from webui.ui.compare_form import AXES, BASE_FIELDS
@@ -140,6 +140,7 @@ def build_tab(ctx: UiContext, bar: ModelBar, txt2img: Txt2ImgTab, tabs: gr.Tabs)
                 lambda engine, report, cancel: run_compare(engine, job, resolve, report, cancel, every),
                 owner_of(request),
                 "compare",
+                placement=Placement.FRONT,  # a spread-out engine runs its cells on several replicas at once
             )
         with adapter.shown_in_ui("Comparison"):
             yield from runner.job_updates(

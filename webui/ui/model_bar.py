@@ -136,7 +136,7 @@ def load_selection(ctx: UiContext, values: dict[str, Any], request: Any) -> str:
             with engine.gpu_lock:
                 engine.manager.load(choice)
 
-        runner.call(ctx.queue, load, owner_of(request), "load")
+        runner.call(ctx.queue, load, owner_of(request), "load", model=choice)
     return status_html(ctx)
 
 

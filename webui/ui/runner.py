@@ -7,7 +7,7 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from webui.engine.jobs import Job, JobCall, JobQueue, JobState
+from webui.engine.jobs import Job, JobCall, JobQueue, JobState, Placement
 from webui.engine.progress import Progress
 from webui.engine.request import GenerationResult
 
@@ -67,9 +67,12 @@ def job_updates(
             yield update
 
 
-def call(queue: JobQueue, fn: JobCall, owner: str, kind: str) -> Any:
-    """Run `fn(engine, progress, cancel)` as a job of the shared queue and wait for its result."""
-    job = queue.submit_call(fn, owner, kind)
+def call(
+    queue: JobQueue, fn: JobCall, owner: str, kind: str, model: Any = None, placement: Placement = Placement.ANY
+) -> Any:
+    """Run `fn(engine, progress, cancel)` as a job of the shared queue and wait for its result (`model` and
+    `placement`: see `JobQueue.submit_call`)."""
+    job = queue.submit_call(fn, owner, kind, model=model, placement=placement)
     for _ in stream(job):
         pass
     return job.result

@@ -9,6 +9,7 @@ from typing import Any
 import gradio as gr
 
 from webui.config import DEVICES, PRECISIONS, SLICING_MODES
+from webui.engine.jobs import Placement
 from webui.engine.request import MAX_STEPS
 from webui.engine.samplers import SCHEDULE_TYPES
 from webui.ui import adapter, choices, runner
@@ -135,6 +136,7 @@ def build_tab(ctx: UiContext, app: gr.Blocks) -> gr.Tab:
                 lambda engine, _progress, _cancel: apply_engine_preferences(engine, preferences),
                 owner_of(request),
                 "settings",
+                placement=Placement.EVERY,  # each replica of a spread-out engine has its own device and memory
             )
             ctx.preferences.save(preferences)
         applied = f" Applied now: {', '.join(changes)}." if changes else ""
