@@ -121,7 +121,8 @@ def add_info_routes(
     owner_type: Any,
 ) -> None:
     """Add the routes to the /sdapi/v1 `router`. `submit(call, owner, kind, placement)` runs a call as a queue job
-    and waits; `checkpoint()` is the option's checkpoint file; `owner_type` the route parameter type naming the caller."""
+    and waits; `checkpoint()` is the option's checkpoint file; `owner_type` the route parameter type naming the
+    caller."""
 
     @router.get("/prompt-styles", response_model=list[PromptStyleItem])
     def prompt_styles() -> list[dict[str, Any]]:
