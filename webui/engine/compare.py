@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
@@ -99,37 +101,43 @@ def cell_label(cell: Cell) -> str:
 
 class _JobProgress:
     """Turns the engine's per-step reports into job-wide ones (cells weighted by their steps), with an ETA from the
-    job's pace so far."""
+    job's pace so far. Several cells may run at once (a spread-out engine): each has its own callback."""
 
     def __init__(self, callback: CompareProgressCallback | None, cells: int, total_weight: int) -> None:
         self.callback, self.cells, self.total_weight = callback, cells, max(1, total_weight)
         self.started = time.perf_counter()
         self.done_weight = 0
-        self.number, self.weight, self.label = 0, 0, ""
-        self.step = self.steps = 0
+        self.running: dict[int, list[Any]] = {}  # cell number -> [weight, fraction within it, step, steps]
+        self._lock = threading.Lock()
 
-    def start(self, number: int, cell: Cell) -> None:
-        self.number, self.label = number, cell_label(cell)
-        self.weight = cell.request.steps if cell.request is not None else 0
-        self.step = self.steps = 0
+    def start(self, number: int, cell: Cell) -> Callable[[Progress], None]:
+        """Mark cell `number` running; returns the engine callback for it."""
+        weight = cell.request.steps if cell.request is not None else 0
+        with self._lock:
+            self.running[number] = [weight, 0.0, 0, 0]
 
-    def finish(self) -> None:
-        self.done_weight += self.weight
-        self.weight = 0
-        self._emit(0.0)
+        def engine_callback(progress: Progress) -> None:
+            with self._lock:
+                self.running[number][1:] = [progress.step / max(1, progress.steps), progress.step, progress.steps]
+            self._emit(number, cell_label(cell), progress.step, progress.steps, progress.preview)
 
-    def engine_callback(self, progress: Progress) -> None:
-        self.step, self.steps = progress.step, progress.steps
-        self._emit(progress.step / max(1, progress.steps), progress.preview)
+        return engine_callback
 
-    def _emit(self, within_cell: float, preview: Image.Image | None = None) -> None:
+    def finish(self, number: int, cell: Cell) -> None:
+        with self._lock:
+            weight, _fraction, step, steps = self.running.pop(number)
+            self.done_weight += weight
+        self._emit(number, cell_label(cell), step, steps)
+
+    def _emit(self, number: int, label: str, step: int, steps: int, preview: Image.Image | None = None) -> None:
         if self.callback is None:
             return
-        done = min(1.0, (self.done_weight + self.weight * within_cell) / self.total_weight)
+        with self._lock:
+            running = sum(weight * fraction for weight, fraction, _step, _steps in self.running.values())
+            done = min(1.0, (self.done_weight + running) / self.total_weight)
         elapsed = time.perf_counter() - self.started
         eta = elapsed / done * (1 - done) if done > 0 else None
-        report = CompareProgress(self.number, self.cells, self.step, self.steps, done, eta, self.label, preview)
-        self.callback(report)
+        self.callback(CompareProgress(number, self.cells, step, steps, done, eta, label, preview))
 
 
 def run_compare(
@@ -143,22 +151,32 @@ def run_compare(
     """Run every cell (grouped to load each model once), then draw and save one grid per Z value.
 
     A cell that cannot run becomes an error tile; `cancel` stops the job within one step: finished cells are kept,
-    the rest are drawn as interrupted. A Z value none of whose cells ran gets no grid."""
+    the rest are drawn as interrupted. A Z value none of whose cells ran gets no grid. An engine spread over
+    several replicas (`parallel_jobs` > 1, `webui.cluster`) gets that many cells at once, in the same run order."""
     job = fix_seeds(job)
     cells = plan(job, resolve)
     order = run_order(cells)
     tracker = _JobProgress(progress, len(cells), sum(c.request.steps for c in cells if c.request))
-    results: dict[int, CellResult] = {}
-    for number, index in enumerate(order, 1):
+
+    def run_one(number: int, index: int) -> CellResult:
         cell = cells[index]
-        tracker.start(number, cell)
-        if cell.request is None:
-            results[index] = CellResult(cell, CellStatus.ERROR, error=cell.error)
-        elif cancel is not None and cancel.cancelled:
-            results[index] = CellResult(cell, CellStatus.INTERRUPTED)
-        else:
-            results[index] = _run_cell(engine, cell, cell.request, tracker, cancel, preview_every)
-        tracker.finish()  # however the cell ended
+        callback = tracker.start(number, cell)
+        try:
+            if cell.request is None:
+                return CellResult(cell, CellStatus.ERROR, error=cell.error)
+            if cancel is not None and cancel.cancelled:
+                return CellResult(cell, CellStatus.INTERRUPTED)
+            return _run_cell(engine, cell, cell.request, callback, cancel, preview_every)
+        finally:
+            tracker.finish(number, cell)  # however the cell ended
+
+    workers = max(1, int(getattr(engine, "parallel_jobs", 1)))
+    if workers == 1:
+        results = {index: run_one(number, index) for number, index in enumerate(order, 1)}
+    else:
+        with ThreadPoolExecutor(workers, thread_name_prefix="compare-cell") as pool:
+            futures = {index: pool.submit(run_one, number, index) for number, index in enumerate(order, 1)}
+            results = {index: future.result() for index, future in futures.items()}
     ordered = [results[i] for i in range(len(cells))]
     interrupted = any(r.status is CellStatus.INTERRUPTED for r in ordered)
     grids = _save_grids(engine, job, ordered)
@@ -169,7 +187,7 @@ def _run_cell(
     engine: Engine,
     cell: Cell,
     request: GenerationRequest,
-    tracker: _JobProgress,
+    callback: Callable[[Progress], None],
     cancel: CancelToken | None,
     preview_every: int,
 ) -> CellResult:
@@ -177,9 +195,7 @@ def _run_cell(
     before anything is saved (strict LoRAs)."""
     started = time.perf_counter()
     try:
-        result = engine.generate(
-            request, tracker.engine_callback, cancel, preview_every, strict_loras=True, partial=False
-        )
+        result = engine.generate(request, callback, cancel, preview_every, strict_loras=True, partial=False)
     except CELL_ERRORS as error:  # a failed load or a refused LoRA: the time spent finding out counts as loading
         return _failed(cell, error, load_seconds=time.perf_counter() - started)
     load_seconds = result.timings.get("load", 0.0) + result.timings.get("lora", 0.0)
