@@ -41,9 +41,13 @@ def open_context(settings: Settings) -> UiContext:
 
     engine.samples_format = prefs.samples_format
     styles = StyleLibrary(library.models_dir, library.extra_roots_file)
-    return UiContext(
-        engine=engine, queue=JobQueue(engine), library=library, settings=settings, preferences=store, styles=styles
-    )
+    if settings.ray is None:
+        queue = JobQueue(engine)
+    else:  # the engine as Ray Serve replicas; nothing imports Ray without --ray
+        from webui.cluster.wiring import cluster_queue
+
+        queue = cluster_queue(settings, engine, policy_of(prefs), budgets_of(prefs))
+    return UiContext(engine=engine, queue=queue, library=library, settings=settings, preferences=store, styles=styles)
 
 
 def build_app(settings: Settings, context: UiContext | None = None) -> gr.Blocks:

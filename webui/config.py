@@ -43,6 +43,10 @@ class Settings:
     api: bool = False
     queue_size: int = 32
     max_upload_mb: int = 50
+    # The engine as Ray Serve replicas (webui.cluster): None runs it in this process; "" a local Ray instance.
+    ray: str | None = None
+    ray_replicas: int | None = None  # None: one per GPU of the cluster (one when it has none)
+    ray_models_per_replica: int = 1
 
     def __post_init__(self) -> None:
         if not 1 <= self.port <= 65535:
@@ -57,6 +61,10 @@ class Settings:
             raise ValueError("tls: give both --tls-keyfile and --tls-certfile, or neither")
         if not 1 <= self.queue_size <= 1000:
             raise ValueError(f"queue_size: {self.queue_size} is out of range; allowed 1..1000")
+        if self.ray_replicas is not None and not 1 <= self.ray_replicas <= 1024:
+            raise ValueError(f"ray_replicas: {self.ray_replicas} is out of range; allowed 1..1024")
+        if not 1 <= self.ray_models_per_replica <= 64:
+            raise ValueError(f"ray_models_per_replica: {self.ray_models_per_replica} is out of range; allowed 1..64")
         for name in ("ram_budget_gb", "vram_budget_gb"):
             value = getattr(self, name)
             if value is not None and value <= 0:
@@ -115,6 +123,19 @@ def launch_parser() -> argparse.ArgumentParser:
         default=None,
         help=f"where the Settings tab saves (default: {default_settings_file()})",
     )
+    parser.add_argument(
+        "--ray",
+        nargs="?",
+        const="",
+        default=None,
+        metavar="ADDRESS",
+        help="run the engine as Ray Serve replicas (one per GPU): on a local Ray instance, or on the cluster at "
+        "ADDRESS (e.g. 192.168.1.20:6379); needs the cluster extra",
+    )
+    parser.add_argument("--ray-replicas", type=int, default=None, help="engine replicas (default: one per GPU)")
+    parser.add_argument(
+        "--ray-models-per-replica", type=int, default=1, help="models each replica keeps loaded for routing (1)"
+    )
     return parser
 
 
@@ -138,4 +159,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         insecure_no_auth=getattr(args, "insecure_no_auth", False),
         api=getattr(args, "api", False),
         queue_size=getattr(args, "queue_size", 32),
+        ray=getattr(args, "ray", None),
+        ray_replicas=getattr(args, "ray_replicas", None),
+        ray_models_per_replica=getattr(args, "ray_models_per_replica", 1),
     )

@@ -284,6 +284,11 @@ class JobQueue:
         mine = self.jobs(owner)
         return mine[0] if mine else None
 
+    def replicas(self) -> list[Any]:
+        """The engine replicas behind this queue and what each holds (`webui.cluster`); none for the one engine
+        of the single-process studio."""
+        return []
+
     def get(self, job_id: str) -> Job:
         with self._cond:
             for job in (*self.jobs(), *self._finished):

@@ -8,11 +8,13 @@ as inputs whatever the tab order).
 from __future__ import annotations
 
 import html
+import time
 from dataclasses import dataclass
 from typing import Any
 
 import gradio as gr
 
+from webui.cluster.routing import model_label
 from webui.families import Family
 from webui.models.loading import Role
 from webui.ui import adapter, choices, empty_state, families, runner
@@ -89,7 +91,31 @@ def status_html(ctx: UiContext, note: str = "") -> str:
         f"on {html.escape(status['device'])}</summary><ul>{items}</ul></details>"
     )
     extra = f'<div class="model-note">{html.escape(note)}</div>' if note else ""
+    records = ctx.queue.replicas()
+    if records:  # the engine runs as Ray Serve replicas: each has its own models and memory
+        return f'<div class="model-status-text">{replicas_html(records)}</div>{extra}'
     return f'<div class="model-status-text">{head}</div>{cache}{extra}'
+
+
+def replicas_html(records: list[Any]) -> str:
+    """The engine replicas (`--ray`): how many are up, and per replica what it holds, runs and has done."""
+    now = time.time()
+    alive = [r for r in records if r.alive(now)]
+    items = []
+    for record in records:
+        held = ", ".join(model_label(model) for model in record.models) or "no model yet"
+        state = f"running {record.running}" if record.running else "idle"
+        if not record.alive(now):
+            state = "gone (restarting)"
+        cached = record.memory.get("cached_bytes")
+        memory = f" · cache {_mb(cached)}" if cached else ""
+        items.append(
+            f"<li>{html.escape(record.replica)} on {html.escape(record.node)}: holds {html.escape(held)} · "
+            f"{html.escape(state)} · {record.jobs} jobs, {record.loads} loads{memory}</li>"
+        )
+    summary = f"Ray Serve: {len(alive)} of {len(records)} replicas up; jobs go to the one holding their model"
+    return f"<details><summary>{html.escape(summary)}</summary><ul>{''.join(items)}</ul></details>"
+
 
 
 def override_updates(ctx: UiContext, checkpoint: str | None, current: dict[str, Any]) -> dict[str, Any]:

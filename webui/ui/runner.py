@@ -111,6 +111,8 @@ def done_html(result: GenerationResult | None) -> str:
     else:
         text = f"{count} image{'s' if count != 1 else ''} in {timings.get('total', 0):.1f} s"
         state = "done"
+    if result.info.get("replica"):  # the engine runs as Ray Serve replicas (--ray)
+        text += f" on replica {result.info['replica']}"
     parts = [f"{k} {timings[k]:.2f} s" for k in ("load", "lora", "denoise", "decode") if timings.get(k, 0) >= 0.01]
     detail = f' <span class="gen-detail">({", ".join(parts)})</span>' if parts else ""
     return (
