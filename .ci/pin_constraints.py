@@ -1,11 +1,11 @@
 """Print exact pins (`name==version`) for webui's dependency closure as installed in this environment.
 
-The closure is pyproject.toml's dependencies plus the `test` extra, followed through each installed
+The closure is pyproject.toml's dependencies plus every extra (`test`, `cluster`), followed through each installed
 distribution's own requirements (markers evaluated here, extras followed). Local version labels are
 dropped (`torch==2.13.0`, not `2.13.0+cpu`), so on Linux pip takes PyPI's CUDA build of the same release.
 Refresh after upgrading on purpose (README, "Reproducible installs"):
 
-    pip install -U -e ".[test]" && python -m pytest && python .ci/pin_constraints.py > constraints.txt
+    pip install -U -e ".[test,cluster]" && python -m pytest && python .ci/pin_constraints.py > constraints.txt
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ def closure(roots: list[Requirement]) -> dict[str, str]:
         try:
             dist = metadata.distribution(name)
         except metadata.PackageNotFoundError:
-            sys.exit(f"{requirement.name} is required but not installed; run pip install -e '.[test]' first")
+            sys.exit(f"{requirement.name} is required but not installed; run pip install -e '.[test,cluster]' first")
         pinned[name] = dist.version.split("+")[0]
         extras = {"", *requirement.extras}
         pending += [(Requirement(text), extras) for text in dist.requires or []]
@@ -58,8 +58,9 @@ def main() -> int:
     except ModuleNotFoundError:  # Python 3.10
         import tomli as tomllib
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    roots = [Requirement(text) for text in [*project["dependencies"], *project["optional-dependencies"]["test"]]]
-    print(f"# Exact versions CI ran: pip install -c constraints.txt -e \".[test]\". Written by {Path(__file__).name}")
+    extras = [text for group in project["optional-dependencies"].values() for text in group]
+    roots = [Requirement(text) for text in [*project["dependencies"], *extras]]
+    print(f"# Exact versions CI ran: pip install -c constraints.txt -e \".[test,cluster]\". Written by {Path(__file__).name}")
     print("# (see its docstring or the README to refresh); pyproject.toml keeps the open ranges.")
     for name, version in sorted(closure(roots).items()):
         print(f"{name}=={version}")

@@ -155,7 +155,7 @@ class EngineReplica:
             with self._lock:
                 self.tokens.pop(job_id, None)
                 self.jobs += 1
-            self._report(running=None, jobs=self.jobs)
+            self._report(running=None, jobs=self.jobs, memory=self.memory())
 
     # -- held models (Serve's multiplexer calls these) ---------------------------------------------
     async def load_model(self, model_id: str) -> HeldModel:
@@ -172,8 +172,14 @@ class EngineReplica:
         keys = await asyncio.get_running_loop().run_in_executor(self._work, load)
         with self._lock:
             self.held[model_id] = keys
-        self._report(models=list(self.held), loads=self.loads)
+        self._report(models=list(self.held), loads=self.loads, memory=self.memory())
         return HeldModel(self, model_id)
+
+    def memory(self) -> dict[str, Any]:
+        """The engine's cache status (PipelineManager.status) and this process's resident memory in bytes."""
+        from webui.engine.memory import rss_bytes
+
+        return {**self.engine.manager.status(), "rss": rss_bytes()}
 
     def release_model(self, model_id: str) -> None:
         """Evict the components of a model Serve's multiplexer dropped, except those another held model uses."""
@@ -190,7 +196,7 @@ class EngineReplica:
                 keep |= set(manager.current.keys.values())
             manager.cache.pin(keep)
             manager.cache.evict([key for key in keys if key not in keep])
-        self._report(models=list(self.held), memory=manager.status())
+        self._report(models=list(self.held), memory=self.memory())
 
     # -- the control actor -------------------------------------------------------------------------
     def _report(self, **changes: Any) -> None:
@@ -232,7 +238,7 @@ class EngineReplica:
             self.control.acked.remote(self.replica_id, sequence, error, result)
         except Exception as failure:  # a result that does not pickle: the call ran, its answer cannot travel
             self.control.acked.remote(self.replica_id, sequence, None, f"done ({type(failure).__name__})")
-        self._report(memory=self.engine.manager.status())
+        self._report(memory=self.memory())
 
     def check_health(self) -> None:
         """Serve's health check: the replica is unhealthy once its control thread has stopped."""
