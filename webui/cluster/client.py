@@ -125,9 +125,11 @@ class Cluster:
         cancel: CancelToken | None = None,
         kind: str = "job",
         on_replica: Callable[[str], None] | None = None,
+        route_by_model: bool = True,
     ) -> Any:
         """`call(engine, progress, cancel)` on a replica (the one holding `model`, when one does); its result.
-        Raises what the call raised, or ReplicaLostError."""
+        Raises what the call raised, or ReplicaLostError. `route_by_model=False` lets Serve pick any replica,
+        which then loads `model` (the benchmark's baseline)."""
         import ray
 
         job_id = uuid.uuid4().hex
@@ -135,14 +137,17 @@ class Cluster:
         with self._lock:
             self._inflight[job_id] = token
         options: dict[str, Any] = {"method_name": "run", "stream": True}
-        if model is not None:
+        held = ""
+        if model is not None and route_by_model:
             options["multiplexed_model_id"] = model_id(model)
+        elif model is not None:
+            held = model_id(model)
         try:
             for attempt in (1, 2):
                 replica = None
                 outcome: tuple[str, Any] | None = None
                 try:
-                    for event, value in self.handle.options(**options).remote(job_id, call, kind):
+                    for event, value in self.handle.options(**options).remote(job_id, call, kind, held):
                         if event == "replica":
                             replica = value["replica"]
                             if on_replica is not None:

@@ -106,8 +106,12 @@ class EngineReplica:
         threading.Thread(target=self._watch, name="replica-control", daemon=True).start()
 
     # -- jobs ------------------------------------------------------------------------------------
-    async def run(self, job_id: str, call: JobCall, kind: str = "job") -> AsyncIterator[tuple[str, Any]]:
-        """Run `call(engine, progress, cancel)` here; see the module docstring for what is streamed."""
+    async def run(
+        self, job_id: str, call: JobCall, kind: str = "job", model: str = ""
+    ) -> AsyncIterator[tuple[str, Any]]:
+        """Run `call(engine, progress, cancel)` here; see the module docstring for what is streamed. The model to
+        hold is the request's multiplexed model id, or `model` for a request Serve routed without one (the
+        benchmark's random-routing baseline: same memory policy, no routing)."""
         from ray import serve
 
         from webui.engine.progress import CancelToken
@@ -120,7 +124,7 @@ class EngineReplica:
             self.tokens[job_id] = token
         self._report(running=kind)
         try:
-            model_id = serve.get_multiplexed_model_id()
+            model_id = serve.get_multiplexed_model_id() or model
             if model_id:
                 await self.held_model(model_id)  # type: ignore[attr-defined]  (added by engine_deployment)
 
