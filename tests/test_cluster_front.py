@@ -114,3 +114,47 @@ def test_the_single_process_studio_imports_nothing_of_ray(tiny_models_dir, tmp_p
     done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     assert "ray modules: []" in done.stdout
+
+
+def test_the_model_bar_lists_the_replicas_and_a_result_names_its_replica(tmp_path):
+    from types import SimpleNamespace
+
+    from webui.cluster.control import ReplicaRecord
+    from webui.engine.request import GenerationResult
+    from webui.ui.model_bar import status_html
+    from webui.ui.runner import done_html
+
+    now = time.time()
+    held = model_id(ModelChoice(tmp_path / "dreamshaper_8.safetensors"))
+    records = [
+        ReplicaRecord("4kq2m0xv", "10.0.0.5", "a", now, now, models=[held], loads=1, jobs=3, running="txt2img",
+                      memory={"cached_bytes": 2 * 2**30}),
+        ReplicaRecord("9zz1ab2c", "10.0.0.6", "b", now, now - LIVE_SECONDS - 1),
+    ]  # fmt: skip
+    context = SimpleNamespace(queue=SimpleNamespace(replicas=lambda: records))
+    text = status_html(context)
+    assert "Ray Serve: 1 of 2 replicas up" in text
+    assert "4kq2m0xv on 10.0.0.5: holds dreamshaper_8 · running txt2img · 3 jobs, 1 loads · cache 2.00 GB" in text
+    assert "9zz1ab2c on 10.0.0.6: holds no model yet · gone (restarting)" in text
+    result = GenerationResult((), {"total": 2.1}, (), {"replica": "4kq2m0xv"})
+    assert "0 images in 2.1 s on replica 4kq2m0xv" in done_html(result)
+    assert "on replica" not in done_html(GenerationResult((), {"total": 2.1}, (), {}))
+
+
+def test_launching_with_ray_builds_the_queue_over_the_replicas(monkeypatch, tiny_models_dir, tmp_path):
+    import webui.cluster.wiring
+    from webui.app import open_context
+
+    seen = {}
+
+    def fake_cluster_queue(settings, engine, policy, budgets):  # noqa: ANN001, ANN202
+        seen.update(settings=settings, engine=engine, policy=policy, budgets=budgets)
+        return "the cluster's queue"
+
+    monkeypatch.setattr(webui.cluster.wiring, "cluster_queue", fake_cluster_queue)
+    settings = Settings(models_dir=tiny_models_dir, outputs_dir=tmp_path, settings_file=tmp_path / "s.json", ray="",
+                        ram_budget_gb=3, device="cpu")  # fmt: skip
+    context = open_context(settings)
+    assert context.queue == "the cluster's queue"
+    assert seen["engine"] is context.engine and seen["policy"].device == "cpu"
+    assert seen["budgets"] == {"cpu": 3 * 2**30}

@@ -124,5 +124,9 @@ def serve(settings: Settings, *, block: bool = True, context: UiContext | None =
 
 
 def launch(settings: Settings) -> int:
-    serve(settings, block=True)
+    context = open_context(settings)
+    try:
+        serve(settings, block=True, context=context)
+    finally:  # with --ray this also removes the replicas from the cluster (they would outlive us on a remote one)
+        context.queue.stop(timeout=30)
     return 0

@@ -64,7 +64,12 @@ def _mb(nbytes: int) -> str:
 
 
 def status_html(ctx: UiContext, note: str = "") -> str:
-    """Load state and time, the loaded combination, and what the component cache holds (with memory)."""
+    """Load state and time, the loaded combination, and what the component cache holds (with memory); with the
+    engine as Ray Serve replicas (`--ray`), the replicas and what each holds instead."""
+    extra = f'<div class="model-note">{html.escape(note)}</div>' if note else ""
+    records = ctx.queue.replicas()
+    if records:  # each replica has its own models and memory; the front's engine never loads one
+        return f'<div class="model-status-text">{replicas_html(records)}</div>{extra}'
     manager = ctx.engine.manager
     loaded = manager.current
     status = manager.status()
@@ -90,10 +95,6 @@ def status_html(ctx: UiContext, note: str = "") -> str:
         f"<details><summary>cache: {len(status['cached'])} components, {_mb(status['cached_bytes'])} "
         f"on {html.escape(status['device'])}</summary><ul>{items}</ul></details>"
     )
-    extra = f'<div class="model-note">{html.escape(note)}</div>' if note else ""
-    records = ctx.queue.replicas()
-    if records:  # the engine runs as Ray Serve replicas: each has its own models and memory
-        return f'<div class="model-status-text">{replicas_html(records)}</div>{extra}'
     return f'<div class="model-status-text">{head}</div>{cache}{extra}'
 
 
