@@ -6,6 +6,7 @@ import errno
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -235,3 +236,45 @@ def test_a_full_disk_fails_the_job_cleanly_and_leaves_no_partial_file(
     again = queue.submit(tiny(tiny_models_dir, 5), owner="alice")
     assert again.wait(WAIT) and again.state is JobState.DONE
     assert [p.name for p in tmp_path.rglob("*.png")] == [again.result.images[0].path.name]
+
+
+class TwoEngineQueue(JobQueue):
+    """A queue as a spread-out engine has it (`webui.cluster`): two workers, jobs still first in, first out."""
+
+    @property
+    def workers(self) -> int:
+        return 2
+
+
+def test_a_queue_with_two_workers_runs_two_jobs_at_once_and_keeps_positions_and_owners():
+    release = threading.Event()
+    started = threading.Semaphore(0)
+
+    def hold(_engine, _progress, cancel):  # noqa: ANN001, ANN202
+        started.release()
+        deadline = time.monotonic() + WAIT
+        while not release.wait(0.01) and not cancel.cancelled and time.monotonic() < deadline:
+            pass
+        return "held"
+
+    queue = TwoEngineQueue(engine=None)
+    queue.start()
+    try:
+        model = ModelChoice(Path("/models/a.safetensors"))
+        first = queue.submit_call(hold, "alice", "one", model=model)
+        second = queue.submit_call(hold, "bob", "two")
+        third = queue.submit_call(hold, "alice", "three")
+        assert started.acquire(timeout=WAIT) and started.acquire(timeout=WAIT)  # two run at the same time
+        assert (first.position, second.position, third.position) == (0, 0, 1)
+        assert first.model == model and second.model is None
+        assert queue.current() is first and [j.kind for j in queue.jobs()] == ["one", "two", "three"]
+        assert queue.skip("bob") is second and queue.skip("carol") is None
+        queue.interrupt("alice")  # alice's running and waiting jobs; bob's goes on
+        assert first.wait(WAIT) and third.wait(WAIT)
+        assert (first.state, third.state, second.state) == (JobState.CANCELLED, JobState.CANCELLED, JobState.RUNNING)
+        release.set()
+        assert second.wait(WAIT) and second.state is JobState.DONE and second.result == "held"
+        assert queue.replicas() == []
+    finally:
+        release.set()
+        queue.stop(timeout=WAIT)
