@@ -122,8 +122,12 @@ def test_every_image_equals_the_single_process_engine_and_progress_streams_back(
     requests = [
         GenerationRequest(model=checkpoint(tiny_models_dir, "tiny-sd1"), batch_size=2, **SMALL),
         GenerationRequest(model=checkpoint(tiny_models_dir, "tiny-sd2"), sampler="Euler a", **SMALL),
-        GenerationRequest(model=checkpoint(tiny_models_dir, "tiny-sd1"), sampler="DPM++ 2M", schedule="Karras",
-                          **{**SMALL, "seed": 123}),  # fmt: skip
+        GenerationRequest(
+            model=checkpoint(tiny_models_dir, "tiny-sd1"),
+            sampler="DPM++ 2M",
+            schedule="Karras",
+            **{**SMALL, "seed": 123},
+        ),  # fmt: skip
     ]
     for request in requests:
         job = run(queue, request, preview_every=1)
@@ -172,12 +176,14 @@ def test_a_comparison_split_across_replicas_equals_the_single_process_grid(queue
 
 
 def test_only_the_owner_interrupts_a_running_job_and_its_partial_image_is_kept(queue, tiny_models_dir):
-    request = GenerationRequest(model=checkpoint(tiny_models_dir, "tiny-sd1"), **{**SMALL, "steps": 1000})
+    request = GenerationRequest(
+        model=checkpoint(tiny_models_dir, "tiny-sd1"), sampler="Euler", **{**SMALL, "steps": 800}
+    )
     job = queue.submit(request, "alice")
     deadline = time.monotonic() + WAIT
     while job.progress is None and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert job.progress is not None, "no progress came back from the replica"
+    assert job.progress is not None, f"no progress came back from the replica: {job.error}"
     with pytest.raises(PermissionError):
         job.cancel("bob")
     assert queue.interrupt("bob") == []
@@ -187,7 +193,7 @@ def test_only_the_owner_interrupts_a_running_job_and_its_partial_image_is_kept(q
     assert job.wait(WAIT)
     assert job.state is JobState.CANCELLED
     assert job.result.info["interrupted"] and len(job.result.images) == 1  # stopped where it was, image kept
-    assert job.progress.step < 1000
+    assert job.progress.step < 800
 
 
 def test_settings_and_unloading_reach_every_replica(queue, tiny_models_dir):
@@ -265,12 +271,12 @@ def test_memory_per_replica_stays_flat_over_model_switches(queue, local, tiny_mo
 def test_a_replica_killed_mid_job_fails_that_job_clearly_and_queued_jobs_complete(queue, tiny_models_dir):
     import ray
 
-    long = GenerationRequest(model=checkpoint(tiny_models_dir, "tiny-sd1"), **{**SMALL, "steps": 1000})
+    long = GenerationRequest(model=checkpoint(tiny_models_dir, "tiny-sd1"), sampler="Euler", **{**SMALL, "steps": 800})
     victim = queue.submit(long, "alice")
     deadline = time.monotonic() + WAIT
     while (victim.progress is None or victim.replica is None) and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert victim.progress is not None
+    assert victim.progress is not None, victim.error
     others = [
         queue.submit(GenerationRequest(model=checkpoint(tiny_models_dir, name), **SMALL), "bob")
         for name in ("tiny-sd2", "tiny-sd1", "tiny-sd2", "tiny-sd1")

@@ -219,11 +219,12 @@ class EngineReplica:
                 log.warning("replica %s lost the control actor: %s", self.replica_id, error)
                 time.sleep(1)
                 continue
-            with self._lock:
+            with self._lock:  # a job may have ended since the poll: its token is gone, nothing to stop
                 for job_id in orders["cancel"]:
-                    self.tokens[job_id].cancel()
+                    if job_id in self.tokens:
+                        self.tokens[job_id].cancel()
                 for job_id, count in orders["skip"].items():
-                    for _ in range(count):
+                    if job_id in self.tokens and count:
                         self.tokens[job_id].skip()
             for sequence, call in orders["broadcasts"]:
                 self._seen = max(self._seen, sequence)
