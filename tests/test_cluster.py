@@ -95,8 +95,9 @@ def run(queue: ClusterJobQueue, request: GenerationRequest, owner: str = "alice"
 
 
 def records_when(queue: ClusterJobQueue, done: callable) -> list:  # noqa: ANN001
-    """The replica list once `done(records)` holds (replicas report after each job, asynchronously)."""
-    deadline = time.monotonic() + 30
+    """The replica list once `done(records)` holds (replicas report after each job, asynchronously; a new replica
+    registers once it has started)."""
+    deadline = time.monotonic() + WAIT
     while True:
         records = [r for r in queue.replicas() if r.alive(time.time())]
         if done(records) or time.monotonic() > deadline:
