@@ -8,5 +8,7 @@ model; progress and previews stream back from the replica (a streaming response)
 small control actor (`ClusterControl`), which also carries the calls every replica must run (settings, unloading).
 
 Modules: `routing` (model ids), `control` (the control actor), `replica` (the Serve deployment), `client` (the front
-side: starting Serve, running a call on a replica), `queue` (the job queue over it).
+side: starting Serve, running a call on a replica), `queue` (the job queue over it), `wiring` (from the launch
+settings to that queue). Replicas on other machines need the same install and the models and outputs folders at the
+same paths: Ray moves no files.
 """
