@@ -32,6 +32,7 @@ class ClusterBenchOptions:
     jobs: int = 8  # per timed round
     rounds: int = 2  # per deployment size
     steps: int = 4
+    threads: int | None = None  # torch threads per CPU replica; None: 1 for tiny (as `bench`), the core share else
     models_dir: Path | None = None
     out: Path = Path("benchmarks/results")
 
@@ -70,11 +71,11 @@ def _requests(bench_set: sets.BenchSet, steps: int, count: int, alternate: bool)
     ]
 
 
-def _deploy(config: Any, replicas: int, front: Any) -> Any:
+def _deploy(config: Any, replicas: int, front: Any, threads: int | None) -> Any:
     from webui.cluster.client import Cluster, ClusterOptions
     from webui.cluster.queue import ClusterJobQueue
 
-    queue = ClusterJobQueue(front, Cluster.start(config, ClusterOptions(replicas=replicas)))
+    queue = ClusterJobQueue(front, Cluster.start(config, ClusterOptions(replicas=replicas, torch_threads=threads)))
     queue.start()
     return queue
 
@@ -123,6 +124,7 @@ def run_cluster(options: ClusterBenchOptions) -> dict[str, Any]:
     started = time.perf_counter()
     quiet_libraries()
     cores = os.cpu_count() or 1
+    threads = options.threads or (1 if options.size == "tiny" else None)
     machine = machine_info(DevicePolicy().resolve_device())
     ray.init(num_cpus=max(cores, options.replicas), include_dashboard=False, namespace=NAMESPACE)
     try:
@@ -137,14 +139,14 @@ def run_cluster(options: ClusterBenchOptions) -> dict[str, Any]:
             rates: dict[int, list[float]] = {1: [], options.replicas: []}
             order = [1, options.replicas, options.replicas, 1] * options.rounds
             for replicas in order[: 2 * options.rounds]:
-                queue = _deploy(config, replicas, front)
+                queue = _deploy(config, replicas, front, threads)
                 try:
                     _throughput(queue, same_model[: 2 * replicas])  # warm-up: every replica loads the model
                     rates[replicas].append(_throughput(queue, same_model))
                 finally:
                     queue.stop()
             alternating = _requests(bench_set, options.steps, options.jobs, alternate=True)
-            queue = _deploy(config, options.replicas, front)
+            queue = _deploy(config, options.replicas, front, threads)
             try:
                 routed = _loads(queue, alternating, routed=True)
                 random_loads = _loads(queue, alternating, routed=False)
@@ -153,7 +155,7 @@ def run_cluster(options: ClusterBenchOptions) -> dict[str, Any]:
     finally:
         ray.shutdown()
     one, many = statistics.median(rates[1]), statistics.median(rates[options.replicas])
-    note = f"{cores} CPU cores for {options.replicas} replicas" + (
+    note = f"{cores} CPU cores for {options.replicas} replicas, {threads or 'their share of'} torch threads each" + (
         ": replicas share cores, so this measures contention more than scaling" if cores < 2 * options.replicas else ""
     )
     return {

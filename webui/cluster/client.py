@@ -46,13 +46,15 @@ class ReplicaLostError(ConnectionError):
 class ClusterOptions:
     """How to reach Ray and how many replicas to run. `address` None starts a local instance (or joins the one
     `ray start` runs here); `replicas` None is one per GPU of the cluster, or one without GPUs. `num_cpus` and
-    `object_store_bytes` size a local instance started here (tests keep it small)."""
+    `object_store_bytes` size a local instance started here (tests keep it small); `torch_threads` overrides a
+    CPU-only replica's torch threads (the benchmark keeps tiny models on one, as its single-process figures)."""
 
     address: str | None = None
     replicas: int | None = None
     models_per_replica: int = 1
     num_cpus: int | None = None
     object_store_bytes: int | None = None
+    torch_threads: int | None = None  # per CPU-only replica; None: its share of the cores
 
     def __post_init__(self) -> None:
         if self.replicas is not None and self.replicas < 1:
@@ -104,7 +106,7 @@ class Cluster:
             if size > cpus:
                 raise ValueError(f"ray_replicas: {size} replicas need {size} CPUs; the cluster has {cpus}")
             cpus_each, gpus_each = float(cpus // size), 0.0
-            threads = int(cpus_each)
+            threads = options.torch_threads or int(cpus_each)
         from webui.cluster.control import start_control
 
         control_name = f"webui-control-{uuid.uuid4().hex[:8]}"

@@ -53,6 +53,7 @@ def cmd_bench_cluster(args: argparse.Namespace) -> int:
         replicas=args.replicas,
         rounds=args.repeats or 2,
         steps=args.steps or 4,
+        threads=args.threads,
         models_dir=args.models_dir,
         out=args.out,
     )
