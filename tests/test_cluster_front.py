@@ -158,3 +158,26 @@ def test_launching_with_ray_builds_the_queue_over_the_replicas(monkeypatch, tiny
     assert context.queue == "the cluster's queue"
     assert seen["engine"] is context.engine and seen["policy"].device == "cpu"
     assert seen["budgets"] == {"cpu": 3 * 2**30}
+
+
+def test_the_cluster_benchmark_checks_its_options_and_tables_both_figures(tmp_path):
+    from webui.bench.cluster_figures import ClusterBenchOptions, markdown, write
+
+    with pytest.raises(ValueError, match="replicas: 1"):
+        ClusterBenchOptions(replicas=1)
+    with pytest.raises(ValueError, match="size: 'full'"):
+        ClusterBenchOptions(size="full")
+    report = {
+        "size": "tiny",
+        "settings": {"model": "tiny-sd1", "steps": 4, "jobs": 8, "rounds": 2, "replicas": 2, "width": 32, "height": 32},
+        "cluster_throughput_vs_one_replica": 1.5,
+        "routed_loads_vs_random": 0.4,
+        "raw": {"jobs_per_s": {"1": [2.0, 2.2], "2": [3.1, 3.3]}, "loads": {"routed": 2, "random": 5, "jobs": 8}},
+        "notes": {"cluster_throughput_vs_one_replica": "2 CPU cores for 2 replicas"},
+        "total_seconds": 200.0,
+    }
+    written = write(report, tmp_path)
+    table = Path(written["files"]["markdown"]).read_text()
+    assert table == markdown(written)
+    assert "| cluster_throughput_vs_one_replica | 1.5 | 3.2 vs 2.1 jobs/s (2 vs 1 replica) |" in table
+    assert "| routed_loads_vs_random | 0.4 | 2 vs 5 models read from disk for 8 jobs alternating" in table
