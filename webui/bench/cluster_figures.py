@@ -155,7 +155,8 @@ def run_cluster(options: ClusterBenchOptions) -> dict[str, Any]:
     finally:
         ray.shutdown()
     one, many = statistics.median(rates[1]), statistics.median(rates[options.replicas])
-    note = f"{cores} CPU cores for {options.replicas} replicas, {threads or 'their share of'} torch threads each" + (
+    each = f"{threads} torch thread{'s' if threads != 1 else ''} each" if threads else "their share of the cores"
+    note = f"{cores} CPU cores for {options.replicas} replicas, {each}" + (
         ": replicas share cores, so this measures contention more than scaling" if cores < 2 * options.replicas else ""
     )
     return {
