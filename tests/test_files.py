@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import builtins
 import json
 import os
 import struct
@@ -218,14 +217,14 @@ def test_unreadable_file_by_mode(tmp_path):
 
 def test_unreadable_file(tmp_path, monkeypatch):
     path = safetensors_file(tmp_path / "locked.safetensors")
-    real_open = builtins.open
+    real_open = os.open
 
     def guarded_open(file, *args, **kwargs):
         if Path(str(file)) == path:
             raise PermissionError(13, "Permission denied", str(file))
         return real_open(file, *args, **kwargs)
 
-    monkeypatch.setattr(builtins, "open", guarded_open)
+    monkeypatch.setattr(os, "open", guarded_open)
     assert "permission denied" in problem_of(path)
 
 
@@ -324,7 +323,11 @@ def test_gguf_header(tmp_path):
     kv += _gguf_string("general.tags") + struct.pack("<IIQ", 9, 8, 1) + _gguf_string("x")
     tensor = _gguf_string("double_blocks.0.img_attn.qkv.weight") + struct.pack("<I", 2)
     tensor += struct.pack("<QQ", 3072, 9216) + struct.pack("<IQ", 2, 0)
-    path.write_bytes(b"GGUF" + struct.pack("<IQQ", 3, 1, 2) + kv + tensor)
+    head = b"GGUF" + struct.pack("<IQQ", 3, 1, 2) + kv + tensor
+    path.write_bytes(head)
+    assert "truncated GGUF file: the tensors need" in problem_of(path)
+    with path.open("r+b") as handle:  # Q4_0: 18 bytes per 32 values, after the header padded to 32 bytes
+        handle.truncate(-(-len(head) // 32) * 32 + 3072 * 9216 // 32 * 18)  # sparse: nothing written
     header = read_header(path)
     assert header.format is FileFormat.GGUF
     assert header.shapes == {"double_blocks.0.img_attn.qkv.weight": (9216, 3072)}

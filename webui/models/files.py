@@ -7,7 +7,10 @@ import json
 import os
 import pickle
 import re
+import stat
 import struct
+import time
+import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,8 +19,18 @@ from typing import Any, BinaryIO
 import torch
 
 from webui.models.kinds import FileFormat
+from webui.models.pickle_reader import (
+    PARSE_ERRORS,
+    PickleProblem,
+    PickleRefused,
+    TensorStub,
+    flatten_tensors,
+    read_pickle,
+)
 
 MAX_HEADER_BYTES = 100 * 1024 * 1024  # safetensors itself refuses headers above 100 MB
+MAX_JSON_BYTES = 4 * 1024 * 1024  # a diffusers model_index.json or scheduler config (real ones: under 2 KB)
+HEADER_SECONDS = 20.0  # the time one file's header may take to read, whatever its contents
 MODEL_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin", ".sft", ".gguf")
 SAFETENSORS_SUFFIXES = (".safetensors", ".sft")
 _DIFFUSERS_COMPONENTS = ("unet", "transformer", "vae", "text_encoder", "text_encoder_2", "text_encoder_3")
@@ -80,9 +93,36 @@ def sniff_format(path: Path | str) -> FileFormat:
     return FileFormat.UNKNOWN
 
 
+def open_regular(path: Path | str) -> BinaryIO:
+    """Open a regular file for reading; anything else (a FIFO, a device, a socket, a symlink loop) is refused
+    with a ModelFileError without blocking: a FIFO opened normally waits forever for a writer."""
+    path = Path(path)
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0)
+    try:
+        descriptor = os.open(path, flags)
+    except FileNotFoundError:
+        raise ModelFileError(path, "the file does not exist (moved or deleted?); refresh the model list") from None
+    except PermissionError:
+        raise ModelFileError(
+            path, "permission denied: this user cannot read the file; fix its permissions (chmod a+r)"
+        ) from None
+    except OSError as error:
+        raise ModelFileError(path, f"the file cannot be opened ({error.strerror or error}); check it") from None
+    try:
+        mode = os.fstat(descriptor).st_mode
+        if not stat.S_ISREG(mode):
+            what = "a FIFO (named pipe)" if stat.S_ISFIFO(mode) else "not a regular file (a device or socket)"
+            raise ModelFileError(path, f"this is {what}, not a model file; remove it or put the real file here")
+        os.set_blocking(descriptor, True)
+        return os.fdopen(descriptor, "rb")
+    except BaseException:
+        os.close(descriptor)
+        raise
+
+
 def _read_head(path: Path, count: int) -> bytes:
     try:
-        with open(path, "rb") as handle:
+        with open_regular(path) as handle:
             return handle.read(count)
     except FileNotFoundError:
         raise ModelFileError(
@@ -151,9 +191,12 @@ def _unknown_format_problem(path: Path) -> str:
 
 def _check_header_length(path: Path) -> tuple[int, int]:
     """(header length, file size), after the checks that need only the first 8 bytes."""
-    size = path.stat().st_size
-    with open(path, "rb") as handle:
-        (length,) = struct.unpack("<Q", handle.read(8))
+    with open_regular(path) as handle:
+        size = os.fstat(handle.fileno()).st_size
+        first = handle.read(8)
+    if len(first) < 8:
+        raise ModelFileError(path, "truncated file: it ends inside the safetensors header; download it again")
+    (length,) = struct.unpack("<Q", first)
     if length > MAX_HEADER_BYTES:
         raise ModelFileError(
             path,
@@ -172,13 +215,15 @@ def _check_header_length(path: Path) -> tuple[int, int]:
 def _safetensors_problem(path: Path, error: Exception) -> str:
     """Why safetensors rejected a file, in words: run only after it did, so good files are parsed once."""
     length, size = _check_header_length(path)
-    with open(path, "rb") as handle:
+    with open_regular(path) as handle:
         handle.seek(8)
         raw = handle.read(length)
     try:
         header = json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError) as bad_json:
         return f"corrupt safetensors header: it is not valid JSON ({bad_json}); download the file again"
+    except RecursionError:
+        return "corrupt safetensors header: its JSON is nested thousands deep (no model file is); download it again"
     if not isinstance(header, dict):
         return "corrupt safetensors header: it is not a JSON object; download it again"
     data_end = 0
@@ -198,11 +243,14 @@ def _read_safetensors_header(path: Path) -> TensorHeader:
     from safetensors import SafetensorError, safe_open
 
     _check_header_length(path)
+    deadline = time.monotonic() + HEADER_SECONDS
     try:
         with safe_open(str(path), framework="pt", device="cpu") as handle:
             shapes: dict[str, tuple[int, ...]] = {}
             dtypes: dict[str, str] = {}
-            for key in handle.keys():
+            for number, key in enumerate(handle.keys()):
+                if not number % 4096 and time.monotonic() > deadline:
+                    raise ModelFileError(path, f"reading its header took more than {HEADER_SECONDS:g} s; it is damaged")
                 view = handle.get_slice(key)
                 shapes[key] = tuple(view.get_shape())
                 dtypes[key] = view.get_dtype()
@@ -213,23 +261,15 @@ def _read_safetensors_header(path: Path) -> TensorHeader:
 
 
 def _torch_load(path: Path, *, mmap: bool, device: str = "cpu") -> Any:
-    """torch.load restricted to tensors and plain containers; every failure becomes a ModelFileError."""
+    """torch.load restricted to tensors and plain containers, run only on a file `read_pickle_contents` passed;
+    every failure becomes a ModelFileError."""
     try:
-        with open(path, "rb") as handle:
+        with open_regular(path) as handle:
             return _weights_only_load(path, handle, mmap=mmap, device=device)
     except pickle.UnpicklingError as error:
-        if "Unsupported operand" in str(error):  # not a refusal: the byte stream itself is garbage
-            raise ModelFileError(path, "corrupt pickle (invalid opcode); download the file again") from None
-        raise ModelFileError(path, _refusal_problem(path, error)) from None
-    except EOFError:
-        raise ModelFileError(
-            path, "truncated file: the pickle ends early; the download did not finish; download it again"
-        ) from None
-    except (RuntimeError, ValueError, OSError) as error:
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise ModelFileError(
-            path, f"corrupt or truncated torch file ({first_line}); download it again"
-        ) from None
+        raise ModelFileError(path, _refusal_problem(path, _asked_global(error))) from None
+    except (*PARSE_ERRORS, RuntimeError, OSError) as error:
+        raise ModelFileError(path, _parse_problem(error)) from None
 
 
 def _weights_only_load(path: Path, handle: BinaryIO, *, mmap: bool, device: str) -> Any:
@@ -262,9 +302,13 @@ def _inert_classes() -> list[type]:
     return classes
 
 
-def _refusal_problem(path: Path, error: Exception) -> str:
+def _asked_global(error: Exception) -> str | None:
     found = re.search(r"unsupported global:? (?:GLOBAL )?(\S+)", str(error), re.IGNORECASE)  # both torch wordings
-    needs = f" (it asks for {found.group(1)})" if found else ""
+    return found.group(1) if found else None
+
+
+def _refusal_problem(path: Path, global_name: str | None) -> str:
+    needs = f" (it asks for {global_name})" if global_name else ""
     renamed = (
         f"this is a pickle (legacy .ckpt) file named {path.suffix}, and it "
         if path.suffix.lower() in SAFETENSORS_SUFFIXES
@@ -276,59 +320,64 @@ def _refusal_problem(path: Path, error: Exception) -> str:
     )
 
 
-def _tensors_of(loaded: Any, path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """Flatten a loaded pickle into dotted tensor keys (unwrapping `state_dict`) plus scalar metadata."""
-    if not isinstance(loaded, Mapping):
+def _parse_problem(error: BaseException) -> str:
+    """What a parse failure of a torch file means to a user: truncation, damage, or a bomb."""
+    text = str(error).strip().splitlines()[0][:200] if str(error).strip() else ""
+    if isinstance(error, EOFError | struct.error) or "exhausted" in text or "truncated" in text.lower():
+        return "truncated file: the pickle ends early; the download did not finish; download it again"
+    if isinstance(error, MemoryError | OverflowError):
+        return "corrupt pickle: it asks for an impossible amount of memory; it is damaged or hostile; delete it"
+    if isinstance(error, RecursionError):
+        return "corrupt pickle: it is nested thousands deep, which no model file is; download it again"
+    if isinstance(error, zipfile.BadZipFile | zipfile.LargeZipFile | RuntimeError | OSError):
+        return f"corrupt or truncated torch file ({text or type(error).__name__}); download it again"
+    return f"corrupt pickle ({type(error).__name__}{': ' + text if text else ''}); download the file again"
+
+
+def read_pickle_contents(path: Path) -> tuple[dict[str, TensorStub], dict[str, str], int]:
+    """(tensor stubs by dotted key, top-level scalar metadata, pickle protocol) of a torch pickle file, read
+    without running code or allocating tensors (see pickle_reader); raises ModelFileError with the reason."""
+    with open_regular(path) as handle:
+        size = os.fstat(handle.fileno()).st_size
+        try:
+            contents = read_pickle(handle, size)
+            tensors, metadata = flatten_tensors(contents.obj, lambda value: isinstance(value, TensorStub))
+        except PickleRefused as refused:
+            raise ModelFileError(path, _refusal_problem(path, refused.global_name)) from None
+        except PickleProblem as problem:
+            raise ModelFileError(path, problem.problem) from None
+        except PARSE_ERRORS as error:
+            raise ModelFileError(path, _parse_problem(error)) from None
+    if contents.protocol > 3:
         raise ModelFileError(
             path,
-            f"the pickle holds a {type(loaded).__name__}, not a dict of tensors; it is not model weights",
+            f"it was written with pickle protocol {contents.protocol}, which safe loading "
+            f"(torch.load with weights_only=True) cannot read; {_CONVERT_HINT}",
         )
-    if isinstance(loaded.get("state_dict"), Mapping):
-        loaded = loaded["state_dict"]
-    tensors: dict[str, torch.Tensor] = {}
-    metadata: dict[str, str] = {}
-
-    def walk(mapping: Mapping[Any, Any], prefix: str) -> None:
-        for key, value in mapping.items():
-            name = f"{prefix}{key}"
-            if isinstance(value, torch.Tensor):
-                tensors[name] = value.detach()  # a Parameter (from a ParameterDict) becomes a plain tensor
-            elif isinstance(value, Mapping):
-                walk(value, name + ".")
-            elif isinstance(value, torch.nn.ParameterDict):
-                walk(dict(value.items()), name + ".")
-            elif not prefix and isinstance(value, (str, int, float, bool)):
-                metadata[name] = str(value)
-
-    walk(loaded, "")
-    return tensors, metadata
+    return tensors, metadata, contents.protocol
 
 
 def _read_pickle_header(path: Path) -> TensorHeader:
-    tensors, metadata = _tensors_of(_torch_load(path, mmap=True), path)
+    stubs, metadata, _ = read_pickle_contents(path)
     return TensorHeader(
-        shapes={key: tuple(value.shape) for key, value in tensors.items()},
-        dtypes={key: _dtype_name(value.dtype) for key, value in tensors.items()},
+        shapes={key: stub.shape for key, stub in stubs.items()},
+        dtypes={key: stub.dtype for key, stub in stubs.items()},
         metadata=metadata,
         format=FileFormat.PICKLE,
     )
 
 
-def _dtype_name(dtype: torch.dtype) -> str:
-    """safetensors' spelling of a torch dtype (F16, BF16, F32, ...), so headers compare across formats."""
-    names = {
-        torch.float16: "F16",
-        torch.bfloat16: "BF16",
-        torch.float32: "F32",
-        torch.float64: "F64",
-        torch.int64: "I64",
-        torch.int32: "I32",
-        torch.int16: "I16",
-        torch.int8: "I8",
-        torch.uint8: "U8",
-        torch.bool: "BOOL",
-    }
-    return names.get(dtype, str(dtype).removeprefix("torch."))
+def _tensors_of(loaded: Any, path: Path) -> dict[str, torch.Tensor]:
+    """The loaded pickle's tensors by dotted key; a ParameterDict counts as a dict, a Parameter as a plain tensor."""
+
+    def as_mapping(value: Any) -> Mapping[Any, Any] | None:
+        return dict(value.items()) if isinstance(value, torch.nn.ParameterDict) else None
+
+    try:
+        tensors, _ = flatten_tensors(loaded, lambda value: isinstance(value, torch.Tensor), as_mapping)
+    except PickleProblem as problem:
+        raise ModelFileError(path, problem.problem) from None
+    return {key: value.detach() for key, value in tensors.items()}
 
 
 def diffusers_weight_files(component: Path) -> list[Path]:
@@ -341,20 +390,35 @@ def diffusers_weight_files(component: Path) -> list[Path]:
     return []
 
 
+def read_json_object(path: Path, what: str) -> dict[str, Any]:
+    """A small JSON file that must hold an object (a diffusers index or config); ModelFileError otherwise."""
+    with open_regular(path) as handle:
+        raw = handle.read(MAX_JSON_BYTES + 1)
+    if len(raw) > MAX_JSON_BYTES:
+        raise ModelFileError(path, f"{what} is larger than {MAX_JSON_BYTES // 2**20} MiB: not a diffusers file")
+    try:
+        data = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ModelFileError(path, f"{what} is not valid JSON ({error}); download it again") from None
+    except RecursionError:
+        raise ModelFileError(path, f"{what} is JSON nested thousands deep; download it again") from None
+    if not isinstance(data, dict):
+        raise ModelFileError(path, f"{what} is not a JSON object; download it again")
+    return data
+
+
 def _read_diffusers_header(folder: Path) -> TensorHeader:
     """One header for the whole folder: each component's keys prefixed with its folder name (`unet/...`)."""
     try:
-        index = json.loads((folder / "model_index.json").read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise ModelFileError(
-            folder, f"model_index.json cannot be read ({error}); download it again"
-        ) from None
-    metadata = {"diffusers.pipeline": str(index.get("_class_name", ""))}
+        index = read_json_object(folder / "model_index.json", "model_index.json")
+    except ModelFileError as error:
+        raise ModelFileError(folder, f"model_index.json cannot be read ({error.problem})") from None
+    metadata = {"diffusers.pipeline": str(index.get("_class_name", ""))[:200]}
     scheduler = folder / "scheduler" / "scheduler_config.json"
     if scheduler.is_file():
         try:
-            prediction = json.loads(scheduler.read_text()).get("prediction_type")
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            prediction = read_json_object(scheduler, "scheduler_config.json").get("prediction_type")
+        except ModelFileError:
             prediction = None  # the scheduler config only adds a hint; the weights decide the rest
         if isinstance(prediction, str):
             metadata["diffusers.prediction_type"] = prediction
@@ -398,8 +462,8 @@ def load_state_dict(path: Path | str, device: str = "cpu") -> dict[str, torch.Te
         except SafetensorError as error:
             raise ModelFileError(path, _safetensors_problem(path, error)) from None
     if fmt is FileFormat.PICKLE:
-        tensors, _ = _tensors_of(_torch_load(path, mmap=False, device=device), path)
-        return tensors
+        read_pickle_contents(path)  # refuses code, bombs and damage before torch.load sees the file
+        return _tensors_of(_torch_load(path, mmap=False, device=device), path)
     if fmt is FileFormat.DIFFUSERS:
         raise ModelFileError(
             path, "a diffusers folder is loaded component by component, not as one state dict"

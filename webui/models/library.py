@@ -13,7 +13,7 @@ from typing import Any
 
 from webui.families import Family
 from webui.models.default_vae import default_vae
-from webui.models.files import ModelFileError, extension_problem, read_header, sniff_format
+from webui.models.files import ModelFileError, extension_problem, open_regular, read_header, sniff_format
 from webui.models.hashing import BackgroundHasher, FileHashes, HashCache, HashJob
 from webui.models.identify import Identity, identify
 from webui.models.kinds import FileFormat, Kind, Prediction, Role
@@ -34,6 +34,7 @@ HASH_CACHE_FILE = ".webui-hashes.json"
 # Infotext hashes: LoRAs and embeddings are named by 12 hex digits, everything else by 10.
 _TWELVE_HEX_KINDS = (Kind.LORA, Kind.EMBEDDING)
 # A1111 reads `<checkpoint stem>.yaml` beside a checkpoint; SD2 v-prediction files ship with one.
+_SIDECAR_BYTES = 64 * 1024  # A1111's config yamls are ~2 KB
 _YAML_PARAMETERIZATION = re.compile(r"^\s*parameterization:\s*[\"']?(\w+)", re.MULTILINE)
 log = logging.getLogger(__name__)
 
@@ -211,6 +212,10 @@ class ModelLibrary:
             except ModelFileError as error:
                 problem = error.problem
                 fmt = _format_or_unknown(path)
+            except Exception as error:  # a reader bug: that file gets a problem, the scan and the server go on
+                log.exception("reading %s failed", path)
+                problem = f"could not be read ({type(error).__name__}: {str(error)[:200]}); please report this file"
+                fmt = _format_or_unknown(path)
         kind, family = where.root.kind, Family.UNKNOWN
         if identity is not None:
             identity = _with_sidecar_prediction(identity, path, where)
@@ -345,9 +350,11 @@ def _with_sidecar_prediction(identity: Identity, path: Path, where: FoundModel) 
         return identity
     sidecar = path.with_suffix(".yaml")
     try:
-        found = _YAML_PARAMETERIZATION.search(sidecar.read_text(encoding="utf-8", errors="replace"))
-    except OSError:
+        with open_regular(sidecar) as handle:
+            text = handle.read(_SIDECAR_BYTES).decode("utf-8", errors="replace")
+    except (OSError, ModelFileError):
         return identity  # the yaml only adds a hint; the file itself was identified
+    found = _YAML_PARAMETERIZATION.search(text)
     prediction = {"v": Prediction.V, "eps": Prediction.EPSILON}.get(found.group(1) if found else "")
     if prediction is None:
         return identity

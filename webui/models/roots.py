@@ -193,30 +193,63 @@ class FoundModel:
     aliases: tuple[str, ...] = ()  # names of other paths (links) to the same file
 
 
-def walk_models(folder: Path, root: Path, visited: set[str] | None = None) -> Iterator[tuple[Path, str]]:
-    """(path, name) of model files and diffusers folders under `folder`; hidden entries skipped."""
+MAX_WALK_DEPTH = 32  # folders below a root; deeper is a loop or a mistake, not a model collection
+MAX_WALK_ENTRIES = 200_000  # directory entries looked at per root
+
+
+@dataclass
+class WalkBudget:
+    """How much of a folder tree one walk may look at; `exhausted` says the walk was cut short."""
+
+    entries: int = MAX_WALK_ENTRIES
+    exhausted: bool = False
+
+    def spend(self, folder: Path) -> bool:
+        self.entries -= 1
+        if self.entries < 0 and not self.exhausted:
+            self.exhausted = True
+            log.warning("stopped listing models under %s: more than %d entries", folder, MAX_WALK_ENTRIES)
+        return not self.exhausted
+
+
+def walk_models(
+    folder: Path, root: Path, visited: set[str] | None = None, budget: WalkBudget | None = None, depth: int = 0
+) -> Iterator[tuple[Path, str]]:
+    """(path, name) of model files and diffusers folders under `folder`; hidden entries skipped.
+
+    Bounded: each real folder once (symlink loops end), at most MAX_WALK_DEPTH deep and MAX_WALK_ENTRIES entries.
+    An entry that cannot even be inspected (a symlink loop named like a model) is yielded, so its problem is listed.
+    """
     visited = set() if visited is None else visited
+    budget = budget or WalkBudget()
     real = os.path.realpath(folder)
     if real in visited:
         return  # a symlink loop
     visited.add(real)
+    if depth > MAX_WALK_DEPTH:
+        log.warning("not listing models under %s: more than %d folders deep", folder, MAX_WALK_DEPTH)
+        return
     try:
         children = sorted(os.scandir(folder), key=lambda e: e.name)
     except OSError as error:
         log.warning("cannot list %s: %s", folder, error)
         return
     for child in children:
-        if child.name.startswith("."):
+        if child.name.startswith(".") or not budget.spend(folder):
             continue
         path = Path(child.path)
         relative = path.relative_to(root).as_posix()
-        if child.is_dir():
+        try:
+            is_dir = child.is_dir()
+        except OSError:  # a symlink loop or an entry gone meanwhile: not a folder to enter
+            is_dir = False
+        if is_dir:
             if (path / "model_index.json").is_file():
                 yield path, relative
             elif path.suffix.lower() in MODEL_SUFFIXES:  # listed so that its problem is seen
                 yield path, relative[: -len(path.suffix)]
             else:
-                yield from walk_models(path, root, visited)
+                yield from walk_models(path, root, visited, budget, depth + 1)
         elif path.suffix.lower() in MODEL_SUFFIXES:
             yield path, relative[: -len(path.suffix)]
 
@@ -247,10 +280,13 @@ def stat_model(path: Path, found: FoundModel) -> FoundModel:
 
 
 def _folder_size_and_mtime(folder: Path) -> tuple[int, int]:
-    size, newest = 0, folder.stat().st_mtime_ns
+    """Sum of sizes and newest mtime of a diffusers folder's files (links not followed into folders)."""
+    size, newest, budget = 0, folder.stat().st_mtime_ns, WalkBudget()
     for base, dirs, names in os.walk(folder):
         dirs[:] = [d for d in dirs if not d.startswith(".")]
         for name in names:
+            if not budget.spend(folder):
+                return size, newest
             stat = os.stat(os.path.join(base, name))
             size += stat.st_size
             newest = max(newest, stat.st_mtime_ns)
