@@ -83,5 +83,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except (ValueError, LookupError, OSError) as error:
-        print(f"error: {error}", file=sys.stderr)
+        print(f"error: {error_text(error)}", file=sys.stderr)
         return 2
+
+
+def error_text(error: BaseException) -> str:
+    """What went wrong, in words: the message of the project's own errors (they name the field or file), else the
+    error's type with its value (a KeyError's text is only the key: `5` says nothing)."""
+    message = str(error)
+    if isinstance(error, KeyError) or not message:
+        return f"{type(error).__name__}: {message or 'no details'} (unexpected; please report it)"
+    return message
