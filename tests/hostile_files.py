@@ -135,6 +135,22 @@ def protocol_payload(protocol: int, target: Path) -> bytes:
     return torch_zip(dumps({"w": Reduce(open, str(target), "w")}, protocol=protocol))
 
 
+def relabelled(state: dict[str, torch.Tensor], double_shapes: bool = True) -> bytes:
+    """A safetensors file of `state` in F32 whose header calls the data F16, each shape's first dim doubled to
+    keep the byte ranges consistent (or not doubled: the ranges then disagree with dtype × shape)."""
+    data = save({key: value.float() for key, value in state.items()})
+    length = struct.unpack("<Q", data[:8])[0]
+    header = json.loads(data[8 : 8 + length])
+    for key, info in header.items():
+        if key != "__metadata__":
+            info["dtype"] = "F16"
+            if double_shapes:
+                info["shape"] = [info["shape"][0] * 2, *info["shape"][1:]] if info["shape"] else [2]
+    raw = json.dumps(header).encode()
+    raw += b" " * (-len(raw) % 8)
+    return struct.pack("<Q", len(raw)) + raw + data[8 + length :]
+
+
 # --- the fuzz corpus ----------------------------------------------------------------------------------------
 
 

@@ -27,6 +27,7 @@ from tests.hostile_files import (
     memo_cycle,
     memo_dag,
     protocol_payload,
+    relabelled,
     torch_legacy,
     torch_zip,
     view_bomb,
@@ -190,6 +191,29 @@ def test_symlink_loops_are_listed_with_a_problem_and_the_walk_ends(tmp_path):
     found = scan(tmp_path / "models")
     assert set(found) == {"checkpoints/a.ckpt", "checkpoints/b.ckpt"}
     assert all("symbolic links" in problem for problem in found.values())
+
+
+def test_a_relabelled_dtype_is_caught_by_the_widths_its_architecture_fixes(tmp_path, tiny_models_dir):
+    state = load_file(tiny_models_dir / "checkpoints" / "tiny-sd1.safetensors")
+    folder = tmp_path / "models" / "checkpoints"
+    folder.mkdir(parents=True)
+    (folder / "relabelled.safetensors").write_bytes(relabelled(state))  # F32 bytes called F16, shapes doubled
+    (folder / "ranges.safetensors").write_bytes(relabelled(state, double_shapes=False))
+    library = ModelLibrary(tmp_path / "models")
+    entries = {entry.path.name: entry for entry in library.scan()}
+    problem = entries["relabelled.safetensors"].problem
+    assert "contradict the SD1.x checkpoint" in problem and "154 positions, not 77" in problem
+    assert not entries["relabelled.safetensors"].usable  # never offered in a dropdown
+    assert "safetensors rejected the file" in entries["ranges.safetensors"].problem  # safe_open's own check
+    with pytest.raises(Exception, match="contradict the SD1.x checkpoint"):  # a path given to the engine directly
+        from webui.engine.pipelines import _identify
+
+        _identify(folder / "relabelled.safetensors")
+
+
+def test_every_tiny_fixture_passes_the_width_checks(tiny_models_dir):
+    problems = {e.path.name: e.problem for e in ModelLibrary(tiny_models_dir).scan() if e.problem}
+    assert not any("contradict" in problem for problem in problems.values()), problems
 
 
 # --- the fuzz corpus ------------------------------------------------------------------------------------------

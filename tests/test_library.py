@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import builtins
 import hashlib
 import json
 import os
@@ -205,14 +204,14 @@ def test_every_bad_file_is_listed_with_its_own_problem(models, monkeypatch):
     target = models / "pwned"
     torch.save({"x": _WritesAFile(target)}, bad / "evil.ckpt")
     write_header_only(bad / "resnet.safetensors", {"backbone.layer1.weight": (64, 3, 7, 7)})
-    real_open = builtins.open
+    real_open = os.open
 
     def guarded_open(file, *args, **kwargs):
         if str(file).endswith("locked.safetensors"):
             raise PermissionError(13, "Permission denied", str(file))
         return real_open(file, *args, **kwargs)
 
-    monkeypatch.setattr(builtins, "open", guarded_open)
+    monkeypatch.setattr(os, "open", guarded_open)
     entries = by_name(ModelLibrary(models).scan())
     problems = {
         name.removeprefix("bad/"): e.problem for name, e in entries.items() if name.startswith("bad/")

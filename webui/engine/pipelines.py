@@ -104,8 +104,12 @@ def _identify(path: Path):  # noqa: ANN202 (webui.models.identify.Identity)
 def _identify_version(path: str, _size: int, _mtime_ns: int):  # noqa: ANN202
     from webui.models.files import read_header
     from webui.models.identify import identify
+    from webui.models.widths import check_widths
 
-    return identify(read_header(path))
+    header = read_header(path)
+    identity = identify(header)
+    check_widths(header, identity, path)
+    return identity
 
 
 def default_budgets(device: torch.device) -> dict[str, int]:

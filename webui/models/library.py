@@ -29,6 +29,7 @@ from webui.models.roots import (
     stat_model,
     walk_models,
 )
+from webui.models.widths import check_widths
 
 HASH_CACHE_FILE = ".webui-hashes.json"
 # Infotext hashes: LoRAs and embeddings are named by 12 hex digits, everything else by 10.
@@ -208,12 +209,14 @@ class ModelLibrary:
                 header = read_header(path)
                 fmt = header.format
                 identity = _identify_safely(header, path)
+                check_widths(header, identity, path)
                 problem = extension_problem(path, fmt) or _unusable(identity)
             except ModelFileError as error:
-                problem = error.problem
+                identity, problem = None, error.problem
                 fmt = _format_or_unknown(path)
             except Exception as error:  # a reader bug: that file gets a problem, the scan and the server go on
                 log.exception("reading %s failed", path)
+                identity = None
                 problem = f"could not be read ({type(error).__name__}: {str(error)[:200]}); please report this file"
                 fmt = _format_or_unknown(path)
         kind, family = where.root.kind, Family.UNKNOWN
