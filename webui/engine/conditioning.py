@@ -15,6 +15,7 @@ import torch
 
 from webui.engine.embeddings import EmbeddingSet, EmbeddingUse, WidthMatcher
 from webui.engine.extra_networks import extract_lora_tags
+from webui.engine.limits import check_chunks
 from webui.engine.prompts import CHUNK_LENGTH, PromptChunk, Tokenizer, chunk_prompt
 from webui.families import DESCRIPTIONS, Family
 from webui.families.base import ClipChunks
@@ -89,15 +90,16 @@ class PromptEncoder:
         # diffusers' and A1111's default for such models (SDXL): an empty negative prompt is all zeros
         self.zero_empty_negative = strategy.zero_empty_negative and _config(pipeline, "force_zeros_for_empty_prompt")
 
-    def encode(self, text: str) -> Encoded:
+    def encode(self, text: str, field: str = "prompt") -> Encoded:
+        """`field` names the request field `text` comes from, for the chunk limit's message."""
         with torch.no_grad():
-            return _encode(self.encoders, text, self.device)
+            return _encode(self.encoders, text, self.device, field)
 
     def negative(self, text: str, like: Encoded) -> Encoded:
         """The negative prompt's conditioning; an empty one is zeros shaped like `like` where the family says so."""
         if self.zero_empty_negative and not text:
             return Encoded(torch.zeros_like(like.embeds), _zeros_like(like.pooled))
-        return self.encode(text)
+        return self.encode(text, "negative_prompt")
 
     def same_length(self, positive: Encoded, negative: Encoded) -> tuple[Encoded, Encoded]:
         """Pad the shorter conditioning with empty-prompt chunks, as A1111's `pad_cond_uncond` does."""
@@ -163,8 +165,9 @@ def _encoders(pipeline: Any, family: Family, strategy: ClipChunks, clip_skip: in
     return encoders
 
 
-def _encode(encoders: list[_Encoder], prompt: str, device: torch.device) -> Encoded:
+def _encode(encoders: list[_Encoder], prompt: str, device: torch.device, field: str = "prompt") -> Encoded:
     chunk_lists = [chunk_prompt(encoder.tokenizer, prompt, encoder.matcher) for encoder in encoders]
+    check_chunks(field, max(len(chunks) for chunks in chunk_lists))  # before any encoder allocates for them
     if len({len(chunks) for chunks in chunk_lists}) > 1:
         raise ValueError(
             f"prompt {prompt!r}: the tokenizers split it into {[len(c) for c in chunk_lists]} chunks;"

@@ -18,6 +18,20 @@ def _bad(image: torch.Tensor) -> bool:
     return not torch.isfinite(image).all().item() or image.max().item() <= -0.999
 
 
+class NonFiniteOutputError(ValueError):
+    """The model's output holds NaN or infinity: nothing is decoded or saved from it."""
+
+
+def check_finite(tensor: torch.Tensor, model: str, what: str) -> None:
+    """Raise NonFiniteOutputError naming `model` when `tensor` holds NaN or inf (an all-black PNG otherwise)."""
+    if not torch.isfinite(tensor).all().item():
+        raise NonFiniteOutputError(
+            f"the model {model} produced NaN/inf values in the {what}: its weights are broken (a damaged or "
+            f"NaN-filled file) or it overflows in {tensor.dtype} and needs fp32 (--precision fp32, or Settings → "
+            "precision); no image was saved"
+        )
+
+
 def decode_latents(vae_item: CachedComponent, latents: torch.Tensor, tile: bool = False) -> torch.Tensor:
     """Decode to [-1, 1] images. A VAE that fails in half precision is upcast to fp32 once and remembered."""
     vae = vae_item.module

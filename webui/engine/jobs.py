@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from webui.engine import memory
+from webui.engine.limits import RequestError
 from webui.engine.progress import CancelToken
 
 if TYPE_CHECKING:
@@ -93,6 +94,7 @@ class Job:
         self.result: Any = None
         self.error: str | None = None
         self.error_type: str | None = None  # the exception's class name, for API error bodies
+        self.error_field: str | None = None  # the request field a RequestError named: a bad request, not a fault
         self.submitted_at = time.time()
         self.started_at: float | None = None
         self.finished_at: float | None = None
@@ -325,6 +327,7 @@ class JobQueue:
         except Exception as error:  # any job's failure is that job's, never the worker's
             failure = describe_failure(error)
             job.error, job.error_type = failure, type(error).__name__
+            job.error_field = error.field if isinstance(error, RequestError) else None
             if not isinstance(error, (ValueError, LookupError, OSError, MemoryError)):
                 log.error("job %s (%s) failed", job.id, job.kind, exc_info=error)
         if failure is not None:

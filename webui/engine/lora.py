@@ -13,7 +13,7 @@ import hashlib
 import logging
 import re
 from collections import OrderedDict
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -156,10 +156,16 @@ class LoraStackApplier:
         self.file_reads = 0  # LoRA files read from disk (tests check that weight changes read nothing)
 
     def apply(
-        self, pipeline: Any, family: Family, stack: Sequence[LoraSpec], fuse: bool = False
+        self,
+        pipeline: Any,
+        family: Family,
+        stack: Sequence[LoraSpec],
+        fuse: bool = False,
+        interrupt: Callable[[], None] | None = None,
     ) -> list[LoraReport]:
         """Load what is missing, set weights, prune; with `fuse`, merge the active LoRAs into the weights
-        for speed (the next apply restores the original weights bit for bit first)."""
+        for speed (the next apply restores the original weights bit for bit first). `interrupt` is called
+        before each file is read and may raise to stop (what was loaded stays, and the next apply sets weights)."""
         self.unfuse()
         reports: list[LoraReport] = []
         active: list[tuple[str, LoraSpec]] = []
@@ -169,6 +175,8 @@ class LoraStackApplier:
             if not present and not spec.active:
                 reports.append(LoraReport(spec.path.stem))
                 continue
+            if not present and interrupt is not None:
+                interrupt()
             report = self._ensure_loaded(pipeline, family, spec, name) if not present else None
             if report is not None and report.error is not None:
                 reports.append(report)

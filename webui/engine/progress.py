@@ -1,10 +1,11 @@
-"""Per-step progress, cheap live previews from latents, and interruption between steps."""
+"""Per-step progress, cheap live previews from latents, and interruption at every stage of a generation."""
 
 from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -45,9 +46,14 @@ class Progress:
 ProgressCallback = Callable[[Progress], None]
 
 
+class Interrupted(Exception):
+    """Raised inside a stage (LoRA loading, prompt encoding, decoding) once its job's token is cancelled; the
+    engine catches it and returns what was finished. Not an error: the user asked for it."""
+
+
 class CancelToken:
     """Set by whoever wants the job stopped (or only its current batch skipped, A1111's Skip); checked by the
-    engine after every step."""
+    engine between stages, LoRA files, steps and VAE tiles."""
 
     def __init__(self) -> None:
         self._event = threading.Event()
@@ -70,6 +76,30 @@ class CancelToken:
             self._skip.clear()
             return True
         return False
+
+    def check(self) -> None:
+        """Raise Interrupted if cancelled."""
+        if self._event.is_set():
+            raise Interrupted
+
+
+@contextmanager
+def interruptible(modules: Iterable[torch.nn.Module | None], cancel: CancelToken | None) -> Iterator[None]:
+    """While inside, every forward call of `modules` (a text encoder per prompt, a VAE decoder per tile or batch)
+    first checks `cancel`, so a cancelled job stops before the next one instead of after the whole stage."""
+    if cancel is None:
+        yield
+        return
+
+    def check(_module: torch.nn.Module, _inputs: object) -> None:
+        cancel.check()
+
+    handles = [module.register_forward_pre_hook(check) for module in modules if module is not None]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
 
 
 class StepReporter:

@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from webui.engine.extra_networks import parse_extra_networks
+from webui.engine.limits import MAX_LORAS, RequestError, check_finite, check_text
 from webui.engine.lora import LoraReport, LoraSpec
 from webui.engine.pipelines import ModelChoice
 from webui.engine.samplers import SCHEDULE_TYPES, supported_schedules
@@ -22,6 +24,7 @@ LATENT_FACTOR = 8
 
 
 def _check_range(name: str, value: float, low: float, high: float) -> None:
+    check_finite(name, value)
     if not low <= value <= high:
         raise ValueError(f"{name}: {value} is out of range; allowed {low}..{high}")
 
@@ -50,6 +53,11 @@ class GenerationRequest:
     disable_extra_networks: bool = False  # A1111's: the prompt's <lora:…> tags are removed but not applied
 
     def __post_init__(self) -> None:
+        check_text("prompt", self.prompt)
+        check_text("negative_prompt", self.negative_prompt)
+        loras = len(parse_extra_networks(self.prompt).loras) + len(self.loras)
+        if loras > MAX_LORAS:  # a tag that cannot apply is only reported (A1111's way), but each that can is a file
+            raise RequestError("prompt", f"{loras} LoRAs (<lora:…> tags and the stack); the limit is {MAX_LORAS}")
         _check_range("steps", self.steps, 1, STEPS_LIMIT)
         _check_range("cfg_scale", self.cfg_scale, 0.0, CFG_LIMIT)
         for name in ("width", "height"):

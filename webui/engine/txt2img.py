@@ -12,16 +12,18 @@ from typing import Any
 import torch
 
 from webui import __version__
+from webui.engine.cache import CachedComponent
 from webui.engine.conditioning import PromptEncoder
-from webui.engine.decode import decode_latents
+from webui.engine.decode import check_finite, decode_latents
 from webui.engine.embeddings import EmbeddingSet, EmbeddingUse
 from webui.engine.extra_networks import LORA_KINDS, parse_extra_networks
 from webui.engine.infotext import format_infotext
+from webui.engine.limits import RequestError
 from webui.engine.lora import LoraReport, LoraSpec, LoraStackApplier
 from webui.engine.noise import initial_noise
 from webui.engine.outputs import check_format, day_folder, save_image
 from webui.engine.pipelines import LoadedModel, PipelineManager
-from webui.engine.progress import CancelToken, ProgressCallback, StepReporter
+from webui.engine.progress import CancelToken, Interrupted, ProgressCallback, StepReporter, interruptible
 from webui.engine.prompt_conditioning import ConditioningHook, encode_plan
 from webui.engine.prompt_plan import PromptPlan, plan_prompt
 from webui.engine.request import GeneratedImage, GenerationRequest, GenerationResult
@@ -109,8 +111,9 @@ class Engine:
         loaded = self.manager.load(request.model)
         if not loaded.family.description.txt2img:
             takes = ", ".join(d.label for d in DESCRIPTIONS if d.supported and d.txt2img)
-            raise ValueError(
-                f"model: {loaded.choice.name} is an {loaded.family.label}, which refines an existing image; "
+            raise RequestError(
+                "model",
+                f"{loaded.choice.name} is an {loaded.family.label}, which refines an existing image; "
                 f"txt2img needs a checkpoint of another family ({takes})"
             )
         variant = loaded.variant
@@ -119,62 +122,66 @@ class Engine:
             raise ValueError(f"model: {loaded.choice.name} is an {what}: {variant.refusal}")
         timings = {"load": time.perf_counter() - started, "denoise": 0.0, "decode": 0.0, "save": 0.0}
         plan = plan_prompt(request.prompt, request.negative_prompt, request.steps)
-        stack, unresolved = self.lora_stack(request, plan)
-        reports = unresolved + self.loras.apply(loaded.pipeline, loaded.family, stack, fuse=self.fuse_loras)
-        timings["lora"] = time.perf_counter() - started - timings["load"]
-        refused = [report.error for report in reports if report.error]
-        if strict_loras and refused:
-            raise LoraRefusedError("; ".join(refused))
         seeds = self.seeds_for(request)
         subseeds = self.subseeds_for(request) if request.subseed_strength else None
         warnings = plan.warnings + self.sampling_warnings(request)
         images: list[GeneratedImage] = []
-        folder = day_folder(outputs_dir or self.outputs_dir, "txt2img")
-        params = self._params(request, loaded)
-        applied = [s for s, r in zip(stack, reports[len(unresolved) :], strict=True) if s.active and r.error is None]
-        from_stack = [s for s in applied if s in request.loras]  # prompt tags already stand in the prompt
-        if from_stack:  # our key: A1111's infotext has no place for LoRAs outside the prompt
-            params["LoRA stack"] = ", ".join(f"{s.path.stem}: {s.unet_weight:g}/{s.te_weight:g}" for s in from_stack)
-        if applied:
-            params["Lora hashes"] = ", ".join(f"{s.path.stem}: {self.hasher(s.path) or ''}" for s in applied)
-        reporter = StepReporter(loaded.family, request.steps, request.batch_count, progress, cancel, preview_every)
+        reports: list[LoraReport] = []
         use = EmbeddingUse()
-        for batch in range(request.batch_count):
-            if cancel is not None and cancel.cancelled:
-                break
-            reporter.start_batch(batch)
-            batch_slice = slice(batch * request.batch_size, (batch + 1) * request.batch_size)
-            batch_seeds = seeds[batch_slice]
-            batch_subseeds = subseeds[batch_slice] if subseeds is not None else None
-            t0 = time.perf_counter()
-            latents = self.denoise(loaded, request, batch_seeds, reporter, use, plan=plan, subseeds=batch_subseeds)
-            t1 = time.perf_counter()
-            if use.used:
-                params["TI hashes"] = ", ".join(f"{name}: {self.hasher(path) or ''}" for name, path in use.used.items())
-            if reporter.interrupted and not (partial or reporter.skipped):
-                break
-            # An interrupted batch is decoded where it stopped, as A1111 returns its partial image.
-            pixels = decode_latents(
-                self.manager.cache.get_or_load(loaded.keys[Role.VAE], _never),
-                latents,
-                tile=request.width * request.height >= self.manager.policy.vae_tiling_min_pixels,
+        try:  # a cancelled token raises Interrupted at the next LoRA file, text-encoder call or VAE tile
+            if cancel is not None:
+                cancel.check()
+            stack, unresolved = self.lora_stack(request, plan)
+            interrupt = None if cancel is None else cancel.check
+            reports = unresolved + self.loras.apply(
+                loaded.pipeline, loaded.family, stack, fuse=self.fuse_loras, interrupt=interrupt
             )
-            pil_images = loaded.pipeline.image_processor.postprocess(pixels, output_type="pil")
-            t2 = time.perf_counter()
-            for index, (seed, image) in enumerate(zip(batch_seeds, pil_images, strict=True)):
-                image_params = {**params, "Seed": seed}
-                if batch_subseeds is not None:
-                    image_params["Variation seed"] = batch_subseeds[index]
-                    image_params["Variation seed strength"] = request.subseed_strength
-                image_params |= _tail()
-                infotext = format_infotext(plan.prompt, plan.negative_prompt, image_params)
-                path = save_image(image, folder, seed, infotext, image_format=image_format)
-                images.append(GeneratedImage(path, seed, infotext))
-            timings["denoise"] += t1 - t0
-            timings["decode"] += t2 - t1
-            timings["save"] += time.perf_counter() - t2
-            if reporter.interrupted and not reporter.skipped:
-                break
+            timings["lora"] = time.perf_counter() - started - timings["load"]
+            refused = [report.error for report in reports if report.error]
+            if strict_loras and refused:
+                raise LoraRefusedError("; ".join(refused))
+            folder = day_folder(outputs_dir or self.outputs_dir, "txt2img")
+            params = self._params(request, loaded) | self._lora_params(request, stack, reports[len(unresolved) :])
+            reporter = StepReporter(loaded.family, request.steps, request.batch_count, progress, cancel, preview_every)
+            vae = self.manager.cache.get_or_load(loaded.keys[Role.VAE], _never)
+            pipeline = loaded.pipeline
+            text_encoders = [getattr(pipeline, "text_encoder", None), getattr(pipeline, "text_encoder_2", None)]
+            with interruptible(text_encoders, cancel):
+                for batch in range(request.batch_count):
+                    if cancel is not None and cancel.cancelled:
+                        break
+                    reporter.start_batch(batch)
+                    batch_slice = slice(batch * request.batch_size, (batch + 1) * request.batch_size)
+                    batch_seeds = seeds[batch_slice]
+                    batch_subseeds = subseeds[batch_slice] if subseeds is not None else None
+                    t0 = time.perf_counter()
+                    latents = self.denoise(
+                        loaded, request, batch_seeds, reporter, use, plan=plan, subseeds=batch_subseeds
+                    )
+                    t1 = time.perf_counter()
+                    if use.used:
+                        params["TI hashes"] = ", ".join(f"{n}: {self.hasher(p) or ''}" for n, p in use.used.items())
+                    if reporter.interrupted and not (partial or reporter.skipped):
+                        break
+                    pixels = self._decode(vae, latents, request, cancel, loaded.choice.name)
+                    pil_images = pipeline.image_processor.postprocess(pixels, output_type="pil")
+                    t2 = time.perf_counter()
+                    for index, (seed, image) in enumerate(zip(batch_seeds, pil_images, strict=True)):
+                        image_params = {**params, "Seed": seed}
+                        if batch_subseeds is not None:
+                            image_params["Variation seed"] = batch_subseeds[index]
+                            image_params["Variation seed strength"] = request.subseed_strength
+                        image_params |= _tail()
+                        infotext = format_infotext(plan.prompt, plan.negative_prompt, image_params)
+                        path = save_image(image, folder, seed, infotext, image_format=image_format)
+                        images.append(GeneratedImage(path, seed, infotext))
+                    timings["denoise"] += t1 - t0
+                    timings["decode"] += t2 - t1
+                    timings["save"] += time.perf_counter() - t2
+                    if reporter.interrupted and not reporter.skipped:
+                        break
+        except Interrupted:
+            pass  # asked for: the images finished so far are the result
         timings["total"] = time.perf_counter() - started
         info = {
             "family": loaded.family.value,
@@ -185,6 +192,34 @@ class Engine:
             "subseeds": subseeds or [],
         }
         return GenerationResult(tuple(images), timings, tuple(reports), info)
+
+    def _decode(
+        self, vae: CachedComponent, latents: torch.Tensor, request: GenerationRequest, cancel: CancelToken | None,
+        model: str,
+    ) -> torch.Tensor:  # fmt: skip
+        """Latents to pixels, both checked finite (NaN/inf fails naming `model`: no black PNG). A batch interrupted
+        while denoising is decoded where it stopped (A1111's partial image); an interrupt that comes while decoding
+        raises Interrupted at the next VAE tile (or decode), and that batch has no image."""
+        check_finite(latents, model, "latents")
+        decode_cancel = None if cancel is None or cancel.cancelled else cancel
+        tile = request.width * request.height >= self.manager.policy.vae_tiling_min_pixels
+        with interruptible([getattr(vae.module, "decoder", vae.module)], decode_cancel):
+            pixels = decode_latents(vae, latents, tile=tile)
+        check_finite(pixels, model, "decoded image")
+        return pixels
+
+    def _lora_params(
+        self, request: GenerationRequest, stack: list[LoraSpec], reports: list[LoraReport]
+    ) -> dict[str, Any]:
+        """Infotext keys for the LoRAs that applied (`reports` are the stack's, in its order)."""
+        params: dict[str, Any] = {}
+        applied = [s for s, r in zip(stack, reports, strict=True) if s.active and r.error is None]
+        from_stack = [s for s in applied if s in request.loras]  # prompt tags already stand in the prompt
+        if from_stack:  # our key: A1111's infotext has no place for LoRAs outside the prompt
+            params["LoRA stack"] = ", ".join(f"{s.path.stem}: {s.unet_weight:g}/{s.te_weight:g}" for s in from_stack)
+        if applied:
+            params["Lora hashes"] = ", ".join(f"{s.path.stem}: {self.hasher(s.path) or ''}" for s in applied)
+        return params
 
     def lora_stack(
         self, request: GenerationRequest, plan: PromptPlan | None = None
