@@ -11,9 +11,10 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, HTTPException, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 
 from webui.api import listing
+from webui.api.bodies import CheckedJSONRoute
 from webui.api.info_routes import add_info_routes
 from webui.api.models import (
     LoraItem,
@@ -64,8 +65,9 @@ def _submit(
         raise HTTPException(status_code=503, detail=str(error), headers={"Retry-After": "5"}) from None
 
 
-async def _finished(job: Job) -> None:
-    """Wait for the job without holding a thread; if the request is abandoned, the job is cancelled too."""
+async def _finished(job: Job, request: Request | None = None) -> bool:
+    """Wait for the job without holding a thread. False when the client (of `request`) went away first: the job is
+    then cancelled (taken out of the queue, or stopped at its next stage), since nobody will receive its result."""
     loop = asyncio.get_running_loop()
     done = loop.create_future()
 
@@ -73,15 +75,35 @@ async def _finished(job: Job) -> None:
         loop.call_soon_threadsafe(lambda: done.done() or done.set_result(None))
 
     job.add_done_callback(resolve)
+    gone = asyncio.ensure_future(_disconnected(request)) if request is not None else loop.create_future()
     try:
-        await done
+        await asyncio.wait({done, gone}, return_when=asyncio.FIRST_COMPLETED)
     except asyncio.CancelledError:
         job.cancel(job.owner)
         raise
+    finally:
+        gone.cancel()
+    if done.done():
+        return True
+    job.cancel(job.owner)
+    return False
 
 
-def _failure(job: Job) -> JSONResponse:
-    """A1111's error body for a job that raised (out of memory, disk full, a broken model file, ...)."""
+async def _disconnected(request: Request) -> None:
+    """Returns once the client has closed the connection (the body was read already, so receive() waits for that)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+def _failure(job: Job, field_loc: dict[str, tuple[str, ...]] | None = None) -> Response:
+    """A job that raised: a request the engine refused (RequestError, with the field) is a 422 naming the field;
+    anything else (out of memory, a broken model file, ...) is A1111's 500 error body."""
+    if job.error_field is not None:
+        loc = (field_loc or {}).get(job.error_field, ("body", job.error_field))
+        message = job.error or ""
+        if message.startswith(f"{job.error_field}:"):  # the engine's field name, as the API calls it
+            message = f"{loc[-1]}{message[len(job.error_field) :]}"
+        raise _unprocessable(FieldError(loc, message, None))
     content = {"error": job.error_type or "JobFailed", "detail": job.error, "body": "", "errors": job.error}
     return JSONResponse(status_code=500, content=content)
 
@@ -127,7 +149,7 @@ def build_api_router(
     options = options or ApiOptions()
     owner_of = Depends(current_user)
     Owner = Annotated[str, owner_of]
-    router = APIRouter(prefix="/sdapi/v1", tags=["sdapi"], dependencies=[owner_of])
+    router = APIRouter(prefix="/sdapi/v1", tags=["sdapi"], dependencies=[owner_of], route_class=CheckedJSONRoute)
 
     def find(name: str, kind: Kind, field: str) -> ModelEntry:
         try:
@@ -161,14 +183,16 @@ def build_api_router(
             raise HTTPException(status_code=404, detail=str(error)) from None
 
     @router.post("/txt2img", response_model=Txt2ImgResponse)
-    async def txt2img(body: Txt2ImgBody, owner: Owner) -> Any:
+    async def txt2img(body: Txt2ImgBody, owner: Owner, request: Request) -> Any:
         txt2img_plan = await run_in_threadpool(plan, body)
         keep = bool(body.save_images) and not body.do_not_save_samples
         call = _generate(txt2img_plan.request, options.preview_every, keep, txt2img_plan.samples_format)
         job = _submit(queue, call, owner, "txt2img", model=txt2img_plan.request.model)
-        await _finished(job)
+        if not await _finished(job, request):
+            return Response(status_code=499)  # nobody is listening; the job was cancelled
         if job.state is JobState.FAILED:
-            return _failure(job)
+            where = ("override_settings",) if "sd_model_checkpoint" in (body.override_settings or {}) else ()
+            return _failure(job, {"model": ("body", *where, "sd_model_checkpoint")})
         if txt2img_plan.keep_settings:  # override_settings_restore_afterwards: false keeps them, as in A1111
             options.update(txt2img_plan.keep_settings)
         result, pngs = job.result or (GenerationResult((), info={"interrupted": True}), [])
@@ -200,7 +224,7 @@ def build_api_router(
         return values
 
     @router.post("/options")
-    async def set_options(values: dict[str, Any], owner: Owner) -> Any:
+    async def set_options(values: dict[str, Any], owner: Owner, request: Request) -> Any:
         checked = {}
         for key, value in values.items():
             try:
@@ -215,9 +239,10 @@ def build_api_router(
             )
             choice = ModelChoice(entry.path, vae=vae_path)
             job = _submit(queue, _load(choice), owner, "load-model", model=choice)
-            await _finished(job)
+            if not await _finished(job, request):
+                return Response(status_code=499)
             if job.state is JobState.FAILED:
-                return _failure(job)
+                return _failure(job, {"model": ("body", "sd_model_checkpoint")})
             checked["sd_model_checkpoint"] = listing.checkpoint_title(entry)
         options.update(checked)
         return None

@@ -317,7 +317,9 @@ def png_info(encoded: str) -> dict[str, Any]:
         with Image.open(io.BytesIO(data)) as image:
             chunks = dict(image.info)
         metadata = read_image_metadata(io.BytesIO(data))  # PNG's `parameters`, or JPEG/WebP's EXIF UserComment
-    except (UnidentifiedImageError, OSError):
+    except Image.DecompressionBombError:
+        raise FieldError(loc, "image: too many pixels to be a generated image; send the PNG itself", None) from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError):  # PIL's ways to say "broken"
         raise FieldError(loc, "image: the decoded bytes are not an image file PIL can read", encoded[:40]) from None
     chunks.pop("parameters", None)
     info = metadata.parameters or ""

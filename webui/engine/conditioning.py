@@ -243,7 +243,7 @@ def _same_length(
     extra = (positive.embeds.shape[1] - negative.embeds.shape[1]) // CHUNK_TOKENS
     if extra == 0:
         return positive, negative
-    empty = _encode(encoders, "", device).embeds.repeat(1, abs(extra), 1)
+    empty = _encode(encoders, "", device, "negative_prompt").embeds.repeat(1, abs(extra), 1)
     if extra > 0:
         return positive, Encoded(torch.cat([negative.embeds, empty], dim=1), negative.pooled)
     return Encoded(torch.cat([positive.embeds, empty], dim=1), positive.pooled), negative

@@ -32,6 +32,7 @@ from webui.models.roots import (
 from webui.models.widths import check_widths
 
 HASH_CACHE_FILE = ".webui-hashes.json"
+MAX_NAME_CHARS = 1024  # a model name or path asked for (paths on Linux stop at 4096 bytes; names far shorter)
 # Infotext hashes: LoRAs and embeddings are named by 12 hex digits, everything else by 10.
 _TWELVE_HEX_KINDS = (Kind.LORA, Kind.EMBEDDING)
 # A1111 reads `<checkpoint stem>.yaml` beside a checkpoint; SD2 v-prediction files ship with one.
@@ -265,6 +266,11 @@ class ModelLibrary:
         roots) gives the .safetensors one, then the first in scan order (our folders first)."""
         candidates = self.entries(kind=kind)
         query = str(name_or_path).strip()
+        if len(query) > MAX_NAME_CHARS:  # no file is named so; and close-name matching is quadratic in the length
+            raise ModelNotFoundError(
+                f"no model named so: a name of {len(query):,} characters (the limit is {MAX_NAME_CHARS:,}); "
+                "give a file name or title from the model list"
+            )
         path = Path(query).expanduser().absolute()
         for entry in candidates:
             if entry.path == path:
