@@ -1,4 +1,4 @@
-"""Who may reach the server: credentials, LAN addresses, Host/Origin checks and login throttling."""
+"""Who may reach the server: credentials, the listen policy, this server's names and addresses, password checks."""
 
 from __future__ import annotations
 
@@ -6,19 +6,10 @@ import base64
 import ipaddress
 import secrets
 import socket
-import threading
-import time
-from collections import deque
 from collections.abc import Iterable
-from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import psutil
-from starlette.responses import JSONResponse, PlainTextResponse
-from starlette.types import ASGIApp, Receive, Scope, Send
-
-LOGIN_PATHS = ("/login", "/login/")
 
 
 class InsecureListenError(SystemExit):
@@ -92,6 +83,13 @@ def allowed_hosts(host: str, port: int) -> set[str]:
     return names | {f"{name}:{port}" for name in names}
 
 
+def check_password(user: str, password: str, credentials: dict[str, str]) -> bool:
+    """Whether `password` is `user`'s, compared in constant time (an unknown user takes as long)."""
+    expected = credentials.get(user)
+    matches = secrets.compare_digest(password.encode(), (expected or "\0" + password).encode())
+    return expected is not None and matches
+
+
 def check_basic_auth(header: str | None, credentials: dict[str, str]) -> str | None:
     """The user name when an `Authorization: Basic …` header holds valid credentials, else None."""
     if not header or not header.lower().startswith("basic "):
@@ -100,77 +98,4 @@ def check_basic_auth(header: str | None, credentials: dict[str, str]) -> str | N
         user, _, password = base64.b64decode(header[6:].strip()).decode("utf-8").partition(":")
     except (ValueError, UnicodeDecodeError):
         return None
-    expected = credentials.get(user)
-    if expected is None or not secrets.compare_digest(password.encode(), expected.encode()):
-        return None
-    return user
-
-
-class HostOriginMiddleware:
-    """Rejects requests whose Host is not this server, or whose Origin is another site (DNS rebinding, CSRF)."""
-
-    def __init__(self, app: ASGIApp, hosts: set[str]) -> None:
-        self.app, self.hosts = app, {h.lower() for h in hosts}
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] in ("http", "websocket"):
-            headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
-            host = headers.get("host", "").lower()
-            origin = headers.get("origin")
-            origin_host = urlsplit(origin).netloc.lower() if origin and origin != "null" else None
-            if host not in self.hosts or (origin_host is not None and origin_host not in self.hosts):
-                refusal = PlainTextResponse("This server does not answer to that host or origin.", 403)
-                await refusal(scope, receive, send)
-                return
-        await self.app(scope, receive, send)
-
-
-@dataclass
-class LoginThrottle:
-    """After `limit` failed logins from one address within `window` seconds, that address waits `window`."""
-
-    limit: int = 5
-    window: float = 60.0
-    _failures: dict[str, deque[float]] = field(default_factory=dict)
-    _lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def blocked(self, client: str) -> bool:
-        now = time.monotonic()
-        with self._lock:
-            recent = self._failures.get(client, deque())
-            while recent and now - recent[0] > self.window:
-                recent.popleft()
-            return len(recent) >= self.limit
-
-    def failed(self, client: str) -> None:
-        with self._lock:
-            self._failures.setdefault(client, deque()).append(time.monotonic())
-
-
-class LoginThrottleMiddleware:
-    """Counts failed POST /login (Gradio answers 400) and refused API credentials per client address; then 429."""
-
-    def __init__(self, app: ASGIApp, throttle: LoginThrottle) -> None:
-        self.app, self.throttle = app, throttle
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        client = (scope.get("client") or ("unknown", 0))[0]
-        is_login = scope["method"] == "POST" and scope["path"] in LOGIN_PATHS
-        # A wrong password: a failed login form, or credentials sent to the API and refused.
-        tried_password = is_login or any(key.lower() == b"authorization" for key, _ in scope["headers"])
-        if self.throttle.blocked(client) and (is_login or scope["path"].startswith("/sdapi/")):
-            message = {"detail": "Too many failed logins; wait a minute and try again."}
-            await JSONResponse(message, 429)(scope, receive, send)
-            return
-
-        async def watch(message: dict) -> None:
-            if message["type"] == "http.response.start":
-                status = message["status"]
-                if tried_password and status in (400, 401):
-                    self.throttle.failed(client)
-            await send(message)
-
-        await self.app(scope, receive, watch)
+    return user if check_password(user, password, credentials) else None

@@ -1,4 +1,4 @@
-"""The HTTP server: Gradio mounted in a FastAPI app with the A1111 API, logins, Host/Origin checks and TLS."""
+"""The HTTP server: Gradio mounted in a FastAPI app with the A1111 API, behind the gate (webui/gate.py), and TLS."""
 
 from __future__ import annotations
 
@@ -7,22 +7,23 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import uvicorn
 from fastapi import FastAPI, HTTPException, Request
+from starlette.responses import JSONResponse
+from starlette.routing import Mount
 
 from webui import __version__
 from webui.config import Settings
+from webui.gate import DEFAULT_BODY_LIMIT, MB, BodyLimit, HostOriginMiddleware, LoginGate, LoginThrottle
 from webui.security import (
-    HostOriginMiddleware,
-    LoginThrottle,
-    LoginThrottleMiddleware,
     allowed_hosts,
     check_basic_auth,
     check_listen_policy,
-    is_loopback,
     parse_credentials,
     server_urls,
 )
@@ -119,13 +120,25 @@ def add_api_docs(app: FastAPI, dependency: Any) -> None:
         return HTMLResponse(page)
 
 
+def private_temp_dir() -> Path:
+    """Gradio's upload and cache folder for this user only (mode 0700), instead of /tmp/gradio, which every user of
+    the machine shares and Gradio serves from: `$XDG_CACHE_HOME/webui/gradio` (default ~/.cache/webui/gradio)."""
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    folder = base / "webui" / "gradio"
+    folder.mkdir(parents=True, exist_ok=True)
+    folder.chmod(0o700)
+    return folder
+
+
 def create_app(settings: Settings, context: UiContext, credentials: dict[str, str]) -> tuple[FastAPI, gr.Blocks]:
-    """The ASGI app: our routes first, Gradio mounted at / (its own login when credentials are set)."""
+    """The ASGI app: our routes first, Gradio mounted at / (its own login when credentials are set), all behind the
+    gate: Host/Origin checks in every mode, the login gate when credentials are set, body caps."""
     import gradio as gr
 
     from webui.app import build_app, launch_options
 
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    os.environ.setdefault("GRADIO_TEMP_DIR", str(private_temp_dir()))  # read by Gradio when it builds the app
     blocks = build_app(settings, context)
     blocks.queue(default_concurrency_limit=None, api_open=False, max_size=settings.queue_size)
     outer = FastAPI(openapi_url=None, docs_url=None, redoc_url=None)  # no schema endpoints beside the API's own
@@ -159,14 +172,42 @@ def create_app(settings: Settings, context: UiContext, credentials: dict[str, st
         show_error=True,
         ssr_mode=False,
         footer_links=launch["footer_links"],
+        run_history=False,  # its routes call the Hugging Face hub with this machine's token
         server_name=settings.host,
         server_port=settings.port,
     )
-    if not is_loopback(settings.host):
-        app.add_middleware(HostOriginMiddleware, hosts=allowed_hosts(settings.host, settings.port))
+    gradio_app = next(route.app for route in app.routes if isinstance(route, Mount))
+    gradio_app.add_exception_handler(TypeError, _malformed_upload)
+    upload = settings.max_upload_mb * MB + MB  # one file and its multipart framing
+    limits = {"/gradio_api/upload": upload, "/sdapi/v1/png-info": upload * 4 // 3 + MB}  # base64
+    app.add_middleware(BodyLimit, limit=DEFAULT_BODY_LIMIT, limits=limits)
     if credentials:
-        app.add_middleware(LoginThrottleMiddleware, throttle=LoginThrottle())
+        app.add_middleware(
+            LoginGate, credentials=credentials, session_user=gradio_session_user(gradio_app), throttle=LoginThrottle()
+        )
+    app.add_middleware(HostOriginMiddleware, hosts=allowed_hosts(settings.host, settings.port))
     return app, blocks
+
+
+def gradio_session_user(gradio_app: Any) -> Callable[[dict[str, str]], str | None]:
+    """The user a request's cookies log in as, by Gradio's login (its `access-token-<cookie_id>` cookies)."""
+
+    def user(cookies: dict[str, str]) -> str | None:
+        for name in (f"access-token-{gradio_app.cookie_id}", f"access-token-unsecure-{gradio_app.cookie_id}"):
+            token = cookies.get(name)
+            if token and token in gradio_app.tokens:
+                return gradio_app.tokens[token]
+        return None
+
+    return user
+
+
+async def _malformed_upload(request: Request, error: TypeError) -> JSONResponse:
+    """Gradio's upload raises TypeError for a form part that is not a named file; that is the client's mistake."""
+    if request.url.path.endswith("/upload"):
+        detail = "upload: every part of the form must be a file with a file name (field `files`)"
+        return JSONResponse({"detail": detail}, 400)
+    raise error
 
 
 def start(settings: Settings, context: UiContext, block: bool = True) -> RunningServer:
@@ -185,6 +226,7 @@ def start(settings: Settings, context: UiContext, block: bool = True) -> Running
         ssl_keyfile=str(settings.tls_keyfile) if tls else None,
         ssl_certfile=str(settings.tls_certfile) if tls else None,
         log_level="warning",
+        proxy_headers=False,  # X-Forwarded-For would let any local process pick its address (and its login budget)
         timeout_graceful_shutdown=3,  # open event streams would otherwise hold a shutdown for long
     )
     server = uvicorn.Server(config)
