@@ -1,9 +1,10 @@
-"""The ASGI front door every request passes first: Host and Origin, the login gate, login throttling, body caps.
+"""The ASGI front door every request passes first: Host and Origin checks, the login gate, login throttling.
 
-Order, outermost first (`install`): Host/Origin (every mode: a page on another site, or a name rebound to
-127.0.0.1, gets nothing) → the login gate (with logins on: a stranger gets the login page, its assets and the
-login form, nothing else; decided from headers alone, before any body is read) → body caps. Proxy headers are
-not trusted (uvicorn runs with proxy_headers=False): the client is the socket's peer.
+Order, outermost first (server.create_app): Host/Origin (every mode: a page on another site, or a name rebound
+to 127.0.0.1, gets nothing) → the login gate (with logins on: a stranger gets the login page, its assets and the
+login form, nothing else; decided from headers alone, before any body is read) → the request guard (guard.py:
+body caps, JSON checks, closed routes). Proxy headers are not trusted (uvicorn runs with proxy_headers=False):
+the client is the socket's peer.
 """
 
 from __future__ import annotations
@@ -20,14 +21,11 @@ from urllib.parse import parse_qs, urlsplit
 
 from starlette.exceptions import HTTPException
 from starlette.formparsers import MultiPartException
-from starlette.middleware.body_limit import RequestBodyLimitMiddleware
 from starlette.responses import JSONResponse, PlainTextResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from webui.security import check_basic_auth, check_password
 
-MB = 2**20
-DEFAULT_BODY_LIMIT = 8 * MB  # any request but an upload: a 32 KB prompt is far below, a 10 MB one is refused
 LOGIN_BODY_LIMIT = 16 * 1024
 LOGIN_PATHS = ("/login", "/login/")
 # What the login page needs before anyone has logged in: the page itself and Gradio's static files.
@@ -154,7 +152,7 @@ class LoginGate:
         if self.throttle.blocked(client):
             await _too_many(scope, receive, send)
             return
-        body = await _read_body(receive, LOGIN_BODY_LIMIT)
+        body = await read_body(receive, LOGIN_BODY_LIMIT)
         if body is None:
             await PlainTextResponse("Content Too Large", 413)(scope, receive, send)
             return
@@ -163,7 +161,7 @@ class LoginGate:
             self.throttle.failed(client)
             await JSONResponse({"detail": "Incorrect credentials."}, 400)(scope, receive, send)
             return
-        await self.app(scope, _replay(body, receive), send)
+        await self.app(scope, replay(body, receive), send)
 
 
 def _cookies(headers: dict[str, str]) -> dict[str, str]:
@@ -175,7 +173,7 @@ def _cookies(headers: dict[str, str]) -> dict[str, str]:
     return {key: morsel.value for key, morsel in jar.items()}
 
 
-async def _read_body(receive: Receive, limit: int) -> bytes | None:
+async def read_body(receive: Receive, limit: int) -> bytes | None:
     """The whole body, or None once it passes `limit` bytes."""
     chunks, size = [], 0
     while True:
@@ -191,17 +189,18 @@ async def _read_body(receive: Receive, limit: int) -> bytes | None:
             return b"".join(chunks)
 
 
-def _replay(body: bytes, receive: Receive) -> Receive:
+def replay(body: bytes, receive: Receive) -> Receive:
+    """A receive that gives `body` (read already) once, then the connection's own messages (its disconnect)."""
     sent = False
 
-    async def replay() -> Message:
+    async def replayed() -> Message:
         nonlocal sent
         if not sent:
             sent = True
             return {"type": "http.request", "body": body, "more_body": False}
         return await receive()
 
-    return replay
+    return replayed
 
 
 async def _login_form(scope: Scope, body: bytes) -> tuple[str, str]:
@@ -261,16 +260,3 @@ async def _unauthorized(scope: Scope, receive: Receive, send: Send, basic: bool)
 async def _too_many(scope: Scope, receive: Receive, send: Send) -> None:
     message = {"detail": "Too many failed logins; wait a minute and try again."}
     await JSONResponse(message, 429, headers={"Retry-After": "60"})(scope, receive, send)
-
-
-class BodyLimit:
-    """Caps every request body at `limit` bytes, or at `limits[path]` for the paths named there (uploads); a larger
-    body is answered 413 as soon as its Content-Length, or its bytes so far, pass the cap (starlette's limiter)."""
-
-    def __init__(self, app: ASGIApp, limit: int, limits: dict[str, int]) -> None:
-        self.default = RequestBodyLimitMiddleware(app, limit)
-        self.by_path = {path: RequestBodyLimitMiddleware(app, size) for path, size in limits.items()}
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        limited = self.by_path.get(scope["path"], self.default) if scope["type"] == "http" else self.default
-        await limited(scope, receive, send)

@@ -19,7 +19,8 @@ from starlette.routing import Mount
 
 from webui import __version__
 from webui.config import Settings
-from webui.gate import DEFAULT_BODY_LIMIT, MB, BodyLimit, HostOriginMiddleware, LoginGate, LoginThrottle
+from webui.gate import HostOriginMiddleware, LoginGate, LoginThrottle
+from webui.guard import MB, RequestGuard
 from webui.security import (
     allowed_hosts,
     check_basic_auth,
@@ -177,10 +178,11 @@ def create_app(settings: Settings, context: UiContext, credentials: dict[str, st
         server_port=settings.port,
     )
     gradio_app = next(route.app for route in app.routes if isinstance(route, Mount))
-    gradio_app.add_exception_handler(TypeError, _malformed_upload)
+    for error in (TypeError, ValueError, KeyError):
+        gradio_app.add_exception_handler(error, _client_error)
     upload = settings.max_upload_mb * MB + MB  # one file and its multipart framing
     limits = {"/gradio_api/upload": upload, "/sdapi/v1/png-info": upload * 4 // 3 + MB}  # base64
-    app.add_middleware(BodyLimit, limit=DEFAULT_BODY_LIMIT, limits=limits)
+    app.add_middleware(RequestGuard, limits=limits)
     if credentials:
         app.add_middleware(
             LoginGate, credentials=credentials, session_user=gradio_session_user(gradio_app), throttle=LoginThrottle()
@@ -202,11 +204,20 @@ def gradio_session_user(gradio_app: Any) -> Callable[[dict[str, str]], str | Non
     return user
 
 
-async def _malformed_upload(request: Request, error: TypeError) -> JSONResponse:
-    """Gradio's upload raises TypeError for a form part that is not a named file; that is the client's mistake."""
-    if request.url.path.endswith("/upload"):
+# Gradio routes that turn a client's malformed body into a TypeError/ValueError/KeyError (a 500): an upload part
+# that is not a named file; an unknown endpoint, fn_index or arguments that do not fit it.
+_CLIENT_ERROR_ROUTES = ("/gradio_api/upload", "/gradio_api/call/", "/gradio_api/run/", "/gradio_api/api/")
+
+
+async def _client_error(request: Request, error: Exception) -> JSONResponse:
+    """A 400 saying what was wrong, for the routes above; any other route's error stays the server's (500)."""
+    path = request.url.path
+    if path == "/gradio_api/upload":
         detail = "upload: every part of the form must be a file with a file name (field `files`)"
         return JSONResponse({"detail": detail}, 400)
+    if path.startswith(_CLIENT_ERROR_ROUTES):
+        text = str(error).encode("utf-8", "backslashreplace").decode()[:300]
+        return JSONResponse({"detail": f"the request does not fit this endpoint ({type(error).__name__}: {text})"}, 400)
     raise error
 
 

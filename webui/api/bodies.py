@@ -1,10 +1,10 @@
 """JSON request bodies checked before FastAPI parses them, and 422 answers that always render.
 
-Python's json module reads `NaN`, `Infinity`, `-Infinity` and `1e309` as floats, and a 422 that echoes such a
-value (or a string holding a lone surrogate) cannot be written back as JSON: the answer became a 500 and a reset
-connection. Here a non-finite number anywhere in a body, or nesting deeper than MAX_JSON_DEPTH, is a 422 naming
-where it is, and every 422's echoed inputs are made JSON-safe (and short). The pattern is FastAPI's documented
-custom `APIRoute` class (fastapi.tiangolo.com/how-to/custom-request-and-route/).
+Python's json module reads `NaN`, `Infinity`, `-Infinity` and `1e309` as floats, and `"\\ud800"` as a string no
+UTF-8 encoder takes; a 422 that echoes either cannot be written back as JSON: the answer became a 500 and a reset
+connection. Here a non-finite number or an unpaired surrogate anywhere in a body, or nesting deeper than
+MAX_JSON_DEPTH, is a 422 naming where it is, and every 422's echoed inputs are made JSON-safe (and short).
+The pattern is FastAPI's documented custom `APIRoute` class (fastapi.tiangolo.com/how-to/custom-request-and-route/).
 """
 
 from __future__ import annotations
@@ -45,16 +45,29 @@ def body_problem(body: bytes) -> dict[str, Any] | None:
     stack: list[tuple[Any, tuple[Any, ...]]] = [(data, ("body",))]
     while stack:
         value, loc = stack.pop()
+        name = loc[-1] if len(loc) > 1 else "body"
         if isinstance(value, _NonFinite):
-            name = loc[-1] if len(loc) > 1 else "body"
             return _error(loc, f"{name}: {value.text} is not a finite number; send a number", value.text)
+        if isinstance(value, str) and not _is_text(value):
+            return _error(loc, f"{name}: holds an unpaired surrogate, which is not text; send valid Unicode", value)
         if len(loc) > MAX_JSON_DEPTH + 1 and isinstance(value, dict | list):
             return _error(loc[:3], f"the JSON is nested more than {MAX_JSON_DEPTH} deep", None)
         if isinstance(value, dict):
+            bad_key = next((key for key in value if not _is_text(key)), None)
+            if bad_key is not None:
+                return _error((*loc, bad_key), "a key holds an unpaired surrogate; send valid Unicode", bad_key)
             stack.extend((item, (*loc, key)) for key, item in value.items())
         elif isinstance(value, list):
             stack.extend((item, (*loc, index)) for index, item in enumerate(value))
     return None
+
+
+def _is_text(value: str) -> bool:
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _error(loc: tuple[Any, ...], message: str, value: Any) -> dict[str, Any]:
