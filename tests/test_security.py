@@ -10,7 +10,7 @@ from starlette.responses import PlainTextResponse
 from starlette.routing import Route
 from starlette.testclient import TestClient
 
-from webui.gate import HostOriginMiddleware, LoginGate, LoginThrottle
+from webui.gate import HostOriginMiddleware, LoginThrottle
 from webui.security import (
     InsecureListenError,
     check_basic_auth,

@@ -178,7 +178,9 @@ def create_app(settings: Settings, context: UiContext, credentials: dict[str, st
         server_port=settings.port,
     )
     gradio_app = next(route.app for route in app.routes if isinstance(route, Mount))
-    for error in (TypeError, ValueError, KeyError):
+    from gradio.route_utils import FnIndexInferError
+
+    for error in (TypeError, ValueError, KeyError, FnIndexInferError):
         gradio_app.add_exception_handler(error, _client_error)
     upload = settings.max_upload_mb * MB + MB  # one file and its multipart framing
     limits = {"/gradio_api/upload": upload, "/sdapi/v1/png-info": upload * 4 // 3 + MB}  # base64
@@ -206,7 +208,13 @@ def gradio_session_user(gradio_app: Any) -> Callable[[dict[str, str]], str | Non
 
 # Gradio routes that turn a client's malformed body into a TypeError/ValueError/KeyError (a 500): an upload part
 # that is not a named file; an unknown endpoint, fn_index or arguments that do not fit it.
-_CLIENT_ERROR_ROUTES = ("/gradio_api/upload", "/gradio_api/call/", "/gradio_api/run/", "/gradio_api/api/")
+_CLIENT_ERROR_ROUTES = (
+    "/gradio_api/upload",
+    "/gradio_api/call/",
+    "/gradio_api/run/",
+    "/gradio_api/api/",
+    "/gradio_api/queue/join",
+)
 
 
 async def _client_error(request: Request, error: Exception) -> JSONResponse:
@@ -216,6 +224,8 @@ async def _client_error(request: Request, error: Exception) -> JSONResponse:
         detail = "upload: every part of the form must be a file with a file name (field `files`)"
         return JSONResponse({"detail": detail}, 400)
     if path.startswith(_CLIENT_ERROR_ROUTES):
+        if type(error).__name__ == "FnIndexInferError":
+            return JSONResponse({"detail": f"no such endpoint ({error}); see the API page for the names"}, 404)
         text = str(error).encode("utf-8", "backslashreplace").decode()[:300]
         return JSONResponse({"detail": f"the request does not fit this endpoint ({type(error).__name__}: {text})"}, 400)
     raise error

@@ -1,4 +1,8 @@
-"""Dropdown choices from the model library: titles users see and pick, and the files they name."""
+"""Dropdown choices from the model library: titles users see and pick, and the files they name.
+
+A dropdown's values travel to the browser and back, so they are names the library resolves (`title`, or
+`kind: title` where every kind is listed), never paths: paths stay on the server, and a value sent back is only
+ever looked up in the library, never opened as given."""
 
 from __future__ import annotations
 
@@ -8,7 +12,7 @@ from typing import Any
 from webui.families import Family
 from webui.families.encoders import encoder_label
 from webui.models.kinds import Kind, TextEncoderType
-from webui.models.library import ModelEntry, ModelLibrary
+from webui.models.library import ModelEntry, ModelLibrary, ModelNotFoundError
 from webui.models.loading import Role
 
 FROM_CHECKPOINT = "From checkpoint"
@@ -27,13 +31,29 @@ def title(entry: ModelEntry) -> str:
 
 
 def title_for_path(library: ModelLibrary, path: Path | None) -> str | None:
+    """The dropdown value naming `path`: its title, or only its file name when the library does not list it."""
     if path is None:
         return None
     wanted = Path(path).absolute()
     for entry in library.entries():
         if entry.path == wanted:
             return title(entry)
-    return str(path)
+    return Path(path).name
+
+
+def any_kind_choice(entry: ModelEntry) -> tuple[str, str]:
+    """(label, value) for a dropdown of files of every kind: `kind: title` (`lora: sub/foo.safetensors`)."""
+    value = f"{entry.kind.value}: {title(entry)}"
+    return value, value
+
+
+def find_any_kind(library: ModelLibrary, value: str) -> ModelEntry:
+    """The entry an `any_kind_choice` value names; ModelNotFoundError for anything else."""
+    kind_name, _, name = value.partition(": ")
+    kinds = {kind.value: kind for kind in Kind}
+    if kind_name not in kinds or not name:
+        raise ModelNotFoundError(f"{value[:100]!r} is not a file of the model list; pick one from the list")
+    return library.find(name, kinds[kind_name])
 
 
 def resolve(library: ModelLibrary, name: str | None, kind: Kind | None = None) -> Path | None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import html
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from webui.engine.compare import CellStatus, CompareProgress, CompareResult, cell_label
@@ -150,16 +151,28 @@ def gallery_value(items: list[dict[str, Any]]) -> list[tuple[Any, str]]:
     return out
 
 
-def grid_choices(job: CompareJob, result: CompareResult) -> list[tuple[str, str]]:
-    """(label, path) per saved grid: one per Z value that ran (a Z value whose cells were all interrupted has none)."""
+def grid_choices(job: CompareJob, result: CompareResult, outputs_dir: Path) -> list[tuple[str, str]]:
+    """(label, value) per saved grid: one per Z value that ran (a Z value whose cells were all interrupted has none).
+    The value is the grid's path under `outputs_dir` (`grids/…/00001.png`): no absolute path reaches the browser."""
+    values = [Path(path).resolve().relative_to(outputs_dir.resolve()).as_posix() for path in result.grids]
     if job.z is None:
-        return [("Grid", str(path)) for path in result.grids]
+        return [("Grid", value) for value in values]
     ran: dict[int, str] = {}
     for r in result.cells:
         if r.status is not CellStatus.INTERRUPTED:
             ran.setdefault(r.cell.z, r.cell.z_label or "")
     labels = [f"{job.z.title}: {ran[z]}" for z in sorted(ran)]
-    return list(zip(labels, map(str, result.grids), strict=True))
+    return list(zip(labels, values, strict=True))
+
+
+def grid_path(outputs_dir: Path, value: str) -> Path:
+    """The file a `grid_choices` value names; ValueError for anything outside `outputs_dir` (a value sent back by a
+    browser is not trusted to stay there)."""
+    root = outputs_dir.resolve()
+    path = (root / value).resolve()
+    if not path.is_relative_to(root) or not path.is_file():
+        raise ValueError(f"grid: {value[:100]!r} is not a saved grid; run the comparison again")
+    return path
 
 
 def progress_html(report: Any) -> str:

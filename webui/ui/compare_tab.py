@@ -169,7 +169,11 @@ def build_tab(ctx: UiContext, bar: ModelBar, txt2img: Txt2ImgTab, tabs: gr.Tabs)
     interrupt.click(
         stop, outputs=interrupt_note, api_visibility="private", concurrency_limit=None, concurrency_id="interrupt"
     )
-    grid_pick.input(lambda path: path, inputs=grid_pick, outputs=grid, **QUIET)
+    def pick_grid(value: str) -> str:
+        with adapter.shown_in_ui("Showing the grid"):
+            return str(compare_form.grid_path(ctx.engine.outputs_dir, value))
+
+    grid_pick.input(pick_grid, inputs=grid_pick, outputs=grid, **QUIET)
     for picker in (left, right):
         picker.input(compare_form.slider_value, inputs=[items, left, right], outputs=slider, **QUIET)
     cells.select(_selected_infotext, inputs=items, outputs=cell_info, **QUIET)
@@ -201,11 +205,11 @@ def _finished(ctx: UiContext, job: CompareJob, done: Job, outputs: list[Any]) ->
     if result is None:
         return {progress: compare_form.done_html(None, 0), preview: gr.update(visible=False, value=None)}
     cell_list = compare_form.cell_items(result)
-    grids = compare_form.grid_choices(job, result)
+    grids = compare_form.grid_choices(job, result, ctx.engine.outputs_dir)
     shown = [(item["label"], i) for i, item in enumerate(cell_list) if item["path"]]
     pair = (shown[0][1], shown[min(1, len(shown) - 1)][1]) if shown else (None, None)
     return {
-        grid: grids[0][1] if grids else None,
+        grid: str(result.grids[0]) if result.grids else None,
         cells: compare_form.gallery_value(cell_list),
         details: compare_form.result_json(result),
         progress: compare_form.done_html(result, seconds),

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import gradio as gr
@@ -43,19 +42,22 @@ def library_rows(library: ModelLibrary, refresh: bool = True) -> list[list[Any]]
 
 
 def file_choices(library: ModelLibrary) -> list[tuple[str, str]]:
-    return [(f"{e.kind.value}: {choices.title(e)}", str(e.path)) for e in library.entries()]
+    return [choices.any_kind_choice(e) for e in library.entries()]
 
 
-def _entry(library: ModelLibrary, path: str | None) -> ModelEntry | None:
-    if not path:
+def _entry(library: ModelLibrary, value: str | None) -> ModelEntry | None:
+    """The file a `file_choices` value names; None for no pick, or a name no longer in the list."""
+    if not value:
         return None
-    wanted = Path(path).absolute()
-    return next((e for e in library.entries() if e.path == wanted), None)
+    try:
+        return choices.find_any_kind(library, value)
+    except LookupError:
+        return None
 
 
-def details_of(library: ModelLibrary, path: str | None) -> tuple[dict[str, Any], Any, str]:
+def details_of(library: ModelLibrary, value: str | None) -> tuple[dict[str, Any], Any, str]:
     """(details JSON, the convert button's update, the trigger-word line) for one file."""
-    entry = _entry(library, path)
+    entry = _entry(library, value)
     if entry is None:
         return {}, gr.update(visible=False), ""
     data = model_info.details(entry)
@@ -117,19 +119,21 @@ def build_tab(ctx: UiContext, bar: ModelBar) -> gr.Tab:
 
     def on_row(event: gr.SelectData) -> Any:
         values = event.row_value or []
-        return values[-1] if len(values) == len(COLUMNS) else gr.update()
+        if len(values) != len(COLUMNS):
+            return gr.update()
+        return f"{values[COLUMNS.index('kind')]}: {values[COLUMNS.index('name')]}"  # as any_kind_choice
 
     table.select(on_row, outputs=file, api_visibility="private", queue=False)
 
-    def show(path: str | None) -> tuple[dict[str, Any], Any, str, str]:
+    def show(value: str | None) -> tuple[dict[str, Any], Any, str, str]:
         with adapter.shown_in_ui("Reading the file"):
-            data, button, line = details_of(library, path)
+            data, button, line = details_of(library, value)
         return data, button, line, ""
 
     file.change(show, inputs=file, outputs=[details, convert, summary, convert_note], api_name="model_details")
 
-    def run_convert(path: str | None) -> tuple[str, list[list[Any]], Any]:
-        entry = _entry(library, path)
+    def run_convert(value: str | None) -> tuple[str, list[list[Any]], Any]:
+        entry = _entry(library, value)
         if entry is None:
             raise gr.Error("Pick a file first.")
         with adapter.shown_in_ui("Converting"):
