@@ -130,6 +130,16 @@ def test_prompts_and_models_the_engine_refuses_are_422s_naming_the_field(api, ch
     assert detail[0]["msg"].startswith(f"{loc[-1]}: ")
 
 
+def test_an_sdxl_refiner_set_as_the_model_option_is_a_422_at_txt2img(api):
+    assert api.post("/sdapi/v1/options", json={"sd_model_checkpoint": "tiny-sdxl-refiner"}).status_code == 200
+    try:
+        body = {key: value for key, value in CAT.items() if key != "override_settings"}
+        detail = refused(api.post("/sdapi/v1/txt2img", json=body))
+        assert detail[0]["loc"] == ["body", "sd_model_checkpoint"] and "SDXL refiner" in detail[0]["msg"]
+    finally:
+        assert api.post("/sdapi/v1/options", json={"sd_model_checkpoint": "tiny-sd1"}).status_code == 200
+
+
 def test_a_lone_surrogate_is_a_422_that_renders(api):
     response = post_raw(api, "/sdapi/v1/txt2img", body_with('"negative_prompt": "bad \\ud800 text"'))
     detail = refused(response)

@@ -87,6 +87,20 @@ def test_a_five_byte_pickle_is_listed_with_its_problem_and_the_cli_goes_on(tmp_p
     assert "x.ckpt" in result.stdout and "truncated file" in result.stdout
 
 
+def test_the_app_opens_over_a_models_folder_of_broken_files(tmp_path):
+    from webui.app import open_context
+    from webui.config import Settings
+
+    folder = tmp_path / "models" / "checkpoints"
+    folder.mkdir(parents=True)
+    (folder / "x.ckpt").write_bytes(bytes.fromhex("80024a0100"))
+    (folder / "deep.safetensors").write_bytes(deep_safetensors_json(50_000))
+    settings = Settings(models_dir=tmp_path / "models", outputs_dir=tmp_path / "out", settings_file=tmp_path / "s.json")
+    context = open_context(settings)  # what launch.py does before serving
+    assert {entry.path.name for entry in context.library.entries() if entry.problem} == {"x.ckpt", "deep.safetensors"}
+    context.library.refresh()  # the Refresh button
+
+
 def test_the_cli_says_what_went_wrong_for_an_unexpected_error(monkeypatch, capsys):
     from webui import cli
     from webui.models import library
