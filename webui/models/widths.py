@@ -3,21 +3,20 @@
 safetensors itself checks that each tensor's byte range holds dtype × shape (`safe_open` refuses a file where
 they differ), so the one lie it cannot see is a consistent one: F32 data declared as F16 with a doubled shape.
 Such a file still claims an architecture, and the widths every file of that architecture has, at any size,
-give it away. The facts, from the original LDM configs (CompVis/stable-diffusion, Stability-AI/generative-models):
-CLIP and OpenCLIP text encoders read 77 positions; the SD-family VAE has 4 latent channels (`embed_dim: 4`,
-so `quant_conv` maps 8 → 8 and `post_quant_conv` 4 → 4); its UNets denoise those 4 channels (in: 4, or 8/9 for
-instruct-pix2pix/inpainting; out: 4). A layer's weight and bias always agree on the output width.
+give it away. The facts come from the family's description and the text encoders' (webui.families): a CLIP
+text encoder reads its tokenizer's `max_length` positions (77); the VAE of a latent space with C channels maps
+2C → 2C in `quant_conv` and C → C in `post_quant_conv` (LDM's `embed_dim`); a UNet denoises those C channels
+(in: C, or 2C/2C+1 for instruct-pix2pix/inpainting UNets; out: C). A layer's weight and bias always agree on
+the output width.
 """
 
 from __future__ import annotations
 
+from webui.families.encoders import ENCODERS
 from webui.models.files import ModelFileError, TensorHeader
 from webui.models.identity import Identity
 from webui.models.kinds import Kind
 
-CLIP_POSITIONS = 77
-SD_LATENT_CHANNELS = 4
-SD_UNET_IN_CHANNELS = (4, 8, 9)  # txt2img, instruct-pix2pix, inpainting
 _POSITION_KEYS = ("position_embedding.weight", "positional_embedding")
 _UNET_PREFIXES = ("model.diffusion_model.", "unet/", "")
 _UNET_IN = ("input_blocks.0.0.weight", "conv_in.weight")
@@ -27,9 +26,11 @@ _SHOWN = 3  # disagreements named in a problem
 
 def check_widths(header: TensorHeader, identity: Identity, path: object) -> None:
     """Raise ModelFileError naming the tensors whose shapes contradict the architecture `identity` claims."""
-    found = _bias_mismatches(header.shapes)
-    if identity.kind is not Kind.UNKNOWN and identity.family.supported:  # the SD families, whose facts are above
-        found += _sd_mismatches(header.shapes, identity)
+    shapes = header.shapes
+    found = _bias_mismatches(shapes) + _position_mismatches(shapes, identity)
+    latent = identity.family.description.latent if identity.kind is not Kind.UNKNOWN else None
+    if latent is not None:
+        found += _latent_mismatches(shapes, identity, latent.vae.latent_channels)
     if found:
         shown = "; ".join(found[:_SHOWN]) + (f"; and {len(found) - _SHOWN} more" if len(found) > _SHOWN else "")
         raise ModelFileError(
@@ -50,22 +51,31 @@ def _bias_mismatches(shapes: dict[str, tuple[int, ...]]) -> list[str]:
     return found
 
 
-def _sd_mismatches(shapes: dict[str, tuple[int, ...]], identity: Identity) -> list[str]:
+def _position_mismatches(shapes: dict[str, tuple[int, ...]], identity: Identity) -> list[str]:
+    lengths = {ENCODERS[encoder].max_length for encoder in identity.text_encoders if ENCODERS[encoder].width}
+    if not lengths:
+        return []
+    return [
+        f"{key} has {shape[0]} positions, not {' or '.join(map(str, sorted(lengths)))}"
+        for key, shape in shapes.items()
+        if key.endswith(_POSITION_KEYS) and shape and shape[0] not in lengths
+    ]
+
+
+def _latent_mismatches(shapes: dict[str, tuple[int, ...]], identity: Identity, channels: int) -> list[str]:
     found = []
     for key, shape in shapes.items():
-        if key.endswith(_POSITION_KEYS) and shape and shape[0] != CLIP_POSITIONS:
-            found.append(f"{key} has {shape[0]} positions, not {CLIP_POSITIONS}")
-        elif key.endswith("post_quant_conv.weight") and shape[:2] != (SD_LATENT_CHANNELS,) * 2:
-            found.append(f"{key} is {list(shape)}, not [4, 4, 1, 1] (4 latent channels)")
-        elif key.endswith(".quant_conv.weight") or key == "quant_conv.weight":
-            if shape[:2] != (2 * SD_LATENT_CHANNELS,) * 2:
-                found.append(f"{key} is {list(shape)}, not [8, 8, 1, 1] (4 latent channels)")
+        if key.endswith("post_quant_conv.weight") and shape[:2] != (channels, channels):
+            found.append(f"{key} is {list(shape)}, not [{channels}, {channels}, 1, 1] ({channels} latent channels)")
+        elif (key.endswith(".quant_conv.weight") or key == "quant_conv.weight") and shape[:2] != (2 * channels,) * 2:
+            expected = f"[{2 * channels}, {2 * channels}, 1, 1]"
+            found.append(f"{key} is {list(shape)}, not {expected} ({channels} latent channels)")
     if identity.kind in (Kind.CHECKPOINT, Kind.UNET):
-        for prefix in _UNET_PREFIXES:
-            for key in (prefix + name for name in _UNET_IN):
-                if key in shapes and shapes[key][1:2] and shapes[key][1] not in SD_UNET_IN_CHANNELS:
-                    found.append(f"{key} takes {shapes[key][1]} channels, not 4 (or 8/9)")
-            for key in (prefix + name for name in _UNET_OUT):
-                if key in shapes and shapes[key] and shapes[key][0] != SD_LATENT_CHANNELS:
-                    found.append(f"{key} gives {shapes[key][0]} channels, not 4")
+        inputs = (channels, 2 * channels, 2 * channels + 1)  # txt2img, instruct-pix2pix, inpainting
+        for key in (prefix + name for prefix in _UNET_PREFIXES for name in _UNET_IN):
+            if key in shapes and shapes[key][1:2] and shapes[key][1] not in inputs:
+                found.append(f"{key} takes {shapes[key][1]} channels, not {'/'.join(map(str, inputs))}")
+        for key in (prefix + name for prefix in _UNET_PREFIXES for name in _UNET_OUT):
+            if key in shapes and shapes[key] and shapes[key][0] != channels:
+                found.append(f"{key} gives {shapes[key][0]} channels, not {channels}")
     return found
