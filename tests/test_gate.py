@@ -118,6 +118,45 @@ def test_forty_concurrent_wrong_passwords_get_five_checks(gate):
     assert right.status_code == 429 and seen["logins"] == 0  # locked out for the window, checked by no one
 
 
+def test_guesses_whose_bodies_arrive_late_are_counted_before_they_are_checked():
+    """Slow clients: every guess passes the first check while its body is on its way; each is checked only after
+    the count says it may be."""
+    app, seen = stand_in(LoginThrottle(limit=5, window=60))
+    bodies_may_come = asyncio.Event()
+
+    async def call(number: int) -> int:
+        body = f"username=alice&password=guess-{number}".encode()
+        sent = False
+
+        async def receive() -> dict:
+            nonlocal sent
+            if not sent:
+                await bodies_may_come.wait()  # the headers came long ago
+                sent = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return {"type": "http.disconnect"}
+
+        status: list[int] = []
+
+        async def send(message: dict) -> None:
+            if message["type"] == "http.response.start":
+                status.append(message["status"])
+
+        scope = {"type": "http", "method": "POST", "path": "/login", "headers": [], "client": ("10.0.0.9", 1),
+                 "query_string": b"", "root_path": "", "scheme": "http", "server": ("127.0.0.1", 7860)}  # fmt: skip
+        await app(scope, receive, send)
+        return status[0]
+
+    async def storm() -> list[int]:
+        calls = [asyncio.ensure_future(call(n)) for n in range(20)]
+        await asyncio.sleep(0.05)  # every request is waiting for its body
+        bodies_may_come.set()
+        return await asyncio.gather(*calls)
+
+    assert sorted(run(storm())) == [400] * 5 + [429] * 15
+    assert seen["logins"] == 0
+
+
 def test_only_failed_password_checks_count(gate):
     client, seen = gate
 
@@ -146,4 +185,5 @@ def test_a_malformed_login_form_is_a_failed_login_not_a_crash(gate):
     client, _ = gate
     multipart = {"content-type": "multipart/form-data; boundary=x"}
     assert run(client.post("/login", content=b"--x\r\nbroken", headers=multipart)).status_code == 400
+    assert run(client.post("/login", content=b"&".join([b"a=1"] * 50))).status_code == 400
     assert run(client.post("/login", content=b"y" * 100_000)).status_code == 413

@@ -157,7 +157,10 @@ class LoginGate:
             await PlainTextResponse("Content Too Large", 413)(scope, receive, send)
             return
         username, password = await _login_form(scope, body)
-        if not check_password(username.strip(), password, self.credentials):
+        if self.throttle.blocked(client):  # again: other guesses may have been counted while this body arrived
+            await _too_many(scope, receive, send)
+            return
+        if not check_password(username.strip(), password, self.credentials):  # no await between check and count
             self.throttle.failed(client)
             await JSONResponse({"detail": "Incorrect credentials."}, 400)(scope, receive, send)
             return
@@ -212,7 +215,10 @@ async def _login_form(scope: Scope, body: bytes) -> tuple[str, str]:
 
     content_type = _headers(scope).get("content-type", "")
     if content_type.startswith("application/x-www-form-urlencoded") or not content_type:
-        fields = parse_qs(body.decode("latin-1"), max_num_fields=10)
+        try:
+            fields = parse_qs(body.decode("utf-8", "replace"), max_num_fields=10)
+        except ValueError:  # more fields than a login form has
+            return "", ""
         return (fields.get("username") or [""])[0], (fields.get("password") or [""])[0]
     try:
         form = await Request(scope, receive).form(max_files=0, max_fields=10)
