@@ -5,6 +5,7 @@ from __future__ import annotations
 import html
 import logging
 import os
+import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -123,11 +124,17 @@ def add_api_docs(app: FastAPI, dependency: Any) -> None:
 
 def private_temp_dir() -> Path:
     """Gradio's upload and cache folder for this user only (mode 0700), instead of /tmp/gradio, which every user of
-    the machine shares and Gradio serves from: `$XDG_CACHE_HOME/webui/gradio` (default ~/.cache/webui/gradio)."""
+    the machine shares and Gradio serves from: `$XDG_CACHE_HOME/webui/gradio` (default ~/.cache/webui/gradio), or
+    a fresh private temporary folder when the home folder cannot be written."""
     base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
     folder = base / "webui" / "gradio"
-    folder.mkdir(parents=True, exist_ok=True)
-    folder.chmod(0o700)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        folder.chmod(0o700)
+    except OSError as error:
+        fallback = Path(tempfile.mkdtemp(prefix="webui-gradio-"))  # mkdtemp makes it 0700
+        log.warning("cannot use %s for uploads (%s); using %s", folder, error.strerror or error, fallback)
+        return fallback
     return folder
 
 
