@@ -123,17 +123,17 @@ def test_interrupt_during_prompt_encoding_stops_before_denoising(engine, tiny_mo
 
 
 def test_interrupt_during_lora_loading_stops_before_the_next_file(engine, tiny_models_dir, library, monkeypatch):
-    pipeline_class = type(engine.manager.load(sd1(tiny_models_dir)).pipeline)  # pipelines are re-assembled per load
     stack = tuple(LoraSpec(library.find(n, Kind.LORA).path) for n in ("tiny-sd1-kohya", "tiny-sd1-peft"))
     cancel = CancelToken()
-    real_load = pipeline_class.load_lora_weights
+    real_load = engine.loras._ensure_loaded  # one LoRA file, whichever way it is placed (injected or diffusers')
     reads_before = engine.loras.file_reads
 
-    def load_then_cancel(self, *args, **kwargs):  # noqa: ANN001, ANN202
-        real_load(self, *args, **kwargs)
+    def load_then_cancel(*args, **kwargs):  # noqa: ANN202
+        report = real_load(*args, **kwargs)
         cancel.cancel()
+        return report
 
-    monkeypatch.setattr(pipeline_class, "load_lora_weights", load_then_cancel)
+    monkeypatch.setattr(engine.loras, "_ensure_loaded", load_then_cancel)
     with calls_of(engine.manager.load(sd1(tiny_models_dir)).pipeline.unet) as steps:
         request = GenerationRequest(model=sd1(tiny_models_dir), prompt="hat", loras=stack, **SMALL)
         result = engine.generate(request, cancel=cancel)
