@@ -471,3 +471,11 @@ def load_state_dict(path: Path | str, device: str = "cpu") -> dict[str, torch.Te
     if fmt is FileFormat.GGUF:
         raise ModelFileError(path, "GGUF (quantised) files cannot be loaded yet; use a .safetensors version")
     raise ModelFileError(path, _unknown_format_problem(path))
+
+
+def pickle_tensors(path: Path | str, *, mmap: bool = True) -> dict[str, torch.Tensor]:
+    """The tensors of a pickle file by dotted key, loaded with torch.load(weights_only=True), memory-mapped where
+    the file allows it (a zip-format .ckpt), so a tensor's bytes are read only when it is used."""
+    path = Path(path)
+    tensors, _ = _tensors_of(_torch_load(path, mmap=mmap), path)
+    return tensors

@@ -10,6 +10,7 @@ from webui.models.kinds import Kind, Prediction, Role, TextEncoderType
 
 __all__ = [
     "ENCODER_BY_WIDTH",
+    "MARKER_KEYS",
     "Identity",
     "Shapes",
     "declared_prediction",
@@ -20,6 +21,8 @@ __all__ = [
 ]
 
 Shapes = dict[str, tuple[int, ...]]
+# Empty tensors outside every component that declare how a checkpoint was trained (read below); kept by pruning.
+MARKER_KEYS = ("v_pred", "ztsnr")
 
 _PREDICTION_WORDS = {
     "v": Prediction.V,

@@ -1,0 +1,156 @@
+"""Bake a LoRA stack into single-file tensors with the generation's own patching, one tensor at a time.
+
+The LoRAs are loaded exactly as generation loads them (webui.engine.lora.LoraStackApplier: the same key
+conversion, the same PEFT adapters, the same per-component weights set by `set_adapters`), into a "hollow"
+pipeline: the denoiser and text encoders built from the output's shapes on the meta device, every parameter then
+replaced by a zero-stride CPU tensor that holds no memory, so only the LoRA factors are real. To patch one
+single-file tensor, its component tensors (a q/k/v slice of OpenCLIP's stacked `in_proj`, a transposed
+projection) are put into the hollow layers as their base weights and PEFT's own `merge` runs on them, the call
+`fuse_lora` makes when generation fuses a stack, so a baked model equals generating with the LoRA (DoRA, LoHa
+and LoKr layers included: each computes its own merged weight from the real base weight).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from webui.engine.lora import LoraReport, LoraSpec, LoraStackApplier
+from webui.families import Family
+from webui.families.base import CheckpointLayout, Part, RoleSpec
+from webui.models.derive import bundled_config, derive_clip_config, derive_unet_config
+from webui.models.ldm_plan import KeySource, component_plan
+
+Shapes = Mapping[str, tuple[int, ...]]
+
+
+class LoraBakeError(ValueError):
+    """A LoRA of the stack cannot be baked in; the message names it and why."""
+
+
+@dataclass(frozen=True)
+class _Target:
+    """A single-file tensor some adapter patches: how it splits into component tensors, and the patched layer of
+    each part (None: that part is not patched)."""
+
+    source: KeySource
+    shapes: tuple[tuple[int, ...], ...]
+    layers: tuple[Any, ...]
+
+
+def _hollow(module: torch.nn.Module) -> torch.nn.Module:
+    """Every parameter and buffer of a meta-device module replaced by a zero-stride CPU tensor of its shape and
+    dtype: the module reports real shapes and devices and holds no memory."""
+    for child in module.modules():
+        for name, param in list(child.named_parameters(recurse=False)):
+            empty = torch.zeros((), dtype=param.dtype).expand(param.shape)
+            setattr(child, name, torch.nn.Parameter(empty, requires_grad=False))
+        for name, buffer in list(child.named_buffers(recurse=False)):
+            child._buffers[name] = torch.zeros((), dtype=buffer.dtype).expand(buffer.shape)
+    return module
+
+
+def _role_shapes(shapes: Shapes, spec: RoleSpec) -> dict[str, tuple[int, ...]]:
+    prefix = spec.checkpoint_prefix
+    return {key[len(prefix) :]: shape for key, shape in shapes.items() if key.startswith(prefix)}
+
+
+def _skeleton(family: Family, spec: RoleSpec, shapes: Shapes) -> torch.nn.Module:
+    """The role's module on the meta device, configured from the single-file shapes as loading configures it."""
+    if spec.part is Part.DENOISER:
+        if spec.checkpoint_layout is not CheckpointLayout.LDM_UNET:
+            raise LoraBakeError(f"baking LoRAs into a {family.label} {spec.role.value} is not supported yet")
+        config = derive_unet_config(family, {k: v for k, v in shapes.items() if k.startswith(spec.checkpoint_prefix)})
+        with torch.device("meta"):
+            return spec.component_type()(**config)
+    base = bundled_config(family, spec.role.value)
+    max_layers = base["num_hidden_layers"] if spec.truncate_to_config_layers else None
+    config = derive_clip_config(base, _role_shapes(shapes, spec), max_layers=max_layers)
+    component = spec.component_type()
+    with torch.device("meta"):
+        return component(component.config_class(**config))
+
+
+class LoraBaker:
+    """Patches single-file tensors of `family` with a LoRA stack. Built from the output's single-file shapes;
+    raises LoraBakeError when a LoRA of the stack cannot apply at all (wrong family, unreadable, nothing fits)."""
+
+    def __init__(self, family: Family, shapes: Shapes, stack: Sequence[LoraSpec]) -> None:
+        from peft.tuners.tuners_utils import BaseTunerLayer
+
+        description = family.description
+        roles = [
+            spec
+            for spec in description.roles
+            if spec.part in (Part.DENOISER, Part.TEXT_ENCODER) and _role_shapes(shapes, spec)
+        ]
+        if not any(spec.part is Part.DENOISER for spec in roles):
+            raise LoraBakeError(f"loras: the output has no {description.denoiser.role.value} to bake a LoRA into")
+        modules = {spec.role.value: _hollow(_skeleton(family, spec, shapes)) for spec in roles}
+        plans = {
+            spec.role.value: component_plan(
+                spec.checkpoint_layout,
+                getattr(modules[spec.role.value], "config", None) if spec.part is Part.DENOISER else None,
+                {k: tuple(v.shape) for k, v in modules[spec.role.value].state_dict().items()},
+            )
+            for spec in roles
+        }
+        components: dict[str, Any] = dict.fromkeys(description.pipeline.absent) | {"vae": None, "scheduler": None}
+        for spec in description.text_encoders:
+            components[spec.tokenizer] = None
+            components.setdefault(spec.role.value, None)
+        components.update(modules)
+        pipeline = description.pipeline.create(components)
+        self.reports: list[LoraReport] = LoraStackApplier(keep_inactive=len(stack)).apply(pipeline, family, stack)
+        failed = [r for r in self.reports if r.error]
+        if failed:
+            raise LoraBakeError("loras: " + "; ".join(str(r.error) for r in failed))
+        self._targets: dict[str, _Target] = {}
+        for spec in roles:
+            module = modules[spec.role.value]
+            layers = {
+                f"{name}.weight": layer
+                for name, layer in module.named_modules()
+                if isinstance(layer, BaseTunerLayer) and layer.active_adapters
+            }
+            shapes_here = {k: tuple(v.shape) for k, v in module.state_dict().items()}
+            for key, source in plans[spec.role.value].items():
+                found = tuple(layers.get(part) for part in source.keys)
+                if any(found):
+                    self._targets[spec.checkpoint_prefix + key] = _Target(
+                        source, tuple(shapes_here.get(part, ()) for part in source.keys), found
+                    )
+
+    @property
+    def keys(self) -> frozenset[str]:
+        """The single-file keys the stack patches."""
+        return frozenset(self._targets)
+
+    def patch(self, key: str, tensor: torch.Tensor) -> torch.Tensor:
+        """`tensor` (the single-file tensor `key`, float32) with the stack merged in; unchanged if not patched."""
+        target = self._targets.get(key)
+        if target is None:
+            return tensor
+        parts = [p.contiguous() for p in target.source.split(tensor, target.shapes)]
+        for index, layer in enumerate(target.layers):
+            if layer is not None:
+                parts[index] = _merged(layer, parts[index], key)
+        return target.source.build(parts)
+
+
+def _merged(layer: Any, weight: torch.Tensor, key: str) -> torch.Tensor:
+    """PEFT's merge of the layer's active adapters into `weight`, as `fuse_lora` runs it on a loaded model."""
+    base = layer.get_base_layer()
+    hollow = base.weight
+    base.weight = torch.nn.Parameter(weight.clone(), requires_grad=False)
+    try:
+        layer.merge(adapter_names=list(layer.active_adapters))
+        return base.weight.data
+    except (RuntimeError, ValueError) as error:
+        raise LoraBakeError(f"loras: cannot merge into {key}: {error}") from error
+    finally:
+        layer.merged_adapters.clear()
+        base.weight = hollow
