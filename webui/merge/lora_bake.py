@@ -90,11 +90,13 @@ class LoraBaker:
         if not any(spec.part is Part.DENOISER for spec in roles):
             raise LoraBakeError(f"loras: the output has no {description.denoiser.role.value} to bake a LoRA into")
         modules = {spec.role.value: _hollow(_skeleton(family, spec, shapes)) for spec in roles}
+        # Component shapes and plans before the adapters wrap the layers (and rename their weights).
+        own = {role: {k: tuple(v.shape) for k, v in m.state_dict().items()} for role, m in modules.items()}
         plans = {
             spec.role.value: component_plan(
                 spec.checkpoint_layout,
-                getattr(modules[spec.role.value], "config", None) if spec.part is Part.DENOISER else None,
-                {k: tuple(v.shape) for k, v in modules[spec.role.value].state_dict().items()},
+                modules[spec.role.value].config if spec.part is Part.DENOISER else None,
+                own[spec.role.value],
             )
             for spec in roles
         }
@@ -116,13 +118,11 @@ class LoraBaker:
                 for name, layer in module.named_modules()
                 if isinstance(layer, BaseTunerLayer) and layer.active_adapters
             }
-            shapes_here = {k: tuple(v.shape) for k, v in module.state_dict().items()}
             for key, source in plans[spec.role.value].items():
                 found = tuple(layers.get(part) for part in source.keys)
                 if any(found):
-                    self._targets[spec.checkpoint_prefix + key] = _Target(
-                        source, tuple(shapes_here.get(part, ()) for part in source.keys), found
-                    )
+                    part_shapes = tuple(own[spec.role.value][part] for part in source.keys)
+                    self._targets[spec.checkpoint_prefix + key] = _Target(source, part_shapes, found)
 
     @property
     def keys(self) -> frozenset[str]:

@@ -40,7 +40,7 @@ from webui.models.kinds import FileFormat, Kind, Role
 from webui.models.ldm_plan import KeySource, Plan, component_plan, unet_plan, vae_plan
 from webui.models.safetensors_stream import DTYPES
 
-REOPEN_BYTES = 64 * 2**20
+REOPEN_BYTES = 32 * 2**20
 _OPEN_CLIP_ROOTS = (
     "token_embedding.",
     "positional_embedding",

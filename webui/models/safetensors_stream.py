@@ -137,7 +137,11 @@ class StreamingWriter:
         handle, name = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.", suffix=".partial")
         self._temp = Path(name)
         self._handle = os.fdopen(handle, "wb")
-        self._put(self._header)
+        try:
+            self._put(self._header)
+        except BaseException:
+            self._discard()  # __exit__ does not run when __enter__ fails
+            raise
         return self
 
     def __exit__(
