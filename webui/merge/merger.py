@@ -302,24 +302,61 @@ def _weight(plan: MergePlan, key: str) -> float | None:
     return plan.block_weights.weight(block, plan.recipe.alpha)
 
 
-def _compute(plan: MergePlan, step: Step) -> torch.Tensor:
+class _Scratch:
+    """Float32 work buffers and output buffers sized for the largest tensor, reused for every tensor.
+
+    Allocating fresh tensors per key lets the C allocator keep the freed ones (glibc's heap grows past its
+    dynamic mmap threshold), so resident memory would creep up to many tensors' worth; views into a few fixed
+    buffers keep it at a few tensors' worth, whatever the model's size."""
+
+    def __init__(self, steps: list[Step]) -> None:
+        self.numel = max((_numel(step.entry.shape) for step in steps), default=0)
+        self._float: list[torch.Tensor] = []
+        self._out: dict[torch.dtype, torch.Tensor] = {}
+
+    def work(self, index: int, shape: tuple[int, ...]) -> torch.Tensor:
+        while len(self._float) <= index:
+            self._float.append(torch.empty(self.numel, dtype=torch.float32))
+        return self._float[index][: _numel(shape)].view(shape)
+
+    def output(self, value: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        if value.dtype == dtype:
+            return value
+        if dtype not in self._out:
+            self._out[dtype] = torch.empty(self.numel, dtype=dtype)
+        out = self._out[dtype][: value.numel()].view(value.shape)
+        out.copy_(value)
+        return out
+
+
+def _numel(shape: tuple[int, ...]) -> int:
+    count = 1
+    for size in shape:
+        count *= size
+    return count
+
+
+def _compute(plan: MergePlan, step: Step, scratch: _Scratch) -> torch.Tensor:
+    """One output tensor, in the output dtype, as a view into `scratch` (valid until the next call)."""
     sources = plan.sources
+    dtype = DTYPES[step.entry.dtype]
     patched = plan.baker is not None and step.key in plan.baker.keys
     if step.weight is None:
         tensor = sources[step.source].read(step.key)
         if not patched:
-            return tensor.to(DTYPES[step.entry.dtype])
-        tensor = tensor.float()
+            return scratch.output(tensor, dtype)
+        tensor = scratch.work(0, tensor.shape).copy_(tensor)
     else:
-        a = sources["A"].read(step.key).float()
-        b = sources["B"].read(step.key).float()
+        tensor = scratch.work(0, step.entry.shape).copy_(sources["A"].read(step.key))
+        other = scratch.work(1, step.entry.shape).copy_(sources["B"].read(step.key))
         if plan.recipe.mode is MergeMode.ADD_DIFFERENCE:
-            tensor = a + (b - sources["C"].read(step.key).float()) * step.weight
+            other.sub_(sources["C"].read(step.key)).mul_(step.weight)
+            tensor.add_(other)  # A + (B − C)·α
         else:
-            tensor = torch.lerp(a, b, step.weight)
+            tensor.lerp_(other, step.weight)  # A·(1−α) + B·α
     if patched:
         tensor = plan.baker.patch(step.key, tensor)
-    return tensor.to(DTYPES[step.entry.dtype])
+    return scratch.output(tensor, dtype)
 
 
 def run_merge(
@@ -335,6 +372,7 @@ def run_merge(
     entries = [step.entry for step in plan.steps]
     written = 0
     total = sum(e.nbytes for e in entries)
+    scratch = _Scratch(plan.steps)
     try:
         with StreamingWriter(output, entries, metadata) as writer:
             for index, step in enumerate(plan.steps):
@@ -342,7 +380,7 @@ def run_merge(
                     raise MergeInterrupted(
                         f"merge interrupted after {index} of {len(plan.steps)} tensors; nothing was written"
                     )
-                writer.write(step.key, _compute(plan, step))
+                writer.write(step.key, _compute(plan, step, scratch))
                 written += step.entry.nbytes
                 if progress is not None:
                     elapsed = time.perf_counter() - started
