@@ -1,4 +1,4 @@
-"""Subcommands of `python -m webui`: models, make-tiny-models (generate and bench join later)."""
+"""Subcommands of `python -m webui`: models, make-tiny-models; the rest register themselves from webui/commands/."""
 
 from __future__ import annotations
 
@@ -69,7 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     models.add_argument("--hash", action="store_true", help="compute missing hashes before printing")
     models.set_defaults(func=cmd_models)
 
-    for module in ("generate", "compare", "bench"):
+    for module in ("generate", "compare", "bench", "merge"):
         importlib.import_module(f"webui.commands.{module}").register(sub)
 
     tiny = sub.add_parser("make-tiny-models", help="write tiny random test models in every file layout")
