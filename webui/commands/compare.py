@@ -20,6 +20,8 @@ if TYPE_CHECKING:
 AXES_HELP = """\
 axes: checkpoint, unet, text-encoder, vae, lora, cfg, steps, sampler, schedule, seed, clip-skip, prompt-sr
   --x checkpoint=model-a,model-b      names as `python -m webui models` lists them, or paths
+  --x "checkpoint=a,merge 0.3,merge 0.5,b"  merge α: A*(1-α) + B*α of the checkpoints around it, written once
+                                       into models/checkpoints/merges/ (reused after) so each image names a real file
   --y cfg=4,7 --z sampler="Euler a",DDIM
   --x vae=Automatic,my-vae             Automatic: the checkpoint's own component
   --x text-encoder="clip-l + clip-g"   a model with two text encoders: both, joined by " + "
@@ -83,6 +85,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from webui.engine.compare_axes import parse_axis
     from webui.engine.compare_plan import CompareJob, library_resolver
     from webui.engine.progress import CancelToken
+    from webui.merge.compare_merges import CompareMerges
     from webui.models.library import open_library
 
     x, y, z = (None if spec is None else parse_axis(spec) for spec in (args.x, args.y, args.z))
@@ -94,7 +97,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
     engine = engine_from_args(args, library)
     cancel = CancelToken()
     with _ctrl_c_cancels(cancel):
-        result = run_compare(engine, job, library_resolver(library), cancel=cancel)
+        merges = CompareMerges(library)  # a checkpoint axis' "merge 0.3" values, written into checkpoints/merges/
+        result = run_compare(engine, job, library_resolver(library), cancel=cancel, merges=merges)
     if args.json:
         json.dump(result.to_json(), sys.stdout, indent=2)
         sys.stdout.write("\n")

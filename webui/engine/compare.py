@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from PIL import Image
 
-from webui.engine.compare_plan import Cell, CompareJob, Resolver, fix_seeds, plan, run_order
+from webui.engine.compare_plan import Cell, CompareJob, MergeTargets, Resolver, fix_seeds, plan, run_order
 from webui.engine.grid import Tile, draw_grid, save_grid
 from webui.engine.infotext import format_infotext
 from webui.engine.outputs import day_folder
@@ -147,14 +147,17 @@ def run_compare(
     progress: CompareProgressCallback | None = None,
     cancel: CancelToken | None = None,
     preview_every: int = 0,
+    merges: MergeTargets | None = None,
 ) -> CompareResult:
     """Run every cell (grouped to load each model once), then draw and save one grid per Z value.
 
     A cell that cannot run becomes an error tile; `cancel` stops the job within one step: finished cells are kept,
     the rest are drawn as interrupted. A Z value none of whose cells ran gets no grid. An engine spread over
-    several replicas (`parallel_jobs` > 1, `webui.cluster`) gets that many cells at once, in the same run order."""
+    several replicas (`parallel_jobs` > 1, `webui.cluster`) gets that many cells at once, in the same run order.
+    A checkpoint axis' `merge α` values are written by `merges` just before the first cell that uses each (and
+    reused after)."""
     job = fix_seeds(job)
-    cells = plan(job, resolve)
+    cells = plan(job, resolve, merges)
     order = run_order(cells)
     tracker = _JobProgress(progress, len(cells), sum(c.request.steps for c in cells if c.request))
 
@@ -166,7 +169,7 @@ def run_compare(
                 return CellResult(cell, CellStatus.ERROR, error=cell.error)
             if cancel is not None and cancel.cancelled:
                 return CellResult(cell, CellStatus.INTERRUPTED)
-            return _run_cell(engine, cell, cell.request, callback, cancel, preview_every)
+            return _run_cell(engine, cell, cell.request, callback, cancel, preview_every, merges)
         finally:
             tracker.finish(number, cell)  # however the cell ended
 
@@ -190,11 +193,16 @@ def _run_cell(
     callback: Callable[[Progress], None],
     cancel: CancelToken | None,
     preview_every: int,
+    merges: MergeTargets | None = None,
 ) -> CellResult:
     """Generate exactly as a normal request; a LoRA that cannot patch this model makes the cell an error
-    before anything is saved (strict LoRAs)."""
+    before anything is saved (strict LoRAs). A merged checkpoint is written first if it is not yet (its time
+    counts as loading)."""
     started = time.perf_counter()
     try:
+        if merges is not None and request.model.checkpoint is not None:
+            if not merges.ensure(request.model.checkpoint, cancel):
+                return CellResult(cell, CellStatus.INTERRUPTED, load_seconds=time.perf_counter() - started)
         result = engine.generate(request, callback, cancel, preview_every, strict_loras=True, partial=False)
     except CELL_ERRORS as error:  # a failed load or a refused LoRA: the time spent finding out counts as loading
         return _failed(cell, error, load_seconds=time.perf_counter() - started)

@@ -65,6 +65,38 @@ NUMBER_FIELDS = {
 AUTOMATIC = ("automatic", "none", "default")  # a component axis value meaning "the checkpoint's own"
 LORA_OFF, LORA_ON = "off", "on"
 SECOND_ENCODER = re.compile(r"\s+\+\s+")  # SDXL: "clip-l-file + clip-g-file"
+MERGE_VALUE = re.compile(r"^merge\s*:?\s*(\S+)$", re.IGNORECASE)  # a checkpoint axis' "merge 0.3"
+
+
+@dataclass(frozen=True)
+class MergeValue:
+    """A checkpoint axis value `merge α`: the weighted sum A·(1−α) + B·α of the nearest checkpoints named before
+    (A) and after (B) it on the axis, so `A, merge 0.3, merge 0.5, B` runs A, two merges and B."""
+
+    alpha: float
+
+
+def merge_value(text: str) -> MergeValue | None:
+    """The merge a checkpoint axis value names, or None for a checkpoint; ValueError for a bad α."""
+    found = MERGE_VALUE.match(text.strip())
+    if found is None:
+        return None
+    try:
+        alpha = float(found.group(1))
+    except ValueError:
+        raise ValueError("write merge and a weight between 0 and 1, e.g. merge 0.3") from None
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"merge weight {alpha} is out of range; allowed 0..1")
+    return MergeValue(alpha)
+
+
+def merge_ends(values: tuple[str, ...], index: int) -> tuple[int, int]:
+    """The indices of the checkpoints a `merge α` value at `index` blends: the nearest named before and after it."""
+    before = [i for i in range(index) if merge_value(values[i]) is None]
+    after = [i for i in range(index + 1, len(values)) if merge_value(values[i]) is None]
+    if not before or not after:
+        raise ValueError(f"{values[index].strip()!r} needs a checkpoint before and after it, e.g. A, merge 0.3, B")
+    return before[-1], after[0]
 
 
 def is_automatic(value: str) -> bool:
@@ -109,6 +141,8 @@ def _parse(kind: AxisKind, text: str) -> Any:
         return _lora_setting(text)
     if kind is AxisKind.CHECKPOINT and is_automatic(text):
         raise ValueError("name a checkpoint; only component axes take 'Automatic'")
+    if kind is AxisKind.CHECKPOINT:
+        return merge_value(text) or text
     return text
 
 
@@ -150,6 +184,13 @@ class Axis:
             parse_value(self.kind, value)
         if self.kind is AxisKind.PROMPT_SR and not self.values[0].strip():
             raise ValueError("prompt-sr axis: the first value is the text searched in the prompt; it cannot be empty")
+        if self.kind is AxisKind.CHECKPOINT:
+            for index, value in enumerate(self.values):
+                if merge_value(value) is not None:
+                    try:
+                        merge_ends(self.values, index)
+                    except ValueError as error:
+                        raise ValueError(f"checkpoint axis: {error}") from None
 
     @property
     def title(self) -> str:
@@ -160,9 +201,20 @@ class Axis:
     @property
     def labels(self) -> tuple[str, ...]:
         """The values as the grid shows them: file names without their folders, `(nothing)` for an empty S/R."""
+        if self.kind is AxisKind.CHECKPOINT:
+            return tuple(self._checkpoint_label(i) for i in range(len(self.values)))
         if self.kind in COMPONENT_FIELDS:
             return tuple(" + ".join(_short(p) for p in SECOND_ENCODER.split(v.strip())) for v in self.values)
         return tuple(v.strip() or "(nothing)" for v in self.values)
+
+    def _checkpoint_label(self, index: int) -> str:
+        """A checkpoint's name, or a merge as A1111 names merged files: `0.7(A) + 0.3(B)`."""
+        value = self.values[index]
+        merge = merge_value(value)
+        if merge is None:
+            return _short(value.strip())
+        a, b = (_short(self.values[i].strip()) for i in merge_ends(self.values, index))
+        return f"{round(1 - merge.alpha, 2):g}({a}) + {round(merge.alpha, 2):g}({b})"
 
     def describe(self) -> dict[str, Any]:
         return {"axis": self.kind.value, "title": self.title, "target": self.target, "values": list(self.values)}

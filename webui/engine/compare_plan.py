@@ -6,7 +6,7 @@ import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from webui.engine.compare_axes import (
     COMPONENT_FIELDS,
@@ -15,6 +15,8 @@ from webui.engine.compare_axes import (
     Axis,
     AxisKind,
     is_automatic,
+    merge_ends,
+    merge_value,
     parse_value,
 )
 from webui.engine.lora import LoraSpec
@@ -26,6 +28,15 @@ if TYPE_CHECKING:
     from webui.models.library import ModelLibrary
 
 Resolver = Callable[[AxisKind, str], Path]  # a name or path as the user wrote it -> a file; raises LookupError
+
+
+class MergeTargets(Protocol):
+    """Where a checkpoint axis' `merge α` values are written (webui.merge.compare_merges.CompareMerges): `target`
+    names the file at planning time (nothing is merged yet), `ensure` writes it before the first cell uses it."""
+
+    def target(self, a: Path, b: Path, alpha: float) -> Path: ...
+
+    def ensure(self, path: Path, cancel: Any = None) -> bool: ...
 # The library kind each file-naming axis' values are looked up as.
 FILE_KINDS = {
     AxisKind.CHECKPOINT: Kind.CHECKPOINT,
@@ -101,10 +112,27 @@ class _Change:
     error: str | None = None
 
 
-def _component_changes(axis: Axis, resolve: Resolver) -> list[_Change]:
+def _merge_change(axis: Axis, index: int, resolve: Resolver, merges: MergeTargets | None) -> _Change:
+    """A `merge α` value: the weighted sum of its neighbouring checkpoints, as the file `merges` will write."""
+    value = axis.values[index]
+    if merges is None:
+        raise ValueError(f"checkpoint axis: {value.strip()!r}: merges need the model library to write them into")
+    ends = merge_ends(axis.values, index)
+    try:
+        a, b = (resolve(AxisKind.CHECKPOINT, axis.values[i].strip()) for i in ends)
+        target = merges.target(a, b, merge_value(value).alpha)
+    except (LookupError, OSError, ValueError) as error:
+        return _Change(None, str(error))
+    return _Change(lambda d, p=target: d.model.update(checkpoint=p))
+
+
+def _component_changes(axis: Axis, resolve: Resolver, merges: MergeTargets | None = None) -> list[_Change]:
     field_name = COMPONENT_FIELDS[axis.kind]
     changes = []
-    for value in axis.values:
+    for index, value in enumerate(axis.values):
+        if axis.kind is AxisKind.CHECKPOINT and merge_value(value) is not None:
+            changes.append(_merge_change(axis, index, resolve, merges))
+            continue
         if is_automatic(value):
             paths: list[Path | None] = [None]
         else:
@@ -159,11 +187,13 @@ def _lora_changes(axis: Axis, base: GenerationRequest, resolve: Resolver) -> lis
     return changes
 
 
-def _axis_changes(axis: Axis, base: GenerationRequest, resolve: Resolver) -> list[_Change]:
+def _axis_changes(
+    axis: Axis, base: GenerationRequest, resolve: Resolver, merges: MergeTargets | None = None
+) -> list[_Change]:
     """Every value of `axis` as a change; raises ValueError (naming axis and value) for a value no cell could use."""
     kind = axis.kind
     if kind in COMPONENT_FIELDS:
-        return _component_changes(axis, resolve)
+        return _component_changes(axis, resolve, merges)
     if kind is AxisKind.LORA:
         return _lora_changes(axis, base, resolve)
     if kind is AxisKind.PROMPT_SR:
@@ -199,15 +229,15 @@ def _substitution(search: str, value: str) -> Callable[[_Draft], None]:
     return substitute
 
 
-def plan(job: CompareJob, resolve: Resolver) -> list[Cell]:
+def plan(job: CompareJob, resolve: Resolver, merges: MergeTargets | None = None) -> list[Cell]:
     """Every cell of the job in grid order (Z, then Y, then X), each with its own request (one image) or its error.
 
-    Pure apart from `resolve`. Raises ValueError / LookupError for what no cell could use (a number out of range, an
-    S/R text the prompt lacks); a value only some cells cannot use (a missing file, a sampler that cannot take the
-    chosen schedule) becomes those cells' error."""
+    Pure apart from `resolve` and `merges` (which only name files). Raises ValueError / LookupError for what no
+    cell could use (a number out of range, an S/R text the prompt lacks); a value only some cells cannot use (a
+    missing file, a sampler that cannot take the chosen schedule) becomes those cells' error."""
     base = replace(job.base, batch_size=1, batch_count=1)
     axes = (job.x, job.y, job.z)
-    changes = [_axis_changes(a, base, resolve) if a else [_Change(lambda _d: None)] for a in axes]
+    changes = [_axis_changes(a, base, resolve, merges) if a else [_Change(lambda _d: None)] for a in axes]
     labels = [a.labels if a else (None,) for a in axes]
     cells = []
     for zi, z in enumerate(changes[2]):

@@ -12,6 +12,7 @@ from webui.engine.compare import run_compare
 from webui.engine.compare_plan import CompareJob, library_resolver, plan
 from webui.engine.jobs import Job, Placement
 from webui.engine.request import MAX_STEPS, MIN_SIDE
+from webui.merge.compare_merges import CompareMerges
 from webui.ui import adapter, compare_form, compare_pickers, runner
 from webui.ui.compare_form import AXES, BASE_FIELDS
 from webui.ui.context import GPU, UiContext, owner_of
@@ -59,6 +60,12 @@ def _base_widgets(d: dict[str, Any]) -> dict[str, Any]:
     return w
 
 
+MERGE_HINT = (
+    "Checkpoint values may be merges: type `merge 0.3` between two checkpoints (A, merge 0.3, merge 0.5, B) for "
+    "A·0.7 + B·0.3. Each merge is written once into `checkpoints/merges/` and reused."
+)
+
+
 def build_tab(ctx: UiContext, bar: ModelBar, txt2img: Txt2ImgTab, tabs: gr.Tabs) -> gr.Tab:
     defaults = field_defaults(ctx)
     with gr.Tab("Compare", id="compare", elem_id="tab-compare") as tab:
@@ -74,6 +81,7 @@ def build_tab(ctx: UiContext, bar: ModelBar, txt2img: Txt2ImgTab, tabs: gr.Tabs)
         with gr.Row(elem_id="compare-main"):
             with gr.Column(scale=1, min_width=320, elem_id="compare-settings"):
                 axes = {axis: compare_pickers.build(ctx, axis) for axis in AXES}
+                gr.Markdown(MERGE_HINT, elem_id="compare-merge-hint")
                 base = {"prompt": prompt, "negative_prompt": negative, **_base_widgets(defaults)}
             with gr.Column(scale=1, min_width=320, elem_id="compare-output"):
                 progress = gr.HTML(runner.idle_html(), elem_id="compare-progress")
@@ -134,10 +142,11 @@ def build_tab(ctx: UiContext, bar: ModelBar, txt2img: Txt2ImgTab, tabs: gr.Tabs)
         with adapter.shown_in_ui("Comparison"):
             job = compare_form.build_job(values, ctx.library)
             resolve = library_resolver(ctx.library)
-            plan(job, resolve)  # what no cell could use fails now, not after waiting in the queue
+            merges = CompareMerges(ctx.library)  # "merge 0.3" on a checkpoint axis: written when its cell runs
+            plan(job, resolve, merges)  # what no cell could use fails now, not after waiting in the queue
             every = ctx.prefs.preview_every
             queued = ctx.queue.submit_call(
-                lambda engine, report, cancel: run_compare(engine, job, resolve, report, cancel, every),
+                lambda engine, report, cancel: run_compare(engine, job, resolve, report, cancel, every, merges),
                 owner_of(request),
                 "compare",
                 placement=Placement.FRONT,  # a spread-out engine runs its cells on several replicas at once
