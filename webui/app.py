@@ -54,7 +54,16 @@ def build_app(settings: Settings, context: UiContext | None = None) -> gr.Blocks
     """The whole UI. Nothing is served until `serve`; the bench may call this to time a page build."""
     import gradio as gr
 
-    from webui.ui import compare_tab, components_tab, model_bar, models_tab, pnginfo_tab, settings_tab, txt2img_tab
+    from webui.ui import (
+        compare_tab,
+        components_tab,
+        merge_tab,
+        model_bar,
+        models_tab,
+        pnginfo_tab,
+        settings_tab,
+        txt2img_tab,
+    )
 
     ctx = context or open_context(settings)
     with gr.Blocks(title="webui — local Stable Diffusion studio", fill_width=True) as app:
@@ -64,6 +73,7 @@ def build_app(settings: Settings, context: UiContext | None = None) -> gr.Blocks
             compare_tab.build_tab(ctx, bar, txt2img, tabs)  # adds "Send to Compare" under txt2img's gallery
             components_tab.build_tab(ctx, bar)
             models_tab.build_tab(ctx, bar)
+            merge_tab.build_tab(ctx, bar)
             pnginfo_tab.build_tab(ctx, txt2img, tabs)
             settings_tab.build_tab(ctx, app)
         if settings.host not in ("127.0.0.1", "localhost", "::1"):

@@ -211,3 +211,22 @@ def _json_object(text: str) -> dict[str, Any]:
     except json.JSONDecodeError:
         return {}
     return value if isinstance(value, dict) else {}
+
+
+def recipe_summary(recipe: Mapping[str, Any]) -> str:
+    """One line for the Models tab: `Weighted sum, M 0.3: A, B` (+ block weights, baked VAE and LoRAs)."""
+    method = str(recipe.get("interp_method") or "merged")
+    names = [m.get("name") for m in recipe.get("models") or [] if isinstance(m, dict) and m.get("role") != "VAE"]
+    if not names:  # another merger's recipe: its models by hash
+        hashes = [recipe.get(k) for k in ("primary_model_hash", "secondary_model_hash", "tertiary_model_hash")]
+        names = [str(h)[:10] for h in hashes if h]
+    line = f"{method}, M {recipe.get('multiplier')}" if method != MergeMode.NO_INTERPOLATION.value else method
+    line += f": {', '.join(str(n) for n in names)}" if names else ""
+    if recipe.get("block_weights"):
+        line += f"; per-block weights over {len(recipe['block_weights'])} blocks"
+    if recipe.get("bake_in_vae") not in (None, "None", ""):
+        line += f"; VAE {recipe['bake_in_vae']}"
+    loras = recipe.get("loras") or []
+    if loras:
+        line += "; LoRAs " + ", ".join(f"{lora.get('name')} ({lora.get('unet_weight')})" for lora in loras)
+    return line

@@ -6,6 +6,7 @@ import json
 from collections import Counter
 from typing import Any
 
+from webui.merge.recipe import read_recipe, recipe_summary
 from webui.models.files import ModelFileError, read_header
 from webui.models.kinds import FileFormat, Kind
 from webui.models.library import ModelEntry
@@ -50,6 +51,10 @@ def details(entry: ModelEntry) -> dict[str, Any]:
     if entry.kind is Kind.LORA:
         data["target_family"] = entry.family.label
         data["trigger_words"] = trigger_words(metadata)
+    recipe = read_recipe(metadata)
+    if recipe is not None:
+        data["merge_recipe"] = recipe
+        data["merge_summary"] = recipe_summary(recipe)
     data["metadata"] = {k: _readable(v) for k, v in sorted(metadata.items())}
     return data
 

@@ -65,6 +65,8 @@ def details_of(library: ModelLibrary, value: str | None) -> tuple[dict[str, Any]
     line = f"**Trigger words:** {', '.join(words)}" if words else ""
     if "target_family" in data:
         line = f"**LoRA for:** {data['target_family']}" + (f" · {line}" if line else "")
+    if "merge_summary" in data:
+        line = f"**Merged:** {data['merge_summary']}"
     return data, gr.update(visible=entry.format is FileFormat.PICKLE), line
 
 
