@@ -39,6 +39,7 @@ TARGETS: Mapping[str, Target] = {
     "lora_first_load_vs_file_read": Target(None),
     "memory_vs_unique_components": Target("<=", 1.1),
     "ui_roundtrip_vs_engine": Target("<=", 1.1, "at 512×512 on a GPU"),
+    "merge_vs_file_read": Target(">=", 0.25),
 }
 FIGURES = tuple(TARGETS)
 
@@ -75,6 +76,10 @@ SUMMARIES: Mapping[str, Callable[[Mapping[str, Any]], str]] = {
         f"peak +{_mb(r['rss_peak_growth_bytes'])} RSS for {_mb(r['unique_component_bytes'])} of components"
     ),
     "ui_roundtrip_vs_engine": lambda r: f"{_s(_median(r, 'ui_roundtrip_s'))} vs {_s(_median(r, 'engine_request_s'))}",
+    "merge_vs_file_read": lambda r: (
+        f"{_mb(_median(r, 'merge_bytes_per_s'))}/s vs {_mb(_median(r, 'file_read_bytes_per_s'))}/s for "
+        f"{_mb(r['input_bytes'])}; peak +{_mb(r['peak_rss'].get('peak_rss_growth_bytes', 0))} RSS"
+    ),
 }
 
 
