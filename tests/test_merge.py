@@ -415,3 +415,22 @@ def test_the_writer_streams_what_safetensors_reads(tmp_path):
     assert same(load_file(path), values)
     with safe_open(path, "pt") as handle:
         assert handle.metadata() == {"k": "v"}
+
+
+def test_presets_are_the_block_merge_extensions_on_25_blocks_and_keep_their_shape_on_others():
+    from webui.merge.blocks import PRESETS, preset_for
+
+    blocks = [f"IN{i:02d}" for i in range(12)] + ["M00"] + [f"OUT{i:02d}" for i in range(12)]
+    # Values published with the presets (sdweb-merge-block-weighted-gui; sd-meh presets.py), IN01 and OUT10.
+    published = {"GRAD_V": (0.9166666667, 0.9166666667), "SMOOTHSTEP": (0.00506365740740741, 0.994936342592593)}
+    published |= {"COSINE": (0.995722430686905, 0.00427756931309475), "RING10_3": (0, 0), "WRAP16": (1, 1)}
+    for name, (in01, out10) in published.items():
+        weights = preset_for(name, blocks)
+        assert weights["IN01"] == pytest.approx(in01, abs=1e-9) and weights["OUT10"] == pytest.approx(out10, abs=1e-9)
+    assert all(len(values) == 25 for values in PRESETS.values())
+    xl = [f"IN{i:02d}" for i in range(9)] + ["M00"] + [f"OUT{i:02d}" for i in range(9)]
+    resampled = preset_for("GRAD_V", xl)
+    assert resampled["IN00"] == 1.0 and resampled["M00"] == 0.0 and resampled["OUT08"] == 1.0
+    assert all(resampled[f"IN{i:02d}"] > resampled[f"IN{i + 1:02d}"] for i in range(8))
+    with pytest.raises(ValueError, match="GRAD_V"):
+        preset_for("NOPE", xl)

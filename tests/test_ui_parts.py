@@ -124,6 +124,27 @@ def test_ckpt_converts_to_safetensors_beside_it_never_overwriting(tiny_models_di
     assert sorted(p.name for p in target.parent.iterdir()) == ["tiny-sd1.ckpt", "tiny-sd1.safetensors"]
 
 
+def test_a_diffusers_folder_converts_to_one_single_file_beside_it(tiny_models_dir, tmp_path):
+    from safetensors.torch import load_file
+
+    models = tmp_path / "models"
+    shutil.copytree(tiny_models_dir / "checkpoints/tiny-sd1-diffusers", models / "checkpoints/tiny-sd1-diffusers")
+    library = open_library(models)
+    (entry,) = [e for e in library.scan() if e.kind is Kind.CHECKPOINT]
+    assert model_info.details(entry) and entry.format is FileFormat.DIFFUSERS
+    target = convert_to_safetensors(entry)
+    assert target == models / "checkpoints/tiny-sd1-diffusers.safetensors"
+    single = load_file(tiny_models_dir / "checkpoints/tiny-sd1.safetensors")
+    converted = load_file(target)
+    assert converted.keys() == single.keys() and all((converted[k] == single[k]).all() for k in single)
+    assert (
+        "No interpolation"
+        in model_info.details(library.refresh() and library.find("tiny-sd1-diffusers.safetensors"))["merge_summary"]
+    )
+    with pytest.raises(FileExistsError):
+        convert_to_safetensors(entry)
+
+
 def test_lora_details_give_family_and_trigger_words(tiny_models_dir):
     library = open_library(tiny_models_dir)
     library.scan()

@@ -1,4 +1,5 @@
-"""Convert a legacy pickle checkpoint (.ckpt/.pt/.pth/.bin) to .safetensors beside it, without running its code."""
+"""Convert a legacy pickle checkpoint (.ckpt/.pt/.pth/.bin) or a diffusers folder to .safetensors beside it, without
+running any code from it."""
 
 from __future__ import annotations
 
@@ -26,17 +27,26 @@ def _owned(tensors: dict[str, Any]) -> dict[str, Any]:
 
 
 def convert_to_safetensors(entry: ModelEntry) -> Path:
-    """Write `<stem>.safetensors` next to a pickle file; never overwrites, never executes the pickle.
+    """Write `<stem>.safetensors` next to a pickle file or diffusers folder; never overwrites, never executes a pickle.
+
+    A diffusers folder becomes one fp16 file in its family's single-file layout, streamed tensor by tensor by the
+    merger (`python -m webui convert` does the same with more options).
 
     The pickle is read only through `load_state_dict` (torch.load with weights_only=True), which refuses
     any file that needs code to load. Its scalar metadata (e.g. `global_step`) is kept as text."""
     from safetensors.torch import save_file
 
     source = entry.path
+    if entry.format is FileFormat.DIFFUSERS:
+        from webui.merge.merger import merge
+        from webui.merge.recipe import MergeMode, MergeRecipe, ModelInput
+
+        recipe = MergeRecipe(MergeMode.NO_INTERPOLATION, ModelInput((source,)))
+        return merge(recipe, source.parent / f"{source.name}.safetensors").path
     if entry.format is not FileFormat.PICKLE:
         raise ValueError(
-            f"{source.name}: only legacy pickle files (.ckpt, .pt, .pth, .bin) need converting; "
-            f"this one is {entry.format.value}"
+            f"{source.name}: only legacy pickle files (.ckpt, .pt, .pth, .bin) and diffusers folders need "
+            f"converting; this one is {entry.format.value}"
         )
     target = source.with_suffix(".safetensors")
     if target.exists():

@@ -1,5 +1,6 @@
 """Models tab: everything the library found with each file's problem, one file's details and metadata
-(a LoRA's family and trigger words), and conversion of a legacy .ckpt to .safetensors."""
+(a LoRA's family and trigger words, a merge's recipe), and conversion of a legacy .ckpt or a diffusers folder to
+.safetensors."""
 
 from __future__ import annotations
 
@@ -67,7 +68,8 @@ def details_of(library: ModelLibrary, value: str | None) -> tuple[dict[str, Any]
         line = f"**LoRA for:** {data['target_family']}" + (f" · {line}" if line else "")
     if "merge_summary" in data:
         line = f"**Merged:** {data['merge_summary']}"
-    return data, gr.update(visible=entry.format is FileFormat.PICKLE), line
+    convertible = entry.format is FileFormat.PICKLE or (entry.format is FileFormat.DIFFUSERS and entry.usable)
+    return data, gr.update(visible=convertible), line
 
 
 def build_tab(ctx: UiContext, bar: ModelBar) -> gr.Tab:
