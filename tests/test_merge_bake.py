@@ -70,3 +70,31 @@ def test_a_lora_of_another_family_is_refused_before_any_work(tiny_models_dir, tm
             tmp_path / "x.safetensors",
         )
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("kind", ["loha", "lokr", "dora", "locon"])
+def test_lycoris_and_dora_files_bake_to_the_pixels_of_generating_with_them(engine, tiny_models_dir, tmp_path, kind):
+    """Every layer kind the LoRA stack injects bakes in through PEFT's own merge (DoRA from the real weight)."""
+    import wild_inputs as wild
+
+    from webui.families import Family
+    from webui.testing.tiny import build_tiny_pipeline
+
+    components = build_tiny_pipeline(Family.SD1)
+    layers = wild.kohya_layers(components, Family.SD1, locon=kind == "locon")
+    if kind == "lokr":
+        layers = [layer for layer in layers if layer.weight.dim() == 2]
+    state = {
+        "loha": lambda: wild.loha(layers, seed=21),
+        "lokr": lambda: wild.lokr(layers, seed=22),
+        "dora": lambda: wild.with_dora(wild.kohya_lora(layers, seed=23), layers, seed=24),
+        "locon": lambda: wild.kohya_lora(layers, seed=25),
+    }[kind]()
+    spec = LoraSpec(wild.save(state, tmp_path / f"{kind}.safetensors", Family.SD1), 1.0, 1.0)
+    checkpoint = tiny_models_dir / "checkpoints/tiny-sd1.safetensors"
+    recipe = MergeRecipe(MergeMode.NO_INTERPOLATION, ModelInput((checkpoint,)), loras=(spec,), precision="fp32")
+    result = merge(recipe, tmp_path / f"{kind}-baked.safetensors")
+    assert result.lora_reports[0].applied == len(layers) and result.lora_reports[0].unapplied == 0
+    with_lora = pixels(engine, checkpoint, [spec])
+    assert np.abs(with_lora - pixels(engine, checkpoint)).max() > 8
+    assert np.abs(pixels(engine, result.path) - with_lora).max() <= 1
