@@ -352,7 +352,11 @@ def test_a_full_disk_is_a_clear_error_and_leaves_nothing(sd1, tmp_path, monkeypa
         def __getattr__(self, name):
             return getattr(self.handle, name)
 
-    monkeypatch.setattr(os, "fdopen", lambda fd, mode: FillingDisk(real_fdopen(fd, mode)))
+    def fdopen(fd, mode="r", *args, **kwargs):  # only the writer's handle fills up; readers open files this way too
+        handle = real_fdopen(fd, mode, *args, **kwargs)
+        return FillingDisk(handle) if "w" in mode else handle
+
+    monkeypatch.setattr(os, "fdopen", fdopen)
     with pytest.raises(DiskFullError, match="free some space") as full:
         merge(MergeRecipe(MergeMode.WEIGHTED_SUM, model(sd1["A"]), model(sd1["B"])), tmp_path / "full.safetensors")
     monkeypatch.undo()

@@ -53,7 +53,7 @@ def test_merge_tab_writes_lists_and_generates_the_merge(client, app):
     assert target.is_file() and f"Wrote `{target}`" in result and "done in" in progress
     assert "ui-mix.safetensors" in [c[0] for c in checkpoint["choices"]]  # listed without a restart
     client.predict(None, api_name="/list_models")  # the Models tab's list (its Refresh; a page load does the same)
-    details, *texts = client.predict(str(target), api_name="/model_details")
+    details, *texts = client.predict("checkpoint: ui-mix.safetensors", api_name="/model_details")  # labels, not paths
     summary = next(t for t in texts if isinstance(t, str) and t)
     assert details["merge_recipe"]["interp_method"] == "Weighted sum" and details["merge_recipe"]["multiplier"] == 0.4
     assert summary.startswith("**Merged:** Weighted sum, M 0.4: tiny-sd1, other; per-block weights")

@@ -477,5 +477,5 @@ def pickle_tensors(path: Path | str, *, mmap: bool = True) -> dict[str, torch.Te
     """The tensors of a pickle file by dotted key, loaded with torch.load(weights_only=True), memory-mapped where
     the file allows it (a zip-format .ckpt), so a tensor's bytes are read only when it is used."""
     path = Path(path)
-    tensors, _ = _tensors_of(_torch_load(path, mmap=mmap), path)
-    return tensors
+    read_pickle_contents(path)  # refuses code, bombs and damage before torch.load sees the file
+    return _tensors_of(_torch_load(path, mmap=mmap), path)
