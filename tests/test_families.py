@@ -122,8 +122,10 @@ def test_every_description_is_a_family_member_with_its_id_and_label():
 
 
 def test_json_values_stay_the_strings_files_and_infotext_carry():
-    assert [f.value for f in registered()] == ["sd1", "sd2", "sdxl", "sdxl_refiner", "flux", "sd3"]
-    assert [f.value for f in registered() if f.supported] == ["sd1", "sd2", "sdxl", "sdxl_refiner"]
+    assert [f.value for f in registered()] == [
+        "sd1", "sd2", "sdxl", "sdxl_refiner", "flux", "sd3", "flux_fill", "flux_control", "chroma", "flux2"
+    ]
+    assert [f.value for f in registered() if f.supported] == ["sd1", "sd2", "sdxl", "sdxl_refiner", "flux"]
 
 
 def test_importing_the_families_package_imports_no_torch_or_diffusers():
@@ -141,9 +143,12 @@ def test_a_supported_description_is_complete(description):
     parts = [spec.part for spec in description.roles]
     assert parts.count(Part.DENOISER) == 1 and parts.count(Part.VAE) == 1 and Part.TEXT_ENCODER in parts
     assert description.pipeline is not None and description.latent is not None
-    assert description.conditioning is not None and description.unet is not None
+    assert description.conditioning is not None
+    assert (description.unet is not None) != (description.denoiser_loader is not None)  # a UNet or a transformer
     for spec in description.roles:
-        assert spec.checkpoint_prefix and spec.checkpoint_layout is not CheckpointLayout.NONE, spec
+        assert spec.checkpoint_prefix, spec
+        if description.unet is not None:  # the LDM writer writes UNet families' single files
+            assert spec.checkpoint_layout is not CheckpointLayout.NONE, spec
         if spec.part is Part.TEXT_ENCODER:
             assert spec.encoder is not None and spec.tokenizer is not None, spec
     assert len(description.latent.rgb_factors) == description.latent.channels

@@ -318,22 +318,41 @@ def _gguf_string(text: str) -> bytes:
 
 
 def test_gguf_header(tmp_path):
-    path = tmp_path / "flux-Q4_0.gguf"
-    kv = _gguf_string("general.architecture") + struct.pack("<I", 8) + _gguf_string("flux")
-    kv += _gguf_string("general.tags") + struct.pack("<IIQ", 9, 8, 1) + _gguf_string("x")
-    tensor = _gguf_string("double_blocks.0.img_attn.qkv.weight") + struct.pack("<I", 2)
-    tensor += struct.pack("<QQ", 3072, 9216) + struct.pack("<IQ", 2, 0)
-    head = b"GGUF" + struct.pack("<IQQ", 3, 1, 2) + kv + tensor
-    path.write_bytes(head)
-    assert "truncated GGUF file: the tensors need" in problem_of(path)
-    with path.open("r+b") as handle:  # Q4_0: 18 bytes per 32 values, after the header padded to 32 bytes
-        handle.truncate(-(-len(head) // 32) * 32 + 3072 * 9216 // 32 * 18)  # sparse: nothing written
+    """Read by the gguf package: logical shapes in torch order, ggml type names, scalar metadata only."""
+    import gguf
+    import numpy as np
+
+    path = tmp_path / "flux-Q8_0.gguf"
+    writer = gguf.GGUFWriter(str(path), arch="flux")
+    writer.add_array("general.tags", ["x"])
+    weights = np.linspace(-1, 1, 96 * 64, dtype=np.float32).reshape(96, 64)
+    quantised = gguf.quants.quantize(weights, gguf.GGMLQuantizationType.Q8_0)
+    writer.add_tensor("double_blocks.0.img_attn.qkv.weight", quantised, raw_dtype=gguf.GGMLQuantizationType.Q8_0)
+    writer.add_tensor("img_in.bias", np.zeros(32, dtype=np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
     header = read_header(path)
     assert header.format is FileFormat.GGUF
-    assert header.shapes == {"double_blocks.0.img_attn.qkv.weight": (9216, 3072)}
-    assert header.dtypes == {"double_blocks.0.img_attn.qkv.weight": "Q4_0"}
+    assert header.shapes == {"double_blocks.0.img_attn.qkv.weight": (96, 64), "img_in.bias": (32,)}
+    assert header.dtypes == {"double_blocks.0.img_attn.qkv.weight": "Q8_0", "img_in.bias": "F32"}
     assert header.metadata == {"general.architecture": "flux"}
     assert "GGUF" in problem_of(path, load_state_dict)
+    with path.open("r+b") as handle:  # a download cut inside the tensor data
+        handle.truncate(path.stat().st_size - 40)
+    assert "truncated GGUF file" in problem_of(path)
+
+
+def test_header_only_gguf_is_one_problem_not_a_crash(tmp_path):
+    path = tmp_path / "header-only.gguf"
+    tensor = _gguf_string("double_blocks.0.img_attn.qkv.weight") + struct.pack("<I", 2)
+    tensor += struct.pack("<QQ", 3072, 9216) + struct.pack("<IQ", 2, 0)
+    path.write_bytes(b"GGUF" + struct.pack("<IQQ", 3, 1, 0) + tensor)
+    assert "truncated GGUF" in problem_of(path)
+    huge = tmp_path / "huge-count.gguf"
+    huge.write_bytes(b"GGUF" + struct.pack("<IQQ", 3, 10**15, 10**15))
+    assert "truncated GGUF" in problem_of(huge)
 
 
 def test_truncated_gguf(tmp_path):

@@ -319,9 +319,9 @@ def test_lora_family_falls_back_to_training_metadata():
         ({"lora_unet_joint_blocks_0_x_block_attn_qkv.lora_down.weight": (16, 1536)}, Family.SD3),
     ],
 )
-def test_flux_and_sd3_loras_are_named_and_unsupported(shapes, family):
+def test_flux_and_sd3_loras_are_named_and_supported_as_their_family_is(shapes, family):
     identity = ident(shapes)
-    assert (identity.kind, identity.family, identity.supported) == (Kind.LORA, family, False)
+    assert (identity.kind, identity.family, identity.supported) == (Kind.LORA, family, family.supported)
 
 
 # --- embeddings -----------------------------------------------------------------------------------
@@ -401,10 +401,10 @@ SD3_PARTS = {
         ),
     ],
 )
-def test_sd3_and_flux_are_named_but_not_supported(shapes, kind, family):
+def test_sd3_and_flux_are_named_and_supported_as_their_family_is(shapes, kind, family):
     identity = ident(shapes)
-    assert (identity.kind, identity.family, identity.supported) == (kind, family, False)
-    assert not family.supported
+    assert (identity.kind, identity.family, identity.supported) == (kind, family, family.supported)
+    assert family.supported == (family is Family.FLUX)
 
 
 def test_sd3_checkpoint_lists_its_three_text_encoders():

@@ -25,7 +25,7 @@ from webui.models.ldm_writer import (
     unet_to_ldm,
     vae_to_ldm,
 )
-from webui.testing.tiny import TINY_FAMILIES, build_tiny_pipeline, stem
+from webui.testing.tiny import UNET_FAMILIES, build_tiny_pipeline, stem
 
 # Where each family's text encoders sit in a single file, and the class diffusers loads them as.
 ENCODERS = {
@@ -57,7 +57,7 @@ def without_text_model(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-families = pytest.mark.parametrize("family", TINY_FAMILIES, ids=lambda f: f.value)
+families = pytest.mark.parametrize("family", UNET_FAMILIES, ids=lambda f: f.value)
 
 
 @families

@@ -30,6 +30,7 @@ SD1, SD2, SDXL = Family.SD1, Family.SD2, Family.SDXL
 FLUX_UNET = {
     "double_blocks.0.img_attn.qkv.weight": (9216, 3072),
     "single_blocks.0.linear1.weight": (21504, 3072),
+    "img_in.weight": (3072, 64),
 }
 
 
@@ -115,9 +116,7 @@ def test_scan_finds_and_identifies_each_folder(models):
         "wave": (Kind.EMBEDDING, SD2),
     }
     assert {name: (e.kind, e.family) for name, e in entries.items()} == expected
-    assert entries["flux"].problem.startswith("FLUX.1 is not supported yet")
-    assert not entries["flux"].usable
-    assert all(e.problem is None and e.usable for n, e in entries.items() if n != "flux")
+    assert all(e.problem is None and e.usable for e in entries.values())  # FLUX.1 transformers included
     assert entries["sd1"].size == (models / "checkpoints" / "sd1.safetensors").stat().st_size
 
 

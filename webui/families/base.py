@@ -160,6 +160,64 @@ class Defaults:
 
 
 @dataclass(frozen=True)
+class Variant:
+    """A variant of one family told apart by its denoiser's keys (FLUX.1 dev has `guidance_in`, schnell not).
+
+    `requires` / `absent`: denoiser keys (checkpoint prefix stripped, either naming: BFL or diffusers) that
+    must be present / missing; the first variant that matches is the file's. `scheduler`: the bundled
+    scheduler config folder of the variant (`configs/<id>/<scheduler>/scheduler_config.json`); `defaults`:
+    what a user of the variant starts from; `max_sequence_length`: the T5 sequence length its pipeline takes
+    (diffusers' FLUX docs: 512 for dev, 256 for schnell); `distilled_guidance`: the denoiser takes the
+    guidance value as an input (guidance-distilled), rather than classifier-free guidance alone."""
+
+    name: str
+    label: str
+    requires: tuple[str, ...] = ()
+    absent: tuple[str, ...] = ()
+    scheduler: str = "scheduler"
+    defaults: Defaults | None = None
+    max_sequence_length: int | None = None
+    distilled_guidance: bool = False
+
+    def matches(self, keys: Mapping[str, Any]) -> bool:
+        return all(any(k in keys for k in key.split("|")) for key in self.requires) and not any(
+            k in keys for key in self.absent for k in key.split("|")
+        )
+
+
+@dataclass(frozen=True)
+class DenoiserLoader:
+    """How a transformer denoiser is built from a single file whose key names are not diffusers'.
+
+    `convert`: `module:function(state) -> state` renaming the original (e.g. BFL) keys to diffusers' and
+    splitting fused projections, with widths read from the tensors; `derive`: `module:function(shapes,
+    bundled_config) -> config` giving the diffusers config from the converted shapes. Both get real files and
+    the tiny fixtures alike. `fits`: (config attribute, text-encoder role) pairs whose widths must agree
+    (FLUX's `joint_attention_dim` is T5's width), checked before a pipeline is assembled."""
+
+    convert: str
+    derive: str
+    fits: tuple[tuple[str, Role], ...] = ()
+
+    def converter(self) -> Callable[[dict[str, Any]], dict[str, Any]]:
+        return _resolve(self.convert)
+
+    def deriver(self) -> Callable[..., dict[str, Any]]:
+        return _resolve(self.derive)
+
+
+@dataclass(frozen=True)
+class PipelineEncoding:
+    """Conditioning by the pipeline's own `encode_prompt` (T5 sequence plus CLIP pooled, as FLUX.1): no
+    A1111 weights or 75-token chunks; the embeddings are cached per prompt so the encoders may leave the GPU.
+
+    `negative_needs_cfg`: a negative prompt is encoded and used only when true CFG > 1 (diffusers'
+    `true_cfg_scale`), since guidance-distilled models run one denoiser pass per step without it."""
+
+    negative_needs_cfg: bool = True
+
+
+@dataclass(frozen=True)
 class PipelineSpec:
     """The diffusers pipeline class and the init arguments its real repo's model_index.json sets.
 
@@ -169,6 +227,9 @@ class PipelineSpec:
     class_name: str
     absent: tuple[str, ...] = ()
     flags: Mapping[str, Any] = field(default_factory=frozen)
+    cfg_argument: str = "guidance_scale"  # the call argument that takes the CFG scale
+    guidance_argument: str | None = None  # the call argument that takes distilled guidance (None: none)
+    packed_latents: bool = False  # output_type="latent" returns packed 2x2 patches (FLUX): unpack to decode
 
     def pipeline_class(self) -> type:
         import diffusers
@@ -228,12 +289,27 @@ class UnetFacts:
 
 @dataclass(frozen=True)
 class Telltale:
-    """Keys that name a transformer denoiser: some key starts with one of `prefixes`, and every key of
-    `requires` is present."""
+    """Keys that name a transformer denoiser: some key starts with one of `prefixes`, every key of
+    `requires` is present, no key starts with one of `excludes`, and each `(key, axis, size)` of `shapes`
+    holds (FLUX.1 Fill: `img_in.weight` takes 384 inputs). When several families' telltales match, the one
+    with the most conditions wins (`specificity`), so FLUX.1 Fill beats FLUX.1 whatever the order."""
 
     prefixes: tuple[str, ...]
     note: str
     requires: tuple[str, ...] = ()
+    excludes: tuple[str, ...] = ()
+    shapes: tuple[tuple[str, int, int], ...] = ()
+
+    @property
+    def specificity(self) -> int:
+        return len(self.requires) + len(self.excludes) + len(self.shapes)
+
+    def shapes_hold(self, shapes: Mapping[str, tuple[int, ...]]) -> bool:
+        for key, axis, size in self.shapes:
+            shape = shapes.get(key)
+            if shape is None or len(shape) <= axis or shape[axis] != size:
+                return False
+        return True
 
 
 @dataclass(frozen=True)
@@ -253,6 +329,16 @@ class Recognition:
     lora_blocks: tuple[str, ...] = ()
     lora_transformer_widths: tuple[int, ...] = ()
     lora_weak: tuple[str, ...] = ()
+    refuse: tuple[tuple[str, str], ...] = ()  # (key suffix, problem): a file format the family cannot load
+
+
+@dataclass(frozen=True)
+class LoraConversion:
+    """What a family's LoRA converter returns: the state dict diffusers' `load_lora_weights` takes, and the
+    modules it could not convert, each with the reason (reported as not applied)."""
+
+    state: dict[str, Any]
+    skipped: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -271,7 +357,7 @@ class LoraFacts:
     metadata: Mapping[str, str] = field(default_factory=frozen)
     convert: str | None = None
 
-    def converter(self) -> Callable[[dict[str, Any]], dict[str, Any]] | None:
+    def converter(self) -> Callable[[dict[str, Any]], dict[str, Any] | LoraConversion] | None:
         return None if self.convert is None else _resolve(self.convert)
 
 
@@ -355,8 +441,11 @@ class FamilyDescription:
     unet: UnetFacts | None = None
     recognition: Recognition = field(default_factory=Recognition)
     scheduler: SchedulerSpec = field(default_factory=SchedulerSpec)
-    conditioning: ClipChunks | None = None
+    conditioning: ClipChunks | PipelineEncoding | None = None
     defaults: Defaults = field(default_factory=lambda: Defaults(sizes=((512, 512),)))
+    variants: tuple[Variant, ...] = ()
+    denoiser_loader: DenoiserLoader | None = None
+    half_dtype: str | None = None  # on CUDA/MPS in auto precision: "bfloat16" where fp16 overflows (FLUX.1)
     pipeline: PipelineSpec | None = None
     txt2img: bool = True  # False: the model refines an existing image (the SDXL refiner)
     lora: LoraFacts = field(default_factory=LoraFacts)
@@ -366,6 +455,18 @@ class FamilyDescription:
     unet_variants: tuple[UnetVariant, ...] = ()
     fixtures: FixtureSpec | None = None
     bench: BenchSpec | None = None
+
+    def variant(self, name: str | None) -> Variant | None:
+        """The variant called `name` (None, or a family without variants: None)."""
+        return next((v for v in self.variants if v.name == name), None)
+
+    def variant_of(self, keys: Mapping[str, Any]) -> Variant | None:
+        """The first variant whose key rules hold for the denoiser's `keys` (prefix stripped)."""
+        return next((v for v in self.variants if v.matches(keys)), None)
+
+    def defaults_for(self, variant: str | None) -> Defaults:
+        found = self.variant(variant)
+        return found.defaults if found is not None and found.defaults is not None else self.defaults
 
     def role(self, role: Role) -> RoleSpec:
         for spec in self.roles:

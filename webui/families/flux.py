@@ -1,19 +1,29 @@
-"""FLUX.1 (dev, schnell): recognised and listed as not supported yet.
+"""FLUX.1 (dev, schnell): a DiT transformer, CLIP-L + T5-XXL, the 16-channel `ae` VAE, flow matching.
 
-A DiT transformer (`double_blocks.*`, `single_blocks.*`; diffusers `single_transformer_blocks.*`), CLIP-L
-for the pooled vector and T5-XXL for the sequence, the 16-channel `ae` VAE (scaling 0.3611, shift 0.1159),
-flow matching with distilled guidance. Latent-to-RGB factors are ComfyUI's `Flux` latent format's.
-Loading and generation come with the FLUX.1 work (issue 15's second half): fill in the pipeline,
-conditioning, fixtures and set `supported`.
+The transformer comes in BFL's names (`double_blocks.*`, `single_blocks.*`, `img_in`, `txt_in`, `time_in`,
+`vector_in`, `guidance_in` for dev), with or without `model.diffusion_model.`, or diffusers' names
+(`transformer_blocks.*`, `single_transformer_blocks.*`); flux_keys.py converts, with widths read from the
+file. CLIP-L gives the pooled vector (768, `vector_in`), T5 the sequence (4096, `txt_in`); the `ae` VAE has
+no quant convs, scaling 0.3611 and shift 0.1159. dev is guidance-distilled (Forge's "Distilled CFG Scale",
+3.5) and shifts its schedule with the resolution; schnell runs 1-4 steps with shift 1 (TRAPS.md: the two
+repos ship different scheduler configs). Latent-to-RGB factors are ComfyUI's `Flux` latent format's.
+Single files as ComfyUI writes them: `model.diffusion_model.*`, `text_encoders.clip_l.*`,
+`text_encoders.t5xxl.*`, `vae.*`. Fill/Depth/Canny, Chroma and FLUX.2 are families of their own.
 """
 
 from __future__ import annotations
 
 from webui.families.base import (
+    BenchSpec,
     Defaults,
+    DenoiserLoader,
     FamilyDescription,
+    FixtureSpec,
     LatentFormat,
+    LoraFacts,
     Part,
+    PipelineEncoding,
+    PipelineSpec,
     Recognition,
     RoleSpec,
     SchedulerKind,
@@ -21,6 +31,7 @@ from webui.families.base import (
     SecondPass,
     Telltale,
     VaeArchitecture,
+    Variant,
 )
 from webui.models.kinds import Role, TextEncoderType
 
@@ -30,15 +41,41 @@ DIT_PREFIX = "model.diffusion_model."
 CLIP_L_PREFIX = "text_encoders.clip_l."
 T5_PREFIX = "text_encoders.t5xxl."
 FLUX_WIDTH = 3072  # the transformer's hidden width (24 heads × 128)
+LATENT_INPUTS = 64  # img_in's input: 16 latent channels packed 2×2
+GUIDANCE_KEY = "guidance_in.in_layer.weight|time_text_embed.guidance_embedder.linear_1.weight"
+SIZES = ((1024, 1024), (896, 1152), (1152, 896), (832, 1216), (1216, 832), (768, 1344), (1344, 768))
+NOT_A_MODEL = ("distilled_guidance_layer.", "double_stream_modulation_img.")  # Chroma's, FLUX.2's
+NF4 = (
+    "bitsandbytes__nf4",
+    "a bitsandbytes NF4 file, which this app cannot load: use a GGUF (Q8_0, Q5_K_S, Q4_K_S) or an fp8 "
+    "(e4m3fn) version of the same model",
+)
+DEV = Variant(
+    "dev",
+    "FLUX.1 dev",
+    requires=(GUIDANCE_KEY,),
+    scheduler="scheduler",
+    defaults=Defaults(sizes=SIZES, steps=20, cfg_scale=1.0, distilled_guidance=3.5, negative_prompt=False),
+    max_sequence_length=512,
+    distilled_guidance=True,
+)
+SCHNELL = Variant(
+    "schnell",
+    "FLUX.1 schnell",
+    absent=(GUIDANCE_KEY,),
+    scheduler="scheduler_schnell",
+    defaults=Defaults(sizes=SIZES, steps=4, cfg_scale=1.0, negative_prompt=False),
+    max_sequence_length=256,
+)
 
 DESCRIPTION = FamilyDescription(
     id="flux",
     member="FLUX",
     label="FLUX.1",
-    supported=False,
+    supported=True,
     roles=(
         RoleSpec(Role.TRANSFORMER, Part.DENOISER, "diffusers.FluxTransformer2DModel", DIT_PREFIX),
-        RoleSpec(Role.VAE, Part.VAE, "diffusers.AutoencoderKL", "vae."),
+        RoleSpec(Role.VAE, Part.VAE, "diffusers.AutoencoderKL", "vae."),  # ComfyUI's all-in-one files
         RoleSpec(
             Role.TEXT_ENCODER,
             Part.TEXT_ENCODER,
@@ -83,15 +120,48 @@ DESCRIPTION = FamilyDescription(
     recognition=Recognition(
         denoiser=(
             Telltale(
-                ("double_blocks.", "single_blocks.", "single_transformer_blocks."),
-                "FLUX transformer (double/single blocks)",
+                ("double_blocks.", "single_blocks."),
+                "FLUX.1 transformer (BFL double/single blocks)",
+                requires=("img_in.weight",),
+                excludes=NOT_A_MODEL,
+                shapes=(("img_in.weight", 1, LATENT_INPUTS),),
+            ),
+            Telltale(
+                ("single_transformer_blocks.",),
+                "FLUX.1 transformer (diffusers names)",
+                requires=("x_embedder.weight",),
+                excludes=NOT_A_MODEL,
+                shapes=(("x_embedder.weight", 1, LATENT_INPUTS),),
             ),
         ),
         metadata_hints=("flux",),
         lora_blocks=("double_blocks", "single_blocks", "single_transformer_blocks"),
         lora_transformer_widths=(FLUX_WIDTH,),
+        refuse=(NF4,),
     ),
-    scheduler=SchedulerSpec(kind=SchedulerKind.FLOW_MATCHING),
-    defaults=Defaults(sizes=((1024, 1024),), cfg_scale=1.0, distilled_guidance=3.5, negative_prompt=False),
+    scheduler=SchedulerSpec(kind=SchedulerKind.FLOW_MATCHING, samplers=("Euler",), default_sampler="Euler"),
+    conditioning=PipelineEncoding(negative_needs_cfg=True),
+    defaults=DEV.defaults,
+    variants=(DEV, SCHNELL),
+    half_dtype="bfloat16",  # FLUX.1 and T5 overflow in fp16
+    denoiser_loader=DenoiserLoader(
+        convert="webui.families.flux_keys:bfl_to_diffusers",
+        derive="webui.families.flux_keys:derive_config",
+        fits=(("joint_attention_dim", Role.TEXT_ENCODER_2), ("pooled_projection_dim", Role.TEXT_ENCODER)),
+    ),
+    pipeline=PipelineSpec(
+        "FluxPipeline",
+        absent=("image_encoder", "feature_extractor"),
+        cfg_argument="true_cfg_scale",
+        guidance_argument="guidance_scale",
+        packed_latents=True,
+    ),
+    lora=LoraFacts(
+        kohya_text_encoders=((Role.TEXT_ENCODER, "lora_te1_"), (Role.TEXT_ENCODER_2, "lora_te2_")),
+        base_model_version="flux1",
+        convert="webui.families.flux_lora:to_diffusers",
+    ),
     second_pass=SecondPass(latent_upscale=False),
+    fixtures=FixtureSpec(writer="webui.families.flux_fixtures:write_flux_family", loras=True),
+    bench=BenchSpec(),  # transformer figures (webui.bench.dit_figures): tiny fixtures, real-shape steps on CUDA
 )

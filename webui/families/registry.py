@@ -10,7 +10,7 @@ from __future__ import annotations
 from enum import Enum
 from types import MappingProxyType
 
-from webui.families import flux, sd1, sd2, sd3, sdxl, sdxl_refiner
+from webui.families import chroma, flux, flux2, flux_tools, sd1, sd2, sd3, sdxl, sdxl_refiner
 from webui.families.base import FamilyDescription
 
 DESCRIPTIONS: tuple[FamilyDescription, ...] = (
@@ -20,6 +20,10 @@ DESCRIPTIONS: tuple[FamilyDescription, ...] = (
     sdxl_refiner.DESCRIPTION,
     flux.DESCRIPTION,
     sd3.DESCRIPTION,
+    flux_tools.FILL,
+    flux_tools.CONTROL,
+    chroma.DESCRIPTION,
+    flux2.DESCRIPTION,
 )
 UNKNOWN_DESCRIPTION = FamilyDescription(id="unknown", member="UNKNOWN", label="unknown", supported=False)
 _BY_ID = MappingProxyType({d.id: d for d in (*DESCRIPTIONS, UNKNOWN_DESCRIPTION)})

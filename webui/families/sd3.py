@@ -85,7 +85,10 @@ DESCRIPTION = FamilyDescription(
         denoiser=(
             Telltale(("joint_blocks.",), "MMDiT (joint_blocks)"),
             Telltale(
-                ("transformer_blocks.",), "MMDiT (diffusers transformer_blocks)", requires=("context_embedder.weight",)
+                ("transformer_blocks.",),
+                "MMDiT (diffusers transformer_blocks)",
+                requires=("context_embedder.weight",),
+                excludes=("single_transformer_blocks.",),  # FLUX's diffusers names have both
             ),
         ),
         metadata_hints=("stable-diffusion-3", "sd3"),

@@ -28,6 +28,8 @@ class ConfigDerivationError(ValueError):
 def _bundled(family: Family, component: str) -> str:
     folder = resources.files("webui.models") / "configs" / family.value / component
     name = "scheduler_config.json" if component == "scheduler" else "config.json"
+    if component.startswith("scheduler"):  # a variant's scheduler: scheduler_schnell/
+        name = "scheduler_config.json"
     if component == "tokenizer" or component == "tokenizer_2":
         name = "tokenizer_config.json"
     return (folder / name).read_text()
@@ -130,7 +132,8 @@ def derive_unet_config(family: Family, shapes: Shapes) -> dict[str, Any]:
 def derive_vae_config(family: Family, shapes: Shapes) -> dict[str, Any]:
     """AutoencoderKL config for a VAE state dict in LDM (optionally `first_stage_model.`) or diffusers naming."""
     config = bundled_config(family, "vae")
-    p = "first_stage_model." if any(k.startswith("first_stage_model.") for k in shapes) else ""
+    # diffusers' VAE converter reads the same prefixes (LDM_VAE_KEYS): SD's and ComfyUI's all-in-one FLUX files
+    p = next((x for x in ("first_stage_model.", "vae.") if any(k.startswith(x) for k in shapes)), "")
     if f"{p}encoder.down.0.block.0.conv1.weight" in shapes:
         levels = _indices(shapes, rf"{re.escape(p)}encoder\.down\.(\d+)\.")
         channels = [_need(shapes, f"{p}encoder.down.{i}.block.0.conv2.weight")[0] for i in levels]
@@ -141,8 +144,12 @@ def derive_vae_config(family: Family, shapes: Shapes) -> dict[str, Any]:
         per_level = len(_indices(shapes, r"encoder\.down_blocks\.0\.resnets\.(\d+)\."))
     if not levels:
         raise ConfigDerivationError("no VAE encoder blocks (encoder.down.* or encoder.down_blocks.*) found")
-    latent = _need(shapes, f"{p}quant_conv.weight")[0] // 2 if f"{p}quant_conv.weight" in shapes else 4
+    quant_conv = f"{p}quant_conv.weight" in shapes
+    conv_in = shapes.get(f"{p}decoder.conv_in.weight")
+    latent = _need(shapes, f"{p}quant_conv.weight")[0] // 2 if quant_conv else (conv_in[1] if conv_in else 4)
     config.update(
+        use_quant_conv=quant_conv,  # FLUX's ae has neither quant conv
+        use_post_quant_conv=f"{p}post_quant_conv.weight" in shapes,
         block_out_channels=channels,
         down_block_types=["DownEncoderBlock2D"] * len(channels),
         up_block_types=["UpDecoderBlock2D"] * len(channels),

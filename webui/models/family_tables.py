@@ -47,6 +47,18 @@ def denoiser_telltales() -> tuple[tuple[Family, Telltale], ...]:
     return tuple((family_of(d), t) for d in DESCRIPTIONS for t in d.recognition.denoiser)
 
 
+def refused_format(shapes: Iterable[str]) -> tuple[Family, str] | None:
+    """(family, problem) when a key ends with a format marker some family refuses (bnb-NF4 FLUX files)."""
+    markers = [(family_of(d), suffix, problem) for d in DESCRIPTIONS for suffix, problem in d.recognition.refuse]
+    if not markers:
+        return None
+    for key in shapes:
+        for family, suffix, problem in markers:
+            if key.endswith(suffix):
+                return family, problem
+    return None
+
+
 @cache
 def families_with_latent_channels(channels: int) -> tuple[Family, ...]:
     """Families whose VAE has `channels` latent channels, in registration order (the first owns a lone VAE)."""

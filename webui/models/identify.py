@@ -48,6 +48,7 @@ class Component:
     encoder: TextEncoderType | None = None
     note: str = ""
     compatible: tuple[Family, ...] = ()
+    variant: str | None = None
 
 
 def _first(shapes: Shapes, suffix: str) -> tuple[int, ...] | None:
@@ -110,9 +111,19 @@ def _variant_notes(family: Family, in_channels: int | None) -> list[str]:
 
 
 def _denoiser(shapes: Shapes) -> Component | None:
-    for family, telltale in family_tables.denoiser_telltales():
-        if has_key_prefix(shapes, *telltale.prefixes) and all(key in shapes for key in telltale.requires):
-            return Component(Kind.UNET, family, note=telltale.note)
+    matches = [
+        (family, telltale)
+        for family, telltale in family_tables.denoiser_telltales()
+        if has_key_prefix(shapes, *telltale.prefixes)
+        and all(key in shapes for key in telltale.requires)
+        and not (telltale.excludes and has_key_prefix(shapes, *telltale.excludes))
+        and telltale.shapes_hold(shapes)
+    ]
+    if matches:  # the telltale with the most conditions wins (FLUX.1 Fill over FLUX.1, whatever the order)
+        family, telltale = max(matches, key=lambda match: match[1].specificity)
+        variant = family.description.variant_of(shapes)
+        note = telltale.note + (f", {variant.label}" if variant is not None else "")
+        return Component(Kind.UNET, family, note=note, variant=variant.name if variant is not None else None)
     ldm = has_key_prefix(shapes, "input_blocks.") and has_key_prefix(shapes, "output_blocks.")
     diffusers = (
         has_key_prefix(shapes, "down_blocks.")
@@ -141,6 +152,8 @@ def _vae(shapes: Shapes) -> Component | None:
 def _text_encoder(shapes: Shapes) -> Component | None:
     if has_key_prefix(shapes, "encoder.block.", "transformer.encoder.block.") or "shared.weight" in shapes:
         return Component(Kind.TEXT_ENCODER, Family.UNKNOWN, TextEncoderType.T5, note="T5 encoder")
+    if has_key_prefix(shapes, "enc.blk.") and "token_embd.weight" in shapes:  # llama.cpp names (city96's GGUF)
+        return Component(Kind.TEXT_ENCODER, Family.UNKNOWN, TextEncoderType.T5, note="T5 encoder (GGUF names)")
     token = _first(
         shapes, "embeddings.token_embedding.weight"
     )  # Hugging Face CLIP, with or without text_model.
@@ -218,6 +231,10 @@ def identify(header: TensorHeader) -> Identity:
         return identify_lora(shapes, metadata)
     if is_embedding(shapes):
         return identify_embedding(shapes)
+    refused = family_tables.refused_format(shapes)
+    if refused is not None:
+        family, problem = refused
+        return Identity(Kind.UNKNOWN, family, detail=f"{family.label} file: {problem}", refused=problem)
     parts = []
     for _prefix, hint, group in split_components(shapes):
         component = classify(group)
@@ -237,6 +254,12 @@ def identify(header: TensorHeader) -> Identity:
     return identity
 
 
+def _denoiser_word(family: Family) -> str:
+    """What the family calls its denoiser in a detail line: its role's name (UNet, transformer)."""
+    roles = family.description.roles
+    return "UNet" if not roles else {"unet": "UNet"}.get(family.description.denoiser.role.value, "transformer")
+
+
 def _combine(
     parts: list[tuple[Component, Family | None]], prediction: Prediction | None, hinted: Family | None
 ) -> Identity:
@@ -252,8 +275,9 @@ def _combine(
                 Kind.UNET,
                 family,
                 prediction,
-                detail=f"{family.label} UNet: {unet.note}{declared}",
+                detail=f"{family.label} {_denoiser_word(family)}: {unet.note}{declared}",
                 compatible=(family,),
+                variant=unet.variant,
             )
         description = family.description
         lacks = tuple(
@@ -276,6 +300,7 @@ def _combine(
             detail=f"{family.label} checkpoint: " + ", ".join(n for n in notes if n),
             compatible=(family,),
             lacks=lacks,
+            variant=unet.variant,
         )
     if vaes and not encoders:
         vae = vaes[0]

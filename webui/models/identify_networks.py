@@ -37,6 +37,8 @@ _LORA_MARKERS = (
     ".hada_w",
     ".lokr_w",
     ".oft_",
+    "_lora1.down.",  # XLabs' FLUX LoRAs: processor.qkv_lora1 (image stream) / qkv_lora2 (text stream)
+    "_lora2.down.",
 )
 # The module's target, from the start of its normalised name (dots and underscores alike).
 _TARGETS: tuple[tuple[str, str], ...] = (
@@ -109,6 +111,8 @@ def _split_key(key: str) -> tuple[str, str, str] | None:
     if factor in ("down", "up") and module.endswith((".lora", "_lora")):
         flavour = "diffusers (old)" if module.endswith(".lora") else "diffusers (attention processors)"
         return module[:-5], f"{factor}.{last}", flavour
+    if factor in ("down", "up") and module.endswith(("_lora1", "_lora2")):
+        return module, f"{factor}.{last}", "XLabs"
     return None
 
 

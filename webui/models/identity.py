@@ -49,10 +49,12 @@ class Identity:
     compatible: tuple[Family, ...] = ()
     zero_snr: bool = False  # trained with zero terminal SNR (the `ztsnr` marker): sample with rescaled betas
     lacks: tuple[Role, ...] = ()
+    variant: str | None = None  # the family's variant its denoiser's keys show (FLUX.1 dev / schnell)
+    refused: str | None = None  # a format of the family this app cannot load, and what to use instead
 
     @property
     def supported(self) -> bool:
-        return self.kind is not Kind.UNKNOWN and self.family.supported
+        return self.kind is not Kind.UNKNOWN and self.family.supported and self.refused is None
 
     def fits(self, family: Family) -> bool:
         """Whether this file can be used with a model of `family`."""

@@ -388,6 +388,8 @@ def _identify_safely(header: Any, path: Path) -> Identity:
 
 
 def _unusable(identity: Identity) -> str | None:
+    if identity.refused is not None:
+        return identity.detail
     if identity.kind is Kind.UNKNOWN:
         return f"not recognised as a model this app can use: {identity.detail}"
     if not identity.family.supported:

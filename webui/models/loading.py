@@ -70,7 +70,12 @@ def read_tensors(path: Path, prefix: str = "") -> dict[str, torch.Tensor]:
     from webui.models.files import load_state_dict, sniff_format
     from webui.models.kinds import FileFormat
 
-    if sniff_format(path) is FileFormat.SAFETENSORS:
+    fmt = sniff_format(path)
+    if fmt is FileFormat.GGUF:
+        from webui.models.loading_dit import read_gguf_tensors
+
+        return read_gguf_tensors(path, prefix)
+    if fmt is FileFormat.SAFETENSORS:
         from safetensors import safe_open
 
         with safe_open(str(path), framework="pt", device="cpu") as handle:
@@ -79,7 +84,7 @@ def read_tensors(path: Path, prefix: str = "") -> dict[str, torch.Tensor]:
 
 
 @contextmanager
-def _config_folder(role: Role, config: dict[str, Any]) -> Iterator[str]:
+def config_folder(role: Role, config: dict[str, Any]) -> Iterator[str]:
     """A throwaway local diffusers-layout folder holding one component's config."""
     with tempfile.TemporaryDirectory(prefix="webui-config-") as folder:
         sub = Path(folder) / role.value
@@ -156,12 +161,20 @@ def load_component(
             state = _without_component_prefix(state, role, family)
         if role is Role.UNET:
             return _load_unet(state, family, dtype)
+        if role is Role.TRANSFORMER:
+            from webui.models.loading_dit import load_transformer
+
+            return load_transformer(state, family, dtype)
         if role is Role.VAE:
             return _load_vae(state, family, dtype)
+        if expected_text_encoder(family, role) is TextEncoderType.T5:
+            from webui.models.loading_t5 import load_t5
+
+            return load_t5(state, bundled_config(family, role.value), dtype)
         return _load_text_encoder(state, role, family, dtype)
     except ComponentLoadError as error:
         raise ComponentLoadError(f"{source.describe()}: {error}") from error
-    except (ValueError, KeyError, RuntimeError, OSError) as error:
+    except (ValueError, KeyError, RuntimeError, OSError, AssertionError) as error:
         raise ComponentLoadError(f"{source.describe()}: cannot load the {role.value}: {error}") from error
 
 
@@ -194,7 +207,7 @@ def _load_unet(state: dict[str, torch.Tensor], family: Family, dtype: torch.dtyp
 
     state = _normalise_unet(state)
     config = derive_unet_config(family, _shapes(state))
-    with _config_folder(Role.UNET, config) as folder:
+    with config_folder(Role.UNET, config) as folder:
         return UNet2DConditionModel.from_single_file(
             state, config=folder, subfolder="unet", local_files_only=True, torch_dtype=dtype
         )
@@ -203,8 +216,11 @@ def _load_unet(state: dict[str, torch.Tensor], family: Family, dtype: torch.dtyp
 def _load_vae(state: dict[str, torch.Tensor], family: Family, dtype: torch.dtype) -> torch.nn.Module:
     from diffusers import AutoencoderKL
 
+    from webui.models.loading_dit import fold_scaled_fp8
+
+    state = fold_scaled_fp8(state, dtype)
     config = derive_vae_config(family, _shapes(state))
-    with _config_folder(Role.VAE, config) as folder:
+    with config_folder(Role.VAE, config) as folder:
         return AutoencoderKL.from_single_file(
             state, config=folder, subfolder="vae", local_files_only=True, torch_dtype=dtype
         )
@@ -215,7 +231,9 @@ def _load_text_encoder(
 ) -> torch.nn.Module:
     from diffusers.loaders.single_file_utils import create_diffusers_clip_model_from_ldm
 
-    state, kind = _normalise_text_encoder(state)
+    from webui.models.loading_dit import fold_scaled_fp8
+
+    state, kind = _normalise_text_encoder(fold_scaled_fp8(state, dtype))
     expected = expected_text_encoder(family, role)
     if kind is not expected:
         raise ComponentLoadError(
@@ -225,7 +243,7 @@ def _load_text_encoder(
     base = bundled_config(family, role.value)
     max_layers = base["num_hidden_layers"] if spec.truncate_to_config_layers else None
     config = derive_clip_config(base, _shapes(state), max_layers=max_layers)
-    with _config_folder(role, config) as folder:
+    with config_folder(role, config) as folder:
         return create_diffusers_clip_model_from_ldm(
             spec.component_type(), state, subfolder=role.value, config=folder, torch_dtype=dtype, local_files_only=True
         )
@@ -241,20 +259,15 @@ def expected_text_encoder(family: Family, role: Role) -> TextEncoderType:
 
 
 def _load_from_diffusers_folder(folder: Path, role: Role, dtype: torch.dtype) -> torch.nn.Module:
-    """A diffusers folder carries its own configs; they are authoritative for it."""
-    from diffusers import AutoencoderKL, UNet2DConditionModel
-    from transformers import CLIPTextModel, CLIPTextModelWithProjection
+    """A diffusers folder carries its own configs; they are authoritative for it. The class its
+    model_index.json names must be one some registered family uses for a role."""
+    from webui.families import DESCRIPTIONS
 
     index = json.loads((folder / "model_index.json").read_text())
     library_class = index.get(role.value, [None, None])[1]
-    classes = {
-        "UNet2DConditionModel": UNet2DConditionModel,
-        "AutoencoderKL": AutoencoderKL,
-        "CLIPTextModel": CLIPTextModel,
-        "CLIPTextModelWithProjection": CLIPTextModelWithProjection,
-    }
+    classes = {spec.component_class.rpartition(".")[2]: spec for d in DESCRIPTIONS for spec in d.roles}
     if library_class not in classes:
         raise ComponentLoadError(f"model_index.json has no loadable {role.value} (found {library_class!r})")
-    return classes[library_class].from_pretrained(
+    return classes[library_class].component_type().from_pretrained(
         folder, subfolder=role.value, torch_dtype=dtype, local_files_only=True
     )

@@ -28,6 +28,7 @@ from webui.models.tokenizer_bundle import CLIP_VOCAB_SIZE
 from webui.testing import tiny_lora
 from webui.testing.tiny_models import (
     TINY_FAMILIES,
+    UNET_FAMILIES,
     assemble_pipeline,
     build_tiny_pipeline,
     build_tiny_vae,
@@ -42,6 +43,7 @@ __all__ = [
     "ALT_VAE_SEED",
     "MANIFEST_NAME",
     "TINY_FAMILIES",
+    "UNET_FAMILIES",
     "TOKENIZER_DIR",
     "VPRED_VARIANTS",
     "FixtureFile",

@@ -23,6 +23,8 @@ from webui.testing.tiny_tokenizer import MODEL_MAX_LENGTH, build_tiny_tokenizer,
 
 # Families with tiny fixtures, in registration order (a family's LoRA seed follows its place here).
 TINY_FAMILIES: tuple[Family, ...] = tuple(family_of(d) for d in DESCRIPTIONS if d.fixtures is not None)
+# Those written by the shared UNet-family writer here (the others bring their own writer and builders).
+UNET_FAMILIES: tuple[Family, ...] = tuple(f for f in TINY_FAMILIES if f.description.unet is not None)
 _CHANNELS = (32, 64)
 _EMBEDDING_STD = 0.02
 _NORM_STD = 0.05

@@ -37,6 +37,11 @@ tinytrigger trigger token embedding worst low quality blurry ugly deformed bad a
 )
 
 
+def corpus_words() -> tuple[str, ...]:
+    """The words the tiny vocabularies are built from (CLIP's merges, T5's pieces)."""
+    return _CORPUS
+
+
 def _word_symbols(word: str, table: dict[int, str]) -> tuple[str, ...]:
     chars = [table[b] for b in word.encode("utf-8")]
     return (*chars[:-1], chars[-1] + "</w>")
