@@ -155,9 +155,11 @@ def test_clip_skip_beyond_the_encoder_is_refused_with_the_range(pipelines, famil
         encode_prompts(pipelines(family), family, PROMPT, "", clip_skip=0)
 
 
-def test_unsupported_family_is_refused():
-    with pytest.raises(ValueError, match="family: prompt encoding supports sd1, sd2, sdxl, sdxl_refiner; got 'flux'"):
-        encode_prompts(object(), Family.FLUX, PROMPT, "")
+@pytest.mark.parametrize("family", [Family.FLUX, Family.SD3])
+def test_a_family_without_clip_chunks_is_refused(family):
+    allowed = "sd1, sd2, sdxl, sdxl_refiner"
+    with pytest.raises(ValueError, match=f"family: A1111 prompt encoding supports {allowed}; got '{family.value}'"):
+        encode_prompts(object(), family, PROMPT, "")
 
 
 def test_batch_repeats_every_tensor(pipelines):

@@ -74,9 +74,9 @@ class PromptEncoder:
         use: EmbeddingUse | None = None,
     ) -> None:
         strategy = family.description.conditioning
-        if strategy is None:
-            allowed = ", ".join(d.id for d in DESCRIPTIONS if d.conditioning is not None)
-            raise ValueError(f"family: prompt encoding supports {allowed}; got {family.value!r}")
+        if not isinstance(strategy, ClipChunks):
+            allowed = ", ".join(d.id for d in DESCRIPTIONS if isinstance(d.conditioning, ClipChunks))
+            raise ValueError(f"family: A1111 prompt encoding supports {allowed}; got {family.value!r}")
         encoders = _encoders(pipeline, family, strategy, clip_skip)
         if embeddings is not None:
             use = use if use is not None else EmbeddingUse()

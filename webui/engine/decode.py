@@ -55,5 +55,8 @@ def decode_latents(vae_item: CachedComponent, latents: torch.Tensor, tile: bool 
 
 def _decode(vae: torch.nn.Module, latents: torch.Tensor) -> torch.Tensor:
     scaled = latents.to(device=vae.device, dtype=vae.dtype) / vae.config.scaling_factor
+    shift = getattr(vae.config, "shift_factor", None)
+    if shift:  # the 16-channel VAEs (FLUX.1's ae, SD3's) shift as well as scale
+        scaled = scaled + shift
     with torch.inference_mode():
         return vae.decode(scaled, return_dict=False)[0].float()

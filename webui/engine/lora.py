@@ -23,10 +23,12 @@ import torch
 
 from webui.engine.lora_modules import is_kohya_named
 from webui.families import Family
+from webui.families.base import LoraConversion
 from webui.models.kinds import Kind
 
 KEEP_INACTIVE = 4
-_COMPONENTS = ("unet", "text_encoder", "text_encoder_2")
+_COMPONENTS = ("unet", "transformer", "text_encoder", "text_encoder_2")
+_DENOISERS = ("unet", "transformer")  # take a LoRA row's UNet weight
 _MODULE_SUFFIXES = re.compile(
     r"\.(lora_down\.weight|lora_up\.weight|lora_A\.weight|lora_B\.weight|lora\.down\.weight|lora\.up\.weight|"
     r"alpha|hada_w1_a|hada_w1_b|hada_w2_a|hada_w2_b|lokr_w1|lokr_w2|lokr_w1_a|lokr_w1_b|lokr_w2_a|lokr_w2_b|"
@@ -247,8 +249,17 @@ class LoraStackApplier:
         if convert is None and is_kohya_named(state_dict):
             report = self._inject(pipeline, family, spec, name, state_dict, total)
         else:
+            skipped: tuple[str, ...] = ()
             converted = convert(state_dict) if convert is not None else state_dict
-            report = self._load_with_diffusers(pipeline, spec, name, converted, total)
+            if isinstance(converted, LoraConversion):  # counted in the converted (diffusers) modules
+                converted, skipped = converted.state, converted.skipped
+                total = count_lora_modules(converted) + len(skipped)
+            if converted:
+                report = self._load_with_diffusers(pipeline, spec, name, converted, total, skipped)
+            else:
+                reasons = "; ".join(skipped[:3]) or "no key of it names a module"
+                error = f"{spec.path.name}: {reasons}"
+                report = LoraReport(spec.path.stem, unapplied=total, examples=skipped[:5], error=error)
         if report.error is None:
             self._reports[name] = report
         return report
@@ -272,8 +283,15 @@ class LoraStackApplier:
         )
 
     def _load_with_diffusers(
-        self, pipeline: Any, spec: LoraSpec, name: str, state_dict: dict[str, Any], total: int
+        self,
+        pipeline: Any,
+        spec: LoraSpec,
+        name: str,
+        state_dict: dict[str, Any],
+        total: int,
+        skipped: tuple[str, ...] = (),
     ) -> LoraReport:
+        """diffusers' loader; `skipped` names what the family's converter could not convert (reported too)."""
         with _capturing_unexpected_keys() as unexpected:
             try:
                 pipeline.load_lora_weights(state_dict, adapter_name=name, low_cpu_mem_usage=True)
@@ -282,7 +300,7 @@ class LoraStackApplier:
                 error_text = f"{spec.path.name}: none of its {total} modules fits this model ({problem})"
                 return LoraReport(spec.path.stem, unapplied=total, error=error_text)
         applied = _applied_modules(pipeline, name)
-        examples = tuple(sorted({_MODULE_SUFFIXES.sub("", k) for k in unexpected.keys}))[:5]
+        examples = (*skipped, *sorted({_MODULE_SUFFIXES.sub("", k) for k in unexpected.keys}))[:5]
         unapplied = max(total - applied, len(examples))
         return LoraReport(spec.path.stem, applied=applied, unapplied=unapplied, examples=examples)
 
@@ -302,7 +320,7 @@ class LoraStackApplier:
             weights = []
             for name, spec in active:
                 parts = _components_with(pipeline, name)
-                weights.append({c: (spec.unet_weight if c == "unet" else spec.te_weight) for c in parts})
+                weights.append({c: (spec.unet_weight if c in _DENOISERS else spec.te_weight) for c in parts})
             pipeline.set_adapters(names, adapter_weights=weights)
         self._active = wanted
 

@@ -8,11 +8,13 @@ are cheap wrappers, rebuilt on every switch. A failed load leaves the previous m
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import json
 import logging
 import threading
 import time
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -24,12 +26,14 @@ import torch
 from webui.engine.cache import ComponentCache, ComponentKey
 from webui.engine.device import DevicePolicy
 from webui.engine.memory import device_total_bytes, system_ram_bytes
+from webui.engine.memory_plan import FP8_STORAGE, apply_group_offload, estimated_bytes, store_in_fp8, wants_fp8
+from webui.engine.pipeline_fit import ModelLoadError, check_fit, encoder_roles
 from webui.families import Family
 from webui.families.base import UnetVariant
 from webui.families.encoders import ENCODERS
 from webui.models.derive import bundled_config
 from webui.models.identity import Identity
-from webui.models.kinds import Kind
+from webui.models.kinds import Kind, TextEncoderType
 from webui.models.loading import (
     ComponentLoadError,
     ComponentSource,
@@ -37,13 +41,9 @@ from webui.models.loading import (
     checkpoint_prefix,
     load_component,
 )
-from webui.models.tokenizers import CLIPPromptTokenizer, load_clip_tokenizer
+from webui.models.tokenizers import CLIPPromptTokenizer, load_clip_tokenizer, load_t5_tokenizer
 
 log = logging.getLogger(__name__)
-
-class ModelLoadError(ValueError):
-    """A model choice could not be loaded; the message names the file and the mismatch."""
-
 
 @dataclass(frozen=True)
 class ModelChoice:
@@ -56,7 +56,8 @@ class ModelChoice:
     text_encoder_2: Path | None = None
 
     def override(self, role: Role) -> Path | None:
-        return getattr(self, role.value, None)
+        """The file chosen for `role`; `unet` holds any denoiser (a UNet or a DiT transformer)."""
+        return self.unet if role is Role.TRANSFORMER else getattr(self, role.value, None)
 
     @property
     def name(self) -> str:
@@ -84,6 +85,7 @@ class LoadedModel:
     loaded_from_disk: list[Role] = field(default_factory=list)
     defaults: dict[Role, Path] = field(default_factory=dict)  # parts the checkpoint lacks, chosen by rule (a VAE)
     variant: UnetVariant | None = None  # an inpainting / instruct-pix2pix UNet (extra input channels)
+    model_variant: str | None = None  # the family's named variant its denoiser's weights show (FLUX.1 dev / schnell)
 
 
 def _identify(path: Path):  # noqa: ANN202 (webui.models.identify.Identity)
@@ -141,9 +143,12 @@ class PipelineManager:
         self.policy = policy or DevicePolicy()
         self.device = self.policy.resolve_device()
         self.dtype = self.policy.resolve_dtype(self.device)
-        # With model CPU offload, components rest in RAM and accelerate moves each to the GPU while it runs.
+        # With model CPU offload, components rest in RAM and accelerate moves each to the GPU while it runs;
+        # with group offload, diffusers moves their layers as they run.
         self.offload = self.policy.cpu_offload and self.device.type == "cuda"
-        self.home = torch.device("cpu") if self.offload else self.device
+        self.group_offload = self.policy.group_offload and self.device.type == "cuda"
+        self._group_offloaded: weakref.WeakSet[torch.nn.Module] = weakref.WeakSet()
+        self.home = torch.device("cpu") if self.offload or self.group_offload else self.device
         self.cache = cache or ComponentCache(default_budgets(self.device))
         self.current: LoadedModel | None = None
         self._tokenizers: dict[tuple[str, str], Any] = {}
@@ -162,18 +167,19 @@ class PipelineManager:
                 raise ModelLoadError(
                     f"{path}: a {identity.family.label} checkpoint has no {role.value} to take"
                 ) from None
-        expected = {Role.UNET: Kind.UNET, Role.VAE: Kind.VAE}.get(role, Kind.TEXT_ENCODER)
+        expected = {Role.UNET: Kind.UNET, Role.TRANSFORMER: Kind.UNET, Role.VAE: Kind.VAE}.get(role, Kind.TEXT_ENCODER)
         if identity.kind is not expected:
             raise ModelLoadError(f"{path}: this is a {identity.kind.value} file, not a {role.value}")
-        if role is Role.UNET and identity.family is not family:
+        if expected is Kind.UNET and identity.family is not family:
             raise ModelLoadError(f"{path}: {identity.family.label} UNet does not fit a {family.label} pipeline")
         return ComponentSource(path)
 
     def _plan(
         self, choice: ModelChoice
-    ) -> tuple[Family, Identity | None, dict[Role, ComponentSource], dict[Role, Path]]:
-        """The family, the checkpoint's identity (its declared prediction and zero-SNR), each role's source, and
-        the parts the checkpoint lacks that were chosen by rule (a no-VAE checkpoint's VAE)."""
+    ) -> tuple[Family, Identity | None, dict[Role, ComponentSource], dict[Role, Path], ModelChoice]:
+        """The family, the checkpoint's identity (its declared prediction and zero-SNR), each role's source, the
+        parts the checkpoint lacks that were chosen by rule (a no-VAE checkpoint's VAE), and the choice itself with
+        its text encoders in the roles identification gives them (what infotext names)."""
         base = None
         if choice.checkpoint is not None:
             base = _identify(choice.checkpoint)
@@ -187,10 +193,16 @@ class PipelineManager:
             raise ModelLoadError("model: choose a checkpoint, or a UNet file together with its text encoder(s) and VAE")
         if not family.supported:
             raise ModelLoadError(f"{choice.checkpoint or choice.unet}: {family.label} models are not supported yet")
+        refused = _identify(choice.unet).refused if choice.unet is not None and not choice.unet.is_dir() else None
+        if refused is not None:
+            raise ModelLoadError(f"{choice.unet}: {refused}")
         sources: dict[Role, ComponentSource] = {}
         defaults: dict[Role, Path] = {}
+        overrides = encoder_roles(choice, family, _identify)
+        if overrides:
+            choice = dataclasses.replace(choice, **{role.value: path for role, path in overrides.items()})
         for role in family.description.role_names:
-            override = choice.override(role)
+            override = overrides.get(role, choice.override(role))
             if override is None and base is not None and role in base.lacks and choice.checkpoint is not None:
                 override = defaults[role] = self._default_part(family, role, choice.checkpoint)
             if override is not None:
@@ -206,7 +218,7 @@ class PipelineManager:
                 )
             else:
                 sources[role] = ComponentSource(choice.checkpoint, checkpoint_prefix(family, role))
-        return family, base, sources, defaults
+        return family, base, sources, defaults, choice
 
     def _default_part(self, family: Family, role: Role, checkpoint: Path) -> Path:
         """The file for a part the checkpoint lacks (a "no-VAE" upload), or a ModelLoadError saying where to put one."""
@@ -232,16 +244,21 @@ class PipelineManager:
         """Assemble the pipeline for `choice`; on any failure the previous model stays current."""
         with self._lock:
             started = time.perf_counter()
-            family, declared, sources, defaults = self._plan(choice)
+            family, declared, sources, defaults, choice = self._plan(choice)
+            dtype = self.dtype_for(family)
+            denoiser = family.description.denoiser.role
+            fp8 = self._wants_fp8(family, sources[denoiser])
             keys = {
-                role: ComponentKey.of(s.path, s.prefix, role, family, self.dtype, self.home)
+                role: ComponentKey.of(
+                    s.path, s.prefix, role, family, FP8_STORAGE if fp8 and role is denoiser else dtype, self.home
+                )
                 for role, s in sources.items()
             }
             # While loading, neither this model's parts nor the current model's may be evicted for each other.
             in_use = list(self.current.keys.values()) if self.current is not None else []
             self.cache.pin([*keys.values(), *in_use])
             try:
-                loaded = self._load_planned(choice, family, declared, sources, keys, started)
+                loaded = self._load_planned(choice, family, declared, sources, keys, started, dtype, fp8)
                 loaded.defaults = defaults
             except BaseException:
                 self.cache.pin(in_use)
@@ -258,17 +275,28 @@ class PipelineManager:
         sources: dict[Role, ComponentSource],
         keys: dict[Role, ComponentKey],
         started: float,
+        dtype: torch.dtype,
+        fp8: bool = False,
     ) -> LoadedModel:
         modules: dict[Role, torch.nn.Module] = {}
         from_disk = [role for role, key in keys.items() if key not in self.cache]
+        denoiser = family.description.denoiser.role
         for role, source in sources.items():
+            in_fp8 = fp8 and role is denoiser
             try:
-                item = self.cache.get_or_load(keys[role], lambda s=source, r=role: self._load_one(s, r, family))
+                item = self.cache.get_or_load(
+                    keys[role], lambda s=source, r=role, f=in_fp8: self._load_one(s, r, family, dtype, f)
+                )
             except ComponentLoadError as error:
                 raise ModelLoadError(str(error)) from error
             modules[role] = item.module
-        variant = self._check_fit(family, modules, sources)
-        pipeline, scheduler_config = self._assemble(family, declared, choice.checkpoint, modules, variant)
+        variant = check_fit(family, modules, sources)
+        description = family.description
+        named = description.variant_of(dict.fromkeys(modules[description.denoiser.role].state_dict()))
+        model_variant = named.name if named is not None else None
+        pipeline, scheduler_config = self._assemble(
+            family, declared, choice.checkpoint, modules, variant, model_variant
+        )
         return LoadedModel(
             choice=choice,
             family=family,
@@ -277,48 +305,47 @@ class PipelineManager:
             keys=keys,
             sources=sources,
             device=self.device,
-            dtype=self.dtype,
+            dtype=dtype,
             load_seconds=time.perf_counter() - started,
             loaded_from_disk=from_disk,
             variant=variant,
+            model_variant=model_variant,
         )
 
-    def _load_one(self, source: ComponentSource, role: Role, family: Family) -> torch.nn.Module:
-        module = load_component(source, role, family, self.dtype)
-        return module.to(self.home)
+    def dtype_for(self, family: Family) -> torch.dtype:
+        """The manager's dtype, with the family's half-precision type where the manager runs in half precision
+        (FLUX.1 overflows in fp16, so it runs in bf16)."""
+        half = family.description.half_dtype
+        if self.dtype in (torch.float16, torch.bfloat16) and self.policy.precision == "auto" and half is not None:
+            return getattr(torch, half)
+        return self.dtype
 
-    @staticmethod
-    def _check_fit(
-        family: Family, modules: dict[Role, torch.nn.Module], sources: dict[Role, ComponentSource]
-    ) -> UnetVariant | None:
-        """A UNet's cross-attention takes the text encoders' features side by side; the VAE's latents are
-        the denoiser's input (with extra channels, a UNet variant of the family's description). Returns the variant."""
-        description = family.description
-        denoiser_role = description.denoiser.role
-        unet = modules[denoiser_role]
-        widths = [modules[spec.role].config.hidden_size for spec in description.text_encoders if spec.role in modules]
-        context = getattr(unet.config, "cross_attention_dim", None)
-        if context is not None and sum(widths) != context:
-            raise ModelLoadError(
-                f"{sources[denoiser_role].describe()}: the UNet expects text features of width {context}, "
-                f"but the text encoder(s) give {'+'.join(map(str, widths))}"
-            )
-        vae = modules[Role.VAE]
-        latent, takes = vae.config.latent_channels, unet.config.in_channels
-        if latent == takes:
-            return None
-        variant = description.unet_variant(takes)
-        if variant is None:
-            known = ", ".join(f"{v.in_channels} ({v.name})" for v in description.unet_variants)
-            raise ModelLoadError(
-                f"{sources[Role.VAE].describe()}: the VAE has {latent} latent channels, the UNet takes {takes}, "
-                f"which is no {family.label} UNet (known: {latent}{', ' + known if known else ''})"
-            )
-        return variant
+    def _wants_fp8(self, family: Family, source: ComponentSource) -> bool:
+        """fp8 storage for this family's denoiser under the policy (auto: by its bf16 size vs the VRAM budget)."""
+        mode = self.policy.fp8_storage
+        size = estimated_bytes(source.path, source.prefix) if mode == "auto" and self.device.type == "cuda" else 0
+        return wants_fp8(mode, family, self.device, size, self.cache.budget("cuda"))
 
-    def _tokenizer(self, checkpoint: Path, subfolder: str, pad: str) -> Any:
-        """A diffusers folder's own tokenizer for that folder; else models/tokenizers/clip/ or the bundled one."""
+    def _load_one(
+        self, source: ComponentSource, role: Role, family: Family, dtype: torch.dtype, fp8: bool = False
+    ) -> torch.nn.Module:
+        module = load_component(source, role, family, dtype)
+        module = module.to(self.home)
+        return store_in_fp8(module, dtype) if fp8 else module
+
+    def _tokenizer(self, checkpoint: Path, subfolder: str, pad: str, encoder: TextEncoderType) -> Any:
+        """A diffusers folder's own tokenizer for that folder; else models/tokenizers/<kind>/ or the bundled one."""
         own = checkpoint / subfolder
+        if encoder is TextEncoderType.T5:
+            key = (str(own) if own.is_dir() else str(self.models_dir), "t5")
+            if key not in self._tokenizers:
+                if own.is_dir():
+                    from transformers import T5TokenizerFast
+
+                    self._tokenizers[key] = T5TokenizerFast.from_pretrained(own, local_files_only=True)
+                else:  # the pipeline passes each variant's sequence length; this is only the tokenizer's cap
+                    self._tokenizers[key] = load_t5_tokenizer(self.models_dir, ENCODERS[encoder].max_length)
+            return self._tokenizers[key]
         key = (str(own) if own.is_dir() else str(self.models_dir), pad)
         if key not in self._tokenizers:
             if own.is_dir():
@@ -334,6 +361,7 @@ class PipelineManager:
         checkpoint: Path | None,
         modules: dict[Role, torch.nn.Module],
         variant: UnetVariant | None = None,
+        model_variant: str | None = None,
     ) -> tuple[Any, dict[str, Any]]:
         import diffusers
 
@@ -342,7 +370,8 @@ class PipelineManager:
         if checkpoint.is_dir() and (checkpoint / "scheduler" / "scheduler_config.json").is_file():
             scheduler_config = json.loads((checkpoint / "scheduler" / "scheduler_config.json").read_text())
         else:
-            scheduler_config = bundled_config(family, "scheduler")
+            found = description.variant(model_variant)
+            scheduler_config = bundled_config(family, found.scheduler if found is not None else "scheduler")
             if declared is not None and declared.prediction is not None:
                 scheduler_config["prediction_type"] = declared.prediction.value
             if declared is not None and declared.zero_snr:
@@ -358,7 +387,7 @@ class PipelineManager:
         for spec in description.text_encoders:
             if spec.tokenizer is not None and spec.role in modules:
                 pad = ENCODERS[spec.encoder].pad_token
-                components[spec.tokenizer] = self._tokenizer(checkpoint, spec.tokenizer, pad)
+                components[spec.tokenizer] = self._tokenizer(checkpoint, spec.tokenizer, pad, spec.encoder)
         spec = variant.pipeline if variant is not None else description.pipeline
         if spec is None:
             raise ModelLoadError(f"{family.label}: its description names no diffusers pipeline yet")
@@ -368,6 +397,10 @@ class PipelineManager:
             self.current.pipeline.remove_all_hooks()  # the cached modules carry the old pipeline's hooks
         if self.offload:
             pipeline.enable_model_cpu_offload(device=self.device)
+        if self.group_offload:  # once per cached module: the hooks stay with it
+            fresh = [m for m in modules.values() if m not in self._group_offloaded]
+            apply_group_offload(fresh, self.device)
+            self._group_offloaded.update(fresh)
         if self.policy.wants_slicing(self.device):
             pipeline.enable_attention_slicing()
         return pipeline, scheduler_config

@@ -113,7 +113,10 @@ class StepReporter:
         callback: ProgressCallback | None,
         cancel: CancelToken | None,
         preview_every: int = 0,
+        unpack: Callable[[torch.Tensor], torch.Tensor] | None = None,
     ) -> None:
+        """`unpack` turns the pipeline's step latents into (batch, channels, h, w) (FLUX packs 2×2 patches)."""
+        self.unpack = unpack
         self.family, self.steps, self.batches = family, steps, batches
         self.callback, self.cancel, self.preview_every = callback, cancel, preview_every
         self.batch = 0
@@ -133,7 +136,8 @@ class StepReporter:
         remaining = self.steps * self.batches - done
         preview = None
         if self.preview_every and (step + 1) % self.preview_every == 0 and "latents" in tensors:
-            preview = preview_image(tensors["latents"], self.family)
+            latents = tensors["latents"] if self.unpack is None else self.unpack(tensors["latents"])
+            preview = preview_image(latents, self.family)
         if self.callback is not None:
             eta = elapsed / done * remaining if done else None
             self.callback(Progress(step + 1, self.steps, self.batch, self.batches, eta, preview))

@@ -26,6 +26,7 @@ _FIELDS: dict[str, tuple[str, Any]] = {
     "Variation seed strength": ("subseed_strength", float),
     "Eta": ("eta", float),
     "Eta DDIM": ("eta", float),
+    "Distilled CFG Scale": ("distilled_guidance", float),  # Forge's key for FLUX.1 dev's guidance
 }
 _SCHEDULES_BY_NAME = {name.lower(): name for name in SCHEDULE_TYPES} | {"sgm_uniform": "SGM Uniform"}
 # infotext key → ModelChoice field, for component overrides
@@ -91,8 +92,12 @@ def request_from_infotext(text: str, library: Any) -> Reproduction:
                 values["schedule"] = schedule
         except ValueError:
             notes.append(f"Sampler: {params['Sampler']!r} is unknown here; the model's own sampler is used")
-    checkpoint = _find(library, None, params.get("Model hash"), params.get("Model"))
-    if checkpoint is None and (params.get("Model") or params.get("Model hash")):
+    names = (params.get("Model hash"), params.get("Model"))
+    checkpoint = _find(library, Kind.CHECKPOINT, *names)
+    modular = "UNet" in params  # a modular model: "Model" names its UNet / transformer file, not a checkpoint
+    if checkpoint is None and not modular:
+        checkpoint = _find(library, None, *names)
+    if checkpoint is None and not modular and any(names):
         missing.append(f"model {params.get('Model') or ''} [{params.get('Model hash') or 'no hash'}]".strip())
     components: dict[str, Path | None] = {}
     for key, name in _COMPONENTS.items():

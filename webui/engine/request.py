@@ -51,6 +51,7 @@ class GenerationRequest:
     subseed_strength: float = 0.0  # 0: the seed's noise; 1: the variation seed's; between: slerp of the two
     eta: float | None = None  # A1111's eta for the samplers that take one (None: the sampler's default)
     disable_extra_networks: bool = False  # A1111's: the prompt's <lora:…> tags are removed but not applied
+    distilled_guidance: float | None = None  # guidance-distilled models (FLUX.1 dev); None: the family's default
 
     def __post_init__(self) -> None:
         check_text("prompt", self.prompt)
@@ -70,6 +71,8 @@ class GenerationRequest:
         _check_range("batch_size", self.batch_size, 1, 8)
         _check_range("batch_count", self.batch_count, 1, 100)
         _check_range("clip_skip", self.clip_skip, 1, 12)
+        if self.distilled_guidance is not None:
+            _check_range("distilled_guidance", self.distilled_guidance, 0.0, 30.0)
         if self.schedule not in SCHEDULE_TYPES:
             raise ValueError(f"schedule: unknown {self.schedule!r}; allowed: {', '.join(SCHEDULE_TYPES)}")
         if self.sampler is not None and self.schedule not in supported_schedules(self.sampler):

@@ -98,6 +98,13 @@ SAMPLERS: Mapping[str, Sampler] = MappingProxyType(
     }
 )
 SAMPLER_NAMES: tuple[str, ...] = tuple(SAMPLERS)
+# Flow-matching models (FLUX.1, SD3) sample with flow-matching Euler: Forge's "Euler" with schedule "Simple"
+# (the model's own shifted schedule) or the sigma schedules diffusers' FlowMatchEulerDiscreteScheduler takes.
+FLOW_SCHEDULERS = ("FlowMatchEulerDiscreteScheduler",)
+FLOW_SCHEDULES = ("Simple", "Karras", "Exponential", "Beta")  # Simple: the model's own (shifted) schedule
+FLOW_SAMPLERS: Mapping[str, Sampler] = MappingProxyType(
+    {"Euler": Sampler("Euler", "FlowMatchEulerDiscreteScheduler", {}, FLOW_SCHEDULES)}
+)
 
 # The schedule types diffusers has as scheduler options (used where the class takes them). Karras/Exponential/
 # Beta span the model's full sigma range, as k-diffusion does, only with "linspace" timesteps: under "leading"
@@ -194,6 +201,15 @@ def schedule_note(sampler: str | None, schedule: str) -> str | None:
     return None
 
 
+def is_flow_matching(model_scheduler_config: Mapping[str, Any]) -> bool:
+    return model_scheduler_config.get("_class_name") in FLOW_SCHEDULERS
+
+
+def samplers_for(model_scheduler_config: Mapping[str, Any]) -> Mapping[str, Sampler]:
+    """The sampler table that applies to a model: flow-matching Euler, or every noise-prediction sampler."""
+    return FLOW_SAMPLERS if is_flow_matching(model_scheduler_config) else SAMPLERS
+
+
 def _lookup(name: str) -> Any:
     """diffusers' attribute `name`: the class, a placeholder whose use raises when its extra is missing, or None."""
     import diffusers
@@ -267,13 +283,21 @@ def make_scheduler(
         cls = scheduler_class(_class_name(model_scheduler_config))
         label = sampler_label(model_scheduler_config)
         name, options = f"the model's own scheduler ({label})", {}
-        allowed = supported_schedules(label) if label in SAMPLERS else (AUTOMATIC,)
+        table = samplers_for(model_scheduler_config)
+        allowed = (AUTOMATIC, *table[label].schedules) if label in table else (AUTOMATIC,)
+    elif is_flow_matching(model_scheduler_config):
+        if sampler not in FLOW_SAMPLERS:
+            allowed = _choices(tuple(FLOW_SAMPLERS))
+            raise ValueError(f"sampler: {sampler!r} does not apply to a flow-matching model; allowed: {allowed}")
+        entry = FLOW_SAMPLERS[sampler]
+        cls = scheduler_class(entry.scheduler)
+        name, options, allowed = repr(sampler), dict(entry.options), (AUTOMATIC, *entry.schedules)
     else:
         entry = _sampler(sampler)
         if entry.own is not None:
             raise ValueError(f"sampler: {sampler!r} runs in its own sampling loop, not a diffusers scheduler")
         cls = scheduler_class(entry.scheduler)
-        name, options, allowed = repr(sampler), dict(entry.options), supported_schedules(sampler)
+        name, options, allowed = repr(sampler), dict(entry.options), (AUTOMATIC, *entry.schedules)
     if schedule not in allowed:
         raise ValueError(f"schedule: {name} cannot use {schedule!r}; it supports {_choices(allowed)}")
     accepted = set(_init_params(cls.__name__))
@@ -283,8 +307,11 @@ def make_scheduler(
             f"sampler: {name} cannot sample this zero-terminal-SNR model (rescale_betas_zero_snr); "
             f"choose one of {_choices(able)}"
         )
+    flow = is_flow_matching(model_scheduler_config)
+    if flow and schedule == "Simple":
+        schedule = AUTOMATIC  # Forge's name for a flow model's own schedule
     variant = schedule != AUTOMATIC and not has_diffusers_option(cls.__name__, schedule)
-    variant = variant and cls.__name__ not in TIMESTEP_SCHEDULERS
+    variant = variant and cls.__name__ not in TIMESTEP_SCHEDULERS and not flow
     if variant:
         from webui.engine.scheduler_variants import karras_option_used, with_schedule
 
@@ -338,7 +365,7 @@ def _config_of(scheduler_config_or_instance: Any) -> tuple[str, dict[str, Any]]:
 def sampler_label(scheduler_config_or_instance: Any) -> str:
     """The A1111 sampler name for a scheduler (for the infotext); its class name when no A1111 name fits."""
     class_name, config = _config_of(scheduler_config_or_instance)
-    candidates = [s for s in SAMPLERS.values() if s.scheduler == class_name]
+    candidates = [s for s in (*SAMPLERS.values(), *FLOW_SAMPLERS.values()) if s.scheduler == class_name]
     if not candidates:
         return class_name
     defaults = {key: param.default for key, param in _init_params(class_name).items()}

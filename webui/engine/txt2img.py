@@ -14,6 +14,7 @@ import torch
 from webui import __version__
 from webui.engine.cache import CachedComponent
 from webui.engine.conditioning import PromptEncoder
+from webui.engine.conditioning_pipeline import EmbeddingCache, encode_with_pipeline
 from webui.engine.decode import check_finite, decode_latents
 from webui.engine.embeddings import EmbeddingSet, EmbeddingUse
 from webui.engine.extra_networks import LORA_KINDS, parse_extra_networks
@@ -29,7 +30,7 @@ from webui.engine.prompt_plan import PromptPlan, plan_prompt
 from webui.engine.request import GeneratedImage, GenerationRequest, GenerationResult
 from webui.engine.samplers import make_scheduler, sampler_entry, sampler_label, schedule_note
 from webui.families import DESCRIPTIONS
-from webui.families.base import VariantInput
+from webui.families.base import PipelineEncoding, VariantInput
 from webui.models.loading import Role
 
 Hasher = Callable[[Path], str | None]
@@ -59,6 +60,7 @@ class Engine:
         self.fuse_loras = False  # merge active LoRAs into the weights for speed (a setting)
         self.embeddings = embeddings
         self.samples_format = "png"  # A1111's samples_format: png, jpg/jpeg or webp (a setting)
+        self.prompt_cache = EmbeddingCache()  # per-prompt T5/CLIP embeddings of PipelineEncoding families
         self.gpu_lock = threading.Lock()  # the one lock: one generation per device at a time
 
     def seeds_for(self, request: GenerationRequest) -> list[int]:
@@ -124,7 +126,7 @@ class Engine:
         plan = plan_prompt(request.prompt, request.negative_prompt, request.steps)
         seeds = self.seeds_for(request)
         subseeds = self.subseeds_for(request) if request.subseed_strength else None
-        warnings = plan.warnings + self.sampling_warnings(request)
+        warnings = plan.warnings + self.sampling_warnings(request) + self.family_warnings(loaded, request, plan)
         images: list[GeneratedImage] = []
         reports: list[LoraReport] = []
         use = EmbeddingUse()
@@ -142,7 +144,14 @@ class Engine:
                 raise LoraRefusedError("; ".join(refused))
             folder = day_folder(outputs_dir or self.outputs_dir, "txt2img")
             params = self._params(request, loaded) | self._lora_params(request, stack, reports[len(unresolved) :])
-            reporter = StepReporter(loaded.family, request.steps, request.batch_count, progress, cancel, preview_every)
+            reporter = StepReporter(
+                loaded.family, request.steps, request.batch_count, progress, cancel, preview_every,
+                unpack=lambda latents: self.unpacked(loaded, request, latents),
+            )  # fmt: skip
+            applied = [
+                s for s, r in zip(stack, reports[len(unresolved) :], strict=True) if s.active and r.error is None
+            ]
+            te_state = tuple((s.path, s.te_weight) for s in applied if s.te_weight)
             vae = self.manager.cache.get_or_load(loaded.keys[Role.VAE], _never)
             pipeline = loaded.pipeline
             text_encoders = [getattr(pipeline, "text_encoder", None), getattr(pipeline, "text_encoder_2", None)]
@@ -156,14 +165,16 @@ class Engine:
                     batch_subseeds = subseeds[batch_slice] if subseeds is not None else None
                     t0 = time.perf_counter()
                     latents = self.denoise(
-                        loaded, request, batch_seeds, reporter, use, plan=plan, subseeds=batch_subseeds
-                    )
+                        loaded, request, batch_seeds, reporter, use, plan=plan, subseeds=batch_subseeds,
+                        te_state=te_state,
+                    )  # fmt: skip
                     t1 = time.perf_counter()
                     if use.used:
                         params["TI hashes"] = ", ".join(f"{n}: {self.hasher(p) or ''}" for n, p in use.used.items())
                     if reporter.interrupted and not (partial or reporter.skipped):
                         break
-                    pixels = self._decode(vae, latents, request, cancel, loaded.choice.name)
+                    unpacked = self.unpacked(loaded, request, latents)  # a transformer's packed latents
+                    pixels = self._decode(vae, unpacked, request, cancel, loaded.choice.name)
                     pil_images = pipeline.image_processor.postprocess(pixels, output_type="pil")
                     t2 = time.perf_counter()
                     for index, (seed, image) in enumerate(zip(batch_seeds, pil_images, strict=True)):
@@ -266,13 +277,18 @@ class Engine:
         use: EmbeddingUse | None = None,
         plan: PromptPlan | None = None,
         subseeds: list[int] | None = None,
+        te_state: tuple[Any, ...] = (),
     ) -> torch.Tensor:
-        """Latents for one batch. Noise is drawn on the CPU from each image's own seed (same image on any device).
+        """Latents for one batch (packed as the pipeline returns them: see `unpacked`). Noise is drawn on the CPU
+        from each image's own seed (same image on any device).
 
         A plain prompt goes through the pipeline exactly as plain diffusers would run it; prompt editing and AND
-        go through a ConditioningHook on the UNet; samplers without a diffusers scheduler run in own_sampling."""
+        go through a ConditioningHook on the UNet; samplers without a diffusers scheduler run in own_sampling.
+        Families that encode with the pipeline itself (FLUX.1) go through `denoise_encoded`."""
         pipeline = loaded.pipeline
         plan = plan or plan_prompt(request.prompt, request.negative_prompt, request.steps)
+        if isinstance(loaded.family.description.conditioning, PipelineEncoding):
+            return self.denoise_encoded(loaded, request, seeds, plan, reporter, te_state)
         encoder = PromptEncoder(pipeline, loaded.family, request.clip_skip, self.embeddings, use)
         conditioning = encode_plan(encoder, plan, len(seeds))
         generators = [torch.Generator("cpu").manual_seed(seed) for seed in seeds]
@@ -334,6 +350,87 @@ class Engine:
         with ConditioningHook(conditioning, request.cfg_scale).installed(pipeline.unet):
             return run()
 
+    def denoise_encoded(
+        self,
+        loaded: LoadedModel,
+        request: GenerationRequest,
+        seeds: list[int],
+        plan: PromptPlan,
+        reporter: StepReporter | None = None,
+        te_state: tuple[Any, ...] = (),
+    ) -> torch.Tensor:
+        """Latents of a family conditioned by its pipeline's own `encode_prompt` (FLUX.1: T5 + CLIP pooled): the
+        prompt text without tags or comments, embeddings cached per prompt (`te_state` names the LoRAs on the text
+        encoders), distilled guidance and true CFG as the description names them, the model's flow scheduler."""
+        pipeline = loaded.pipeline
+        description = loaded.family.description
+        pipeline.scheduler = make_scheduler(loaded.scheduler_config, request.sampler, request.schedule, seeds=seeds)
+        variant = description.variant(loaded.model_variant)
+        max_length = variant.max_sequence_length if variant and variant.max_sequence_length else 512
+        negative_text = parse_extra_networks(plan.negative_prompt).prompt
+        conditioning = encode_with_pipeline(
+            pipeline,
+            plan.networks.prompt,
+            negative_text,
+            use_negative=request.cfg_scale > 1 or not description.conditioning.negative_needs_cfg,
+            max_length=max_length,
+            batch=len(seeds),
+            cache=self.prompt_cache,
+            identity=(tuple(loaded.keys[spec.role] for spec in description.text_encoders), te_state),
+        )
+        kwargs: dict[str, Any] = {description.pipeline.cfg_argument: request.cfg_scale}
+        guidance = self.distilled_guidance(loaded, request)
+        if guidance is not None and description.pipeline.guidance_argument:
+            kwargs[description.pipeline.guidance_argument] = guidance
+        if reporter is not None:
+            kwargs.update(callback_on_step_end=reporter, callback_on_step_end_tensor_inputs=["latents"])
+        width, height = request.latent_size
+        pipeline._interrupt = False
+        return pipeline(
+            **conditioning.as_pipeline_kwargs(),
+            num_inference_steps=request.steps,
+            width=width,
+            height=height,
+            generator=[torch.Generator("cpu").manual_seed(seed) for seed in seeds],
+            max_sequence_length=max_length,
+            output_type="latent",
+            **kwargs,
+        ).images
+
+    @staticmethod
+    def family_warnings(loaded: LoadedModel, request: GenerationRequest, plan: PromptPlan) -> list[str]:
+        """What the family does not read of the request (said, never silently dropped)."""
+        if not isinstance(loaded.family.description.conditioning, PipelineEncoding):
+            return []
+        label, warnings = loaded.family.label, []
+        if not plan.plain:
+            warnings.append(f"prompt: {label} encodes the text as written; prompt editing and AND are not applied")
+        if request.subseed_strength:
+            warnings.append(f"subseed_strength: variation seeds are not applied to {label} models")
+        if request.clip_skip > 1:
+            warnings.append(f"clip_skip: {label} uses CLIP's pooled output only; clip skip has no effect")
+        return warnings
+
+    @staticmethod
+    def distilled_guidance(loaded: LoadedModel, request: GenerationRequest) -> float | None:
+        """The distilled guidance the model takes (the request's, else its variant's default); None when the
+        model has no guidance input (FLUX.1 schnell, every UNet family)."""
+        description = loaded.family.description
+        variant = description.variant(loaded.model_variant)
+        if variant is None or not variant.distilled_guidance:
+            return None
+        if request.distilled_guidance is not None:
+            return request.distilled_guidance
+        return description.defaults_for(loaded.model_variant).distilled_guidance
+
+    @staticmethod
+    def unpacked(loaded: LoadedModel, request: GenerationRequest, latents: torch.Tensor) -> torch.Tensor:
+        """(batch, channels, h, w) latents: the pipeline's packed 2×2 patches (FLUX) unpacked, others as given."""
+        if not loaded.family.description.pipeline.packed_latents or latents.ndim == 4:
+            return latents
+        pipeline, (width, height) = loaded.pipeline, request.latent_size
+        return pipeline._unpack_latents(latents, height, width, pipeline.vae_scale_factor)
+
     def _params(self, request: GenerationRequest, loaded: LoadedModel) -> dict[str, Any]:
         choice = loaded.choice
         params: dict[str, Any] = {
@@ -341,6 +438,7 @@ class Engine:
             "Sampler": request.sampler or sampler_label(loaded.scheduler_config),
             "Schedule type": None if request.schedule == "Automatic" else request.schedule,
             "CFG scale": request.cfg_scale,
+            "Distilled CFG Scale": self.distilled_guidance(loaded, request),  # Forge's key
             "Seed": None,
             "Size": f"{request.width}x{request.height}",
             "Model hash": self.hasher(choice.checkpoint or choice.unet),
