@@ -346,3 +346,25 @@ def test_current_user_can_require_http_basic_and_owns_the_jobs(api, queue):
         assert alices.wait(WAIT) and alices.state is JobState.CANCELLED
     finally:
         release.set()
+
+
+def test_txt2img_runs_a_modular_flux_model_as_forge_clients_send_it(api):
+    """Forge's API: sd_model_checkpoint names the diffusion model, forge_additional_modules its encoders and
+    VAE; distilled_cfg_scale is FLUX.1 dev's guidance ("Distilled CFG Scale" in the infotext)."""
+    modules = ["tiny-flux-clip-l.safetensors", "tiny-flux-t5xxl-fp16.safetensors", "tiny-flux-ae.safetensors"]
+    body = {
+        **CAT,
+        "sampler_name": "Euler",
+        "cfg_scale": 1,
+        "distilled_cfg_scale": 2.5,
+        "override_settings": {"sd_model_checkpoint": "tiny-flux-dev", "forge_additional_modules": modules},
+    }
+    response = api.post("/sdapi/v1/txt2img", json=body)
+    assert response.status_code == 200, response.text
+    infotext = png(response.json()["images"][0]).info["parameters"]
+    assert "Sampler: Euler, CFG scale: 1, Distilled CFG Scale: 2.5, Seed: 3" in infotext
+    assert "Model: tiny-flux-dev" in infotext and "Text encoder 2: tiny-flux-t5xxl-fp16.safetensors" in infotext
+    bad = {**body, "override_settings": {**body["override_settings"], "forge_additional_modules": "x"}}
+    assert field_of(api.post("/sdapi/v1/txt2img", json=bad)) == [
+        ["body", "override_settings", "forge_additional_modules"]
+    ]

@@ -12,7 +12,7 @@ from webui.engine.reproduce import request_from_infotext
 from webui.engine.request import GenerationRequest
 from webui.models.library import ModelNotFoundError, open_library
 from webui.ui import adapter
-from webui.ui.choices import FROM_CHECKPOINT
+from webui.ui.choices import FROM_CHECKPOINT, NO_CHECKPOINT
 from webui.ui.preferences import MODEL_SAMPLER
 
 VALUES = {
@@ -129,3 +129,19 @@ def test_reproduction_fills_fields_model_components_and_stack_loras(library):
     assert values["lora_1"] == "tiny-sd1-kohya.safetensors" and values["lora_2"] is None
     request = adapter.build_request(values, library)
     assert request.steps == 3 and request.model.vae is not None and len(request.loras) == 1
+
+
+def test_png_info_of_a_modular_flux_image_restores_the_transformer_its_encoders_and_guidance(library):
+    text = (
+        "a fox\nSteps: 4, Sampler: Euler, CFG scale: 1, Distilled CFG Scale: 2.5, Seed: 7, Size: 32x32, "
+        "Model hash: 0000000000, Model: tiny-flux-dev, VAE: tiny-flux-ae.safetensors, UNet: tiny-flux-dev.safetensors, "
+        "Text encoder: tiny-flux-clip-l.safetensors, Text encoder 2: tiny-flux-t5xxl-fp16.safetensors, Version: webui"
+    )
+    reproduction = request_from_infotext(text, library)
+    assert reproduction.missing == [] and reproduction.request is not None
+    values = adapter.values_from_reproduction(reproduction, text, library)
+    assert values["checkpoint"] == NO_CHECKPOINT and values["distilled_guidance"] == 2.5
+    assert values["unet"] == "tiny-flux-dev.safetensors" and values["vae"] == "tiny-flux-ae.safetensors"
+    assert values["text_encoder_2"] == "tiny-flux-t5xxl-fp16.safetensors"
+    request = adapter.build_request(values, library)
+    assert request.model.checkpoint is None and request.distilled_guidance == 2.5 and request.cfg_scale == 1.0

@@ -42,6 +42,7 @@ class Txt2ImgBody(BaseModel):
     infotext: str | None = None  # A1111 1.8+: fields not given in the body are taken from this infotext
     do_not_save_samples: bool | None = False
     do_not_save_grid: bool | None = False
+    distilled_cfg_scale: float | None = None  # Forge's field: guidance of guidance-distilled models (FLUX.1 dev)
     restore_faces: bool | None = None
     tiling: bool | None = None
     enable_hr: bool | None = False

@@ -16,9 +16,17 @@ DEFAULTS: Mapping[str, Any] = {
     "samples_format": "png",
     "show_progress_every_n_steps": 10,  # live preview every N steps; -1 or 0: none
     "live_previews_enable": True,
+    "forge_additional_modules": [],  # Forge: text encoders / VAE beside a diffusion-model file (FLUX.1)
 }
 # Per-request override_settings keys acted on (the rest are reported as ignored).
-OVERRIDE_KEYS = ("sd_model_checkpoint", "sd_vae", "CLIP_stop_at_last_layers", "samples_format")
+# forge_additional_modules: Forge's list of text-encoder and VAE files that go with a diffusion-model file
+OVERRIDE_KEYS = (
+    "sd_model_checkpoint",
+    "sd_vae",
+    "CLIP_stop_at_last_layers",
+    "samples_format",
+    "forge_additional_modules",
+)
 NO_VAE = ("", "Automatic", "None")
 
 
@@ -41,6 +49,10 @@ def check_option(key: str, value: Any) -> Any:
         return check_format(value)
     if key == "live_previews_enable" and not isinstance(value, bool):
         raise ValueError(f"live_previews_enable: {value!r} is not true or false")
+    if key == "forge_additional_modules" and (
+        not isinstance(value, list) or not all(isinstance(item, str) for item in value)
+    ):
+        raise ValueError(f"{key}: {value!r} is not a list of file names (text encoders and a VAE)")
     if key in ("sd_model_checkpoint", "sd_vae") and not isinstance(value, str):
         raise ValueError(f"{key}: {value!r} is not a name; give a title from /sdapi/v1/sd-models or sd-vae")
     return value

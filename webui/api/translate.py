@@ -117,11 +117,41 @@ def model_choice(library: Any, options: dict[str, Any], overrides: dict[str, Any
         raise ModelNotFoundError(
             f"sd_model_checkpoint: no usable checkpoint under {library.models_dir}; put one in checkpoints/"
         )
-    choice = ModelChoice(_find(library, str(name), Kind.CHECKPOINT, loc).path)
+    key = "forge_additional_modules"
+    modules = overrides[key] if key in overrides else options.get(key) or []
+    if modules:  # Forge's modular models: a diffusion-model file and its text encoders / VAE
+        choice = _modular_choice(library, str(name), modules, loc)
+    else:
+        choice = ModelChoice(_find(library, str(name), Kind.CHECKPOINT, loc).path)
     vae = overrides["sd_vae"] if "sd_vae" in overrides else options["sd_vae"]
     if vae in NO_VAE:
         return choice
     return dataclasses.replace(choice, vae=_find(library, str(vae), Kind.VAE, ("body", "sd_vae")).path)
+
+
+def _modular_choice(library: Any, name: str, modules: Any, loc: tuple[str, ...]) -> ModelChoice:
+    """`sd_model_checkpoint` naming a diffusion-model file (or a checkpoint) with Forge's
+    `forge_additional_modules`: each module's kind (text encoder, VAE) is read from the library."""
+    where = ("body", "override_settings", "forge_additional_modules")
+    if not isinstance(modules, list) or not all(isinstance(m, str) for m in modules):
+        raise FieldError(where, "forge_additional_modules: expected a list of file names", modules)
+    try:
+        model = library.find(name, Kind.UNET)
+    except ModelNotFoundError:
+        model = _find(library, name, Kind.CHECKPOINT, loc)
+    parts: dict[str, Any] = {"unet": model.path} if model.kind is Kind.UNET else {"checkpoint": model.path}
+    encoders = []
+    for module in modules:
+        entry = _find(library, module, None, where)
+        if entry.kind is Kind.VAE:
+            parts["vae"] = entry.path
+        elif entry.kind is Kind.TEXT_ENCODER:
+            encoders.append(entry.path)
+        else:
+            raise FieldError(where, f"forge_additional_modules: {module} is a {entry.kind.value}, not a text "
+                             "encoder or VAE", module)
+    parts.update(zip(("text_encoder", "text_encoder_2"), encoders, strict=False))
+    return ModelChoice(parts.pop("checkpoint", None), **parts)
 
 
 def _clip_skip(body: Txt2ImgBody, options: dict[str, Any], overrides: dict[str, Any]) -> tuple[int, tuple]:
@@ -200,6 +230,7 @@ def plan_txt2img(
         "schedule": schedule,
         "clip_skip": clip_skip,
         "disable_extra_networks": bool(body.disable_extra_networks),
+        "distilled_guidance": body.distilled_cfg_scale,
     }
     choice = model_choice(library, options, overrides)
     try:

@@ -15,8 +15,15 @@ from webui.config import add_path_arguments
 def add_request_arguments(parser: argparse.ArgumentParser) -> None:
     """Flags that describe a request. None means "not given": the infotext or the defaults decide."""
     parser.add_argument("--checkpoint", help="checkpoint name (as `models` lists it) or path")
-    parser.add_argument("--unet", help="UNet file (or checkpoint) to use instead of the checkpoint's")
-    parser.add_argument("--text-encoder", action="append", help="text encoder file; repeat for a second one")
+    parser.add_argument(
+        "--unet", help="UNet or transformer file (or checkpoint) to use instead of the checkpoint's, or alone"
+    )
+    parser.add_argument(
+        "--text-encoder",
+        action="append",
+        help="text encoder file; repeat for a second one (e.g. CLIP-L and T5, in any order: each one's role "
+        "is found from its weights)",
+    )
     parser.add_argument("--vae", help="VAE file (or checkpoint) to use instead of the checkpoint's")
     parser.add_argument("--prompt")
     parser.add_argument("--negative")
@@ -31,6 +38,9 @@ def add_request_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-count", type=int)
     parser.add_argument("--clip-skip", type=int)
     parser.add_argument(
+        "--guidance", type=float, help="distilled guidance of guidance-distilled models (Forge's Distilled CFG Scale)"
+    )
+    parser.add_argument(
         "--lora", action="append", metavar="NAME_OR_PATH:UNET_W[:TE_W]", help="add a LoRA to the stack (repeatable)"
     )
     parser.add_argument("--distilled", action="store_true", help="few-step preset for Turbo/LCM models")
@@ -43,6 +53,15 @@ def add_device_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--precision", default="auto", choices=["auto", "fp16", "bf16", "fp32"])
     parser.add_argument("--attention-slicing", default="auto", choices=["auto", "on", "off"])
     parser.add_argument("--cpu-offload", action="store_true", help="keep models in RAM, move each to the GPU in turn")
+    parser.add_argument(
+        "--group-offload", action="store_true", help="keep models in RAM, move their layers to the GPU as they run"
+    )
+    parser.add_argument(
+        "--fp8-storage",
+        default="auto",
+        choices=["auto", "on", "off"],
+        help="store DiT transformer weights in fp8; auto: when bf16 would not fit the VRAM budget",
+    )
     parser.add_argument("--ram-budget-gb", type=float, help="RAM for cached models (default: half the RAM)")
     parser.add_argument("--vram-budget-gb", type=float, help="VRAM for cached models (default: 80%% of the GPU)")
 
@@ -56,6 +75,8 @@ def engine_from_args(args: argparse.Namespace, library: Any) -> Any:
         precision=args.precision,
         attention_slicing=args.attention_slicing,
         cpu_offload=args.cpu_offload,
+        group_offload=args.group_offload,
+        fp8_storage=args.fp8_storage,
     )
     budgets = {}
     if args.ram_budget_gb is not None:
@@ -78,6 +99,7 @@ _FLAG_FIELDS = {
     "batch_size": "batch_size",
     "batch_count": "batch_count",
     "clip_skip": "clip_skip",
+    "guidance": "distilled_guidance",
 }
 
 
@@ -149,7 +171,33 @@ def request_from_args(args: argparse.Namespace, library: Any) -> Any:
     }
     model.update({k: v for k, v in given.items() if v is not None})
     loras = tuple(values.pop("loras", ())) + tuple(parse_lora_flag(v, library) for v in args.lora or [])
-    return GenerationRequest(model=ModelChoice(**{k: model.get(k) for k in given}), loras=loras, **values)
+    choice = ModelChoice(**{k: model.get(k) for k in given})
+    if not args.infotext:  # what the model's family starts from (FLUX.1: CFG 1, its steps), under the flags
+        values = {**family_defaults(choice), **values}
+    return GenerationRequest(model=choice, loras=loras, **values)
+
+
+def family_defaults(choice: Any) -> dict[str, Any]:
+    """Request fields from the defaults of the chosen model's family and variant (steps, CFG, sampler) where
+    the family sets them; {} for a model that cannot be identified here (the request's defaults apply)."""
+    from webui.models.files import ModelFileError, read_header
+    from webui.models.identify import identify
+
+    path = choice.unet or choice.checkpoint
+    if path is None or path.is_dir():
+        return {}
+    try:
+        identity = identify(read_header(path))
+    except ModelFileError:
+        return {}
+    description = identity.family.description
+    defaults = description.defaults_for(identity.variant)
+    values: dict[str, Any] = {}
+    if defaults.steps is not None:
+        values["steps"] = defaults.steps
+    if defaults.cfg_scale is not None:
+        values["cfg_scale"] = defaults.cfg_scale
+    return values
 
 
 def cmd_generate(args: argparse.Namespace) -> int:

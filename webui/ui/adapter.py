@@ -39,7 +39,7 @@ REQUEST_FIELDS = tuple(f.name for f in dataclasses.fields(GenerationRequest) if 
 MODEL_FIELDS = tuple(f.name for f in dataclasses.fields(ModelChoice))
 MODEL_KINDS = {"checkpoint": Kind.CHECKPOINT, "unet": None, "vae": None, "text_encoder": None, "text_encoder_2": None}
 INTEGER_FIELDS = frozenset({"steps", "width", "height", "seed", "batch_size", "batch_count", "clip_skip", "subseed"})
-FLOAT_FIELDS = frozenset({"cfg_scale", "subseed_strength"})
+FLOAT_FIELDS = frozenset({"cfg_scale", "subseed_strength", "distilled_guidance"})
 OPTIONAL_FLOAT_FIELDS = frozenset({"eta"})  # empty: the sampler's default
 MAX_SIDE_UI = 2048
 # The widgets' ranges, A1111's: what Send to txt2img fits a value into (the API takes more).
@@ -108,10 +108,15 @@ def request_fields(values: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def model_choice(values: Mapping[str, Any], library: ModelLibrary) -> ModelChoice:
-    if not values.get("checkpoint"):
+    unet = values.get("unet")
+    modular = bool(unet) and unet != choices.FROM_CHECKPOINT
+    if not modular and values.get("checkpoint") in (None, "", choices.NO_CHECKPOINT):
         if empty_state.library_is_empty(library):
             raise ValueError(empty_state.no_model_message(library))
-        raise ValueError("checkpoint: none chosen; pick one in the model bar (press Refresh after adding files)")
+        raise ValueError(
+            "checkpoint: none chosen; pick one in the model bar (press Refresh after adding files), or a UNet / "
+            "transformer with its text encoder(s) and VAE in the Components tab"
+        )
     paths = {name: choices.resolve(library, values.get(name), MODEL_KINDS[name]) for name in MODEL_FIELDS}
     return ModelChoice(**paths)
 
@@ -163,6 +168,8 @@ def values_from_reproduction(reproduction: Reproduction, text: str, library: Mod
     out["schedule"] = found.get("schedule") or AUTOMATIC
     if found.get("checkpoint") is not None:
         out["checkpoint"] = choices.title_for_path(library, found["checkpoint"])
+    elif found.get("unet") is not None:  # a modular model (a FLUX.1 transformer and its encoders): no checkpoint
+        out["checkpoint"] = choices.NO_CHECKPOINT
     for name in MODEL_FIELDS[1:]:
         path = found.get(name)
         out[name] = choices.title_for_path(library, path) if path is not None else choices.FROM_CHECKPOINT

@@ -16,6 +16,8 @@ from webui.models.library import ModelEntry, ModelLibrary, ModelNotFoundError
 from webui.models.loading import Role
 
 FROM_CHECKPOINT = "From checkpoint"
+# The checkpoint dropdown's last choice: a model assembled from the Components tab alone (FLUX.1's split files).
+NO_CHECKPOINT = "None: components only"
 ROLE_KINDS = {Role.UNET: Kind.UNET, Role.VAE: Kind.VAE, Role.TEXT_ENCODER: Kind.TEXT_ENCODER}
 ROLE_LABELS = {
     Role.UNET: "UNet",
@@ -58,7 +60,7 @@ def find_any_kind(library: ModelLibrary, value: str) -> ModelEntry:
 
 def resolve(library: ModelLibrary, name: str | None, kind: Kind | None = None) -> Path | None:
     """The file a dropdown value names; None for empty or "From checkpoint"; ModelNotFoundError otherwise."""
-    if not name or name == FROM_CHECKPOINT:
+    if not name or name in (FROM_CHECKPOINT, NO_CHECKPOINT):
         return None
     return library.find(name, kind).path
 
@@ -68,7 +70,7 @@ def checkpoints(library: ModelLibrary) -> list[str]:
 
 
 def checkpoint_entry(library: ModelLibrary, name: str | None) -> ModelEntry | None:
-    if not name:
+    if not name or name == NO_CHECKPOINT:
         return None
     try:
         return library.find(name, Kind.CHECKPOINT)
@@ -79,6 +81,17 @@ def checkpoint_entry(library: ModelLibrary, name: str | None) -> ModelEntry | No
 def family_of(library: ModelLibrary, checkpoint: str | None) -> Family | None:
     entry = checkpoint_entry(library, checkpoint)
     return entry.family if entry is not None else None
+
+
+def model_entry(library: ModelLibrary, checkpoint: str | None, unet: str | None) -> ModelEntry | None:
+    """The file that decides the model's family: the UNet / transformer picked in Components, else the
+    checkpoint (None when neither names a library file)."""
+    if unet and unet not in (FROM_CHECKPOINT, NO_CHECKPOINT):
+        try:
+            return library.find(unet, Kind.UNET)
+        except LookupError:
+            pass
+    return checkpoint_entry(library, checkpoint)
 
 
 def encoder_for(role: Role, family: Family) -> TextEncoderType | None:

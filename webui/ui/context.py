@@ -66,7 +66,11 @@ def apply_engine_preferences(engine: Engine, prefs: Preferences) -> list[str]:
     with engine.gpu_lock:
         manager = engine.manager
         policy = dataclasses.replace(
-            manager.policy, device=prefs.device, precision=prefs.precision, attention_slicing=prefs.attention_slicing
+            manager.policy,
+            device=prefs.device,
+            precision=prefs.precision,
+            attention_slicing=prefs.attention_slicing,
+            fp8_storage=prefs.fp8_storage,
         )
         if policy != manager.policy:
             fresh = PipelineManager(manager.models_dir, policy, cache=manager.cache, default_part=manager.default_part)
@@ -75,6 +79,8 @@ def apply_engine_preferences(engine: Engine, prefs: Preferences) -> list[str]:
                 changes.append(f"device {fresh.device}, {str(fresh.dtype).removeprefix('torch.')}")
             if policy.attention_slicing != manager.policy.attention_slicing:
                 changes.append(f"attention slicing {policy.attention_slicing}")
+            if policy.fp8_storage != manager.policy.fp8_storage:
+                changes.append(f"fp8 transformer storage {policy.fp8_storage}")
             engine.manager = fresh
         for device_type, nbytes in {**default_budgets(engine.manager.device), **budgets_of(prefs)}.items():
             engine.manager.cache.set_budget(device_type, nbytes)
@@ -85,7 +91,7 @@ def apply_engine_preferences(engine: Engine, prefs: Preferences) -> list[str]:
 
 
 def policy_of(prefs: Preferences) -> DevicePolicy:
-    return DevicePolicy(prefs.device, prefs.precision, prefs.attention_slicing)
+    return DevicePolicy(prefs.device, prefs.precision, prefs.attention_slicing, fp8_storage=prefs.fp8_storage)
 
 
 def budgets_of(prefs: Preferences) -> dict[str, int]:

@@ -47,6 +47,39 @@ def parse_size_label(label: str) -> tuple[int, int]:
     return int(width), int(height)
 
 
+DISTILLED_GUIDANCE = 3.5  # Forge's "Distilled CFG Scale" default, shown before a model says otherwise
+
+
+def family_settings(entry: ModelEntry | None) -> dict[str, float | int]:
+    """Steps, CFG scale and distilled guidance the entry's family (and variant) starts from, where it sets
+    them (FLUX.1 dev: 20 steps, CFG 1, guidance 3.5; schnell: 4 steps); {} for families that leave them to
+    the user's preferences."""
+    if entry is None or entry.identity is None:
+        return {}
+    defaults = entry.family.description.defaults_for(entry.identity.variant)
+    values = {
+        "steps": defaults.steps,
+        "cfg_scale": defaults.cfg_scale,
+        "distilled_guidance": defaults.distilled_guidance,
+    }
+    return {k: v for k, v in values.items() if v is not None}
+
+
+def takes_distilled_guidance(entry: ModelEntry | None) -> bool:
+    """Whether the entry's model has a guidance input (Forge shows "Distilled CFG Scale" for it)."""
+    if entry is None or entry.identity is None:
+        return False
+    variant = entry.family.description.variant(entry.identity.variant)
+    return variant is not None and variant.distilled_guidance
+
+
+def negative_prompt_note(entry: ModelEntry | None) -> str:
+    """The negative prompt's hint: empty, or for families where it means nothing at their defaults, when it does."""
+    if entry is None or entry.family.description.defaults.negative_prompt:
+        return ""
+    return f"{entry.family.label}: used only with CFG scale above 1 (true CFG: each step runs twice)"
+
+
 def badge(entry: ModelEntry | None) -> str:
     """The family badge: `SDXL`, `SD2.x · v-pred`, `SDXL · v-pred · zero-SNR`, `SDXL · distilled`; empty without
     a checkpoint."""

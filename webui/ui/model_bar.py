@@ -51,8 +51,9 @@ def initial_checkpoint(ctx: UiContext) -> str | None:
     return wanted if wanted in names else (names[0] if names else None)
 
 
-def badge_html(ctx: UiContext, checkpoint: str | None) -> str:
-    entry = choices.checkpoint_entry(ctx.library, checkpoint)
+def badge_html(ctx: UiContext, checkpoint: str | None, unet: str | None = None) -> str:
+    """The family badge of the model: its UNet / transformer file's when one is picked, else the checkpoint's."""
+    entry = choices.model_entry(ctx.library, checkpoint, unet)
     text = families.badge(entry)
     if not text:
         return '<span class="family-badge empty">no model</span>'
@@ -128,6 +129,9 @@ def override_updates(ctx: UiContext, checkpoint: str | None, current: dict[str, 
     for role in OVERRIDE_ROLES:
         options = choices.component_choices(ctx.library, role, family)
         update = gr.update(choices=options, visible=role in roles)
+        if role is Role.UNET:  # named as the family names its denoiser
+            denoiser = family.description.denoiser.role if family is not None and family.supported else Role.UNET
+            update["label"] = "UNet" if denoiser is Role.UNET else "Transformer (diffusion model)"
         if (current.get(role.value) or choices.FROM_CHECKPOINT) not in choices.values_of(options):
             update["value"] = choices.FROM_CHECKPOINT  # only when it must change: never undo a pick
         updates[role.value] = update
@@ -147,10 +151,17 @@ def fitting_overrides(ctx: UiContext, values: dict[str, Any]) -> dict[str, Any]:
 
 
 def family_roles(family: Family | None) -> tuple[Role, ...]:
-    """The override dropdowns a family's model shows: the roles its description has (all without one)."""
+    """The override dropdowns a family's model shows: the roles its description has (all without one); the
+    UNet dropdown stands for any denoiser (a DiT transformer too)."""
     if family is None or not family.supported:
         return OVERRIDE_ROLES
-    return tuple(role for role in OVERRIDE_ROLES if family.description.has(role))
+    description = family.description
+    return tuple(role for role in OVERRIDE_ROLES if description.has(role) or role is Role.UNET)
+
+
+def checkpoint_choices(ctx: UiContext) -> list[str]:
+    """The checkpoints, then "None: components only" for a model made of split files (FLUX.1's)."""
+    return [*choices.checkpoints(ctx.library), choices.NO_CHECKPOINT]
 
 
 def load_selection(ctx: UiContext, values: dict[str, Any], request: Any) -> str:
@@ -184,7 +195,7 @@ def build(ctx: UiContext, app: gr.Blocks) -> ModelBar:
     with gr.Row(elem_id="model-bar", equal_height=True, visible=not empty) as bar_row:
         with gr.Column(scale=4, min_width=300), gr.Row(equal_height=True):  # dropdown and refresh side by side
             checkpoint = gr.Dropdown(
-                choices=choices.checkpoints(library),
+                choices=checkpoint_choices(ctx),
                 value=initial_checkpoint(ctx),
                 label="Checkpoint",
                 allow_custom_value=True,  # the library judges names (new files, API clients)
@@ -221,13 +232,13 @@ def build(ctx: UiContext, app: gr.Blocks) -> ModelBar:
 
     def sync(values: dict[str, Any], _request: Any) -> list[Any]:
         """Choices after a checkpoint change, a refresh or a page load."""
-        available = choices.checkpoints(library)
+        available = checkpoint_choices(ctx)
         current = values.get("checkpoint")
         value = current if current in available else (available[0] if available else None)
         updates = override_updates(ctx, value, values)
         return [
             gr.update(choices=available) if value == current else gr.update(choices=available, value=value),
-            badge_html(ctx, value),
+            badge_html(ctx, value, values.get("unet")),
             *(updates[name] for name in overrides),
             *empty_updates(ctx),
         ]
@@ -241,7 +252,7 @@ def build(ctx: UiContext, app: gr.Blocks) -> ModelBar:
     def page_load() -> list[Any]:
         """The checkpoint list as it is now; the checkpoint itself only if Settings changed it since start."""
         wanted = initial_checkpoint(ctx)
-        update = gr.update(choices=choices.checkpoints(library))
+        update = gr.update(choices=checkpoint_choices(ctx))
         if wanted != built_with:
             update["value"] = wanted
         return [update, status_html(ctx)]
@@ -256,6 +267,13 @@ def build(ctx: UiContext, app: gr.Blocks) -> ModelBar:
         adapter.by_name(names, sync),
         inputs=widgets,
         outputs=[checkpoint, badge, *overrides.values(), bar_row, empty_panel, empty_text],
+    )
+    overrides["unet"].change(
+        lambda checkpoint_name, unet: badge_html(ctx, checkpoint_name, unet),
+        inputs=[checkpoint, overrides["unet"]],
+        outputs=badge,
+        api_visibility="private",
+        queue=False,
     )
     checkpoint.input(
         adapter.by_name(names, lambda values, request: load_selection(ctx, fitting_overrides(ctx, values), request)),

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from webui.config import DEVICES, PRECISIONS, SLICING_MODES, Settings
+from webui.config import DEVICES, FP8_MODES, PRECISIONS, SLICING_MODES, Settings
 from webui.engine.outputs import check_format
 from webui.engine.pipelines import ModelChoice
 from webui.engine.request import MAX_CFG, MAX_STEPS, GenerationRequest
@@ -44,6 +44,7 @@ class Preferences:
     device: str = "auto"
     precision: str = "auto"
     attention_slicing: str = "auto"
+    fp8_storage: str = "auto"  # transformer weights (FLUX.1) in fp8: auto (when bf16 does not fit), on, off
     ram_budget_gb: float = 0.0  # 0: the engine's default (half the RAM)
     vram_budget_gb: float = 0.0  # 0: the engine's default (80% of the GPU)
 
@@ -56,7 +57,12 @@ class Preferences:
             **{k: getattr(self, k) for k in REQUEST_DEFAULTS if k not in ("sampler", "width", "height")},
             **sides,
         )
-        for name, allowed in (("device", DEVICES), ("precision", PRECISIONS), ("attention_slicing", SLICING_MODES)):
+        for name, allowed in (
+            ("device", DEVICES),
+            ("precision", PRECISIONS),
+            ("attention_slicing", SLICING_MODES),
+            ("fp8_storage", FP8_MODES),
+        ):
             value = getattr(self, name)
             if value not in allowed and not (name == "device" and value.startswith("cuda:")):
                 raise ValueError(f"{name}: {value!r} is unknown; use {', '.join(allowed)}")

@@ -8,7 +8,7 @@ from typing import Any
 
 import gradio as gr
 
-from webui.config import DEVICES, PRECISIONS, SLICING_MODES
+from webui.config import DEVICES, FP8_MODES, PRECISIONS, SLICING_MODES
 from webui.engine.jobs import Placement
 from webui.engine.request import MAX_STEPS
 from webui.engine.samplers import SCHEDULE_TYPES
@@ -74,6 +74,13 @@ def _widgets(ctx: UiContext) -> dict[str, Any]:
             w["precision"] = gr.Dropdown(list(PRECISIONS), value=current.precision, label="Precision")
             w["attention_slicing"] = gr.Dropdown(
                 list(SLICING_MODES), value=current.attention_slicing, label="Attention slicing"
+            )
+            w["fp8_storage"] = gr.Dropdown(
+                list(FP8_MODES),
+                value=current.fp8_storage,
+                label="Transformer weights in fp8",
+                info="auto: when bf16 would not fit the VRAM budget; halves its memory, nearly the same images",
+                elem_id="settings-fp8-storage",
             )
         with gr.Row():
             w["ram_budget_gb"] = gr.Number(

@@ -131,6 +131,16 @@ def _request_widgets(d: dict[str, Any]) -> dict[str, Any]:
             1, 8, value=d["batch_size"], step=1, label="Batch size", elem_id="txt2img-batch-size", min_width=200
         )
     w["cfg_scale"] = gr.Slider(0, 30, value=d["cfg_scale"], step=0.5, label="CFG scale", elem_id="txt2img-cfg")
+    w["distilled_guidance"] = gr.Slider(
+        0,
+        30,
+        value=families.DISTILLED_GUIDANCE,
+        step=0.1,
+        label="Distilled CFG Scale",
+        info="the guidance a guidance-distilled model takes as an input (Forge's name)",
+        visible=False,
+        elem_id="txt2img-distilled-cfg",
+    )
     with gr.Row(equal_height=True):
         w["seed"] = gr.Number(
             value=-1,
@@ -428,6 +438,32 @@ def _wire_helpers(
             updates[2] = False
             return updates + sampling_values(prefs.sampler, prefs.schedule, prefs.steps, prefs.cfg_scale)
         return updates + [gr.skip()] * 4
+
+    guidance = fields["distilled_guidance"]
+
+    def family_hints(values: dict[str, Any], _request: Any) -> list[Any]:
+        """The guidance slider shown for guidance-distilled models, the negative prompt's note."""
+        entry = choices.model_entry(ctx.library, values.get("checkpoint"), values.get("unet"))
+        note = families.negative_prompt_note(entry)
+        return [gr.update(visible=families.takes_distilled_guidance(entry)), gr.update(info=note or None)]
+
+    hint_inputs = [bar.checkpoint, bar.overrides["unet"]]
+    hints = adapter.by_name(["checkpoint", "unet"], family_hints)
+    bar.on_models_changed(hints, inputs=hint_inputs, outputs=[guidance, negative])
+    bar.overrides["unet"].change(hints, inputs=hint_inputs, outputs=[guidance, negative], **quiet)
+
+    def family_start(values: dict[str, Any], _request: Any) -> list[Any]:
+        """A model picked by hand whose family sets steps / CFG / guidance (FLUX.1): start from those."""
+        settings = families.family_settings(
+            choices.model_entry(ctx.library, values.get("checkpoint"), values.get("unet"))
+        )
+        return [settings.get(name, gr.skip()) for name in ("steps", "cfg_scale", "distilled_guidance")]
+
+    start_outputs = [fields["steps"], fields["cfg_scale"], guidance]
+    for picker in hint_inputs:
+        picker.input(
+            adapter.by_name(["checkpoint", "unet"], family_start), inputs=hint_inputs, outputs=start_outputs, **quiet
+        )
 
     preset_outputs = [fields[name] for name in DISTILLED_FIELDS]
     bar.checkpoint.input(
