@@ -11,6 +11,7 @@ DEFAULT_PORT = 7860
 DEVICES = ("auto", "cpu", "cuda", "mps")
 PRECISIONS = ("auto", "fp16", "bf16", "fp32")
 SLICING_MODES = ("auto", "on", "off")
+FP8_MODES = ("auto", "on", "off")  # fp8 storage of transformer weights (FLUX.1), webui.engine.memory_plan
 
 
 def default_settings_file() -> Path:

@@ -137,7 +137,42 @@ def markdown(report: Mapping[str, Any]) -> str:
         for key, note in block["notes"].items():
             lines.append(f"- {key}: {note}")
         lines.append("")
+    lines += _transformer_lines(report.get("transformer_families") or {})
     return "\n".join(lines).rstrip() + "\n"
+
+
+def _transformer_lines(families: Mapping[str, Any]) -> list[str]:
+    """The DiT families' figures (webui.bench.dit_figures) as a list per family."""
+    lines = []
+    for name, figures in families.items():
+        lines.append(f"Transformer family {name}:")
+        if "skipped" in figures:
+            lines.append(f"- skipped: {figures['skipped']}")
+        if "engine_vs_diffusers_speed" in figures:
+            lines.append(
+                f"- engine vs plain diffusers it/s: {figures['engine_vs_diffusers_speed']:.3g} "
+                f"({figures['engine_it_s']['median']:.3g} vs {figures['diffusers_it_s']['median']:.3g}; "
+                f"latents differ by {figures['latents_max_abs_difference']:.3g})"
+            )
+            lines.append(
+                f"- prompt-embedding cache reuse (new / cached prompt time): {figures['prompt_cache_reuse']:.3g}"
+            )
+        for storage in ("bf16", "fp8"):
+            step = figures.get(storage)
+            if step is None:
+                continue
+            if "skipped" in step:
+                lines.append(f"- {storage}: skipped, {step['skipped']}")
+            else:
+                lines.append(
+                    f"- {storage} storage: {step['s_per_it']['median']:.3g} s/it at {step['size']}, "
+                    f"weights {_mb(step['weights_bytes'])}"
+                )
+        if "fp8_vs_bf16_speed" in figures:
+            speed, weights = figures["fp8_vs_bf16_speed"], figures["fp8_vs_bf16_weights"]
+            lines.append(f"- fp8 vs bf16 speed: {speed:.3g}, weights ×{weights:.2f}")
+        lines.append("")
+    return lines
 
 
 def family_block(settings: dict[str, Any], figures: Mapping[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:

@@ -14,7 +14,7 @@ from typing import Any
 import psutil
 import torch
 
-from webui.bench import SIZES, sets
+from webui.bench import SIZES, dit_figures, sets
 from webui.bench.cuda_figures import cuda_figures
 from webui.bench.generation import request_and_ui, speed, unet_step
 from webui.bench.loading import cached_switch, cold_load, vae_swap
@@ -36,6 +36,8 @@ DEFAULTS = {
     ("full", "cpu"): (2, 2),
     ("full", "cuda"): (20, 5),
 }
+
+
 def about(size: str) -> str:
     """What a run of `size` measures, for the report (family names from the descriptions' bench runs)."""
     if size == "tiny":
@@ -146,6 +148,27 @@ def _measure(session: Session) -> tuple[dict[str, Figure], dict[str, Any]]:
     return figures, extra
 
 
+def _transformer_figures(options: BenchOptions, all_sets: list[Any], device: torch.device) -> dict[str, Any]:
+    """DiT families (FLUX.1): the tiny fixtures against plain diffusers, or the real-shape transformer on CUDA."""
+    figures: dict[str, Any] = {}
+    for family in dit_figures.dit_families():
+        if options.size == "tiny":
+            steps, repeats = DEFAULTS[("tiny", device.type)]
+            figures[family.value] = dit_figures.tiny_figures(
+                all_sets[0].models_dir,
+                family,
+                options.steps or steps,
+                options.repeats or repeats,
+                options.warmup,
+                str(device),
+            )
+        elif options.size == "full":
+            figures[family.value] = dit_figures.full_figures(family, device)
+        else:
+            figures[family.value] = {"skipped": "transformer families run at --size tiny and full"}
+    return figures
+
+
 def run(options: BenchOptions) -> dict[str, Any]:
     """Every figure for `options.size`; the first family's figures are the report's top-level keys."""
     from transformers.utils import logging as hf_logging
@@ -176,9 +199,12 @@ def _run(options: BenchOptions) -> dict[str, Any]:
     machine = machine_info(device)  # before the run: free RAM and load average as the run found them
     skipped: dict[str, str] = {}
     blocks = []
+    transformers: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="webui-bench-") as tmp:
         scratch = Path(tmp)
-        for bench_set in bench_sets(options, scratch, device, skipped):
+        all_sets = bench_sets(options, scratch, device, skipped)
+        transformers = _transformer_figures(options, all_sets, device)
+        for bench_set in all_sets:
             session = _session(options, bench_set, policy, scratch / bench_set.name)
             figures, extra = _measure(session)
             settings = {"model": bench_set.name, **session.settings()}
@@ -196,6 +222,7 @@ def _run(options: BenchOptions) -> dict[str, Any]:
         "versions": versions(),
         **first,
         "more_families": {block["settings"]["model"]: block for block in more},
+        "transformer_families": transformers,
         "skipped": skipped,
         "total_seconds": time.perf_counter() - started,
     }

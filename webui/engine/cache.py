@@ -144,6 +144,10 @@ class ComponentCache:
             self._items.clear()
         release_memory()
 
+    def budget(self, device_type: str) -> int | None:
+        """The memory budget of a device type in bytes (None: no budget)."""
+        return self._budgets.get(device_type)
+
     def set_budget(self, device_type: str, nbytes: int) -> None:
         with self._lock:
             self._budgets[device_type] = nbytes

@@ -8,6 +8,7 @@ import torch
 
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 SLICING_MODES = ("auto", "on", "off")
+FP8_MODES = ("auto", "on", "off")  # fp8 storage of transformer denoisers (webui.engine.memory_plan)
 # Attention slicing costs speed under SDPA; turn it on only when free VRAM is below this.
 SLICING_FREE_VRAM_BYTES = 3 * 2**30
 
@@ -21,6 +22,8 @@ class DevicePolicy:
     attention_slicing: str = "auto"
     cpu_offload: bool = False
     vae_tiling_min_pixels: int = 1536 * 1536  # decode tiled at or above this many pixels
+    fp8_storage: str = "auto"  # transformer weights in fp8 (layerwise casting): auto|on|off, see memory_plan
+    group_offload: bool = False  # every component in RAM, layers moved to the GPU as they run
 
     def __post_init__(self) -> None:
         if self.device not in ("auto", "cpu", "cuda", "mps") and not self.device.startswith("cuda:"):
@@ -29,6 +32,10 @@ class DevicePolicy:
             raise ValueError(f"precision: {self.precision!r} is unknown; use auto, fp16, bf16 or fp32")
         if self.attention_slicing not in SLICING_MODES:
             raise ValueError(f"attention_slicing: {self.attention_slicing!r} is unknown; use auto, on or off")
+        if self.fp8_storage not in FP8_MODES:
+            raise ValueError(f"fp8_storage: {self.fp8_storage!r} is unknown; use auto, on or off")
+        if self.group_offload and self.cpu_offload:
+            raise ValueError("group_offload: choose it or cpu_offload (model offload), not both")
 
     def resolve_device(self) -> torch.device:
         if self.device == "auto":
