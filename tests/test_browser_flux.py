@@ -37,13 +37,20 @@ def page(app):
         browser.close()
 
 
+def pick_component(page, elem_id: str, option: str) -> None:
+    """`pick`, with the option looked up in this dropdown's own list (the encoders' lists hold the same files)."""
+    page.locator(f"#{elem_id} input").click()
+    page.locator(f"#{elem_id}").get_by_role("option", name=option, exact=True).click()
+    expect(page.locator(f"#{elem_id} input")).to_have_value(option)
+
+
 def test_modular_flux_from_the_components_tab_generates_with_forge_infotext(page, app):
     pick(page, "model-checkpoint", "None: components only")
     page.locator("#tab-components-button, button:has-text('Components')").first.click()
-    pick(page, "component-unet", "tiny-flux-dev.safetensors")
-    pick(page, "component-text-encoder", "tiny-flux-clip-l.safetensors")
-    pick(page, "component-text-encoder-2", "tiny-flux-t5xxl-fp16.safetensors")
-    pick(page, "component-vae", "tiny-flux-ae.safetensors")
+    pick_component(page, "component-unet", "tiny-flux-dev.safetensors")
+    pick_component(page, "component-text-encoder", "tiny-flux-clip-l.safetensors")
+    pick_component(page, "component-text-encoder-2", "tiny-flux-t5xxl-fp16.safetensors")
+    pick_component(page, "component-vae", "tiny-flux-ae.safetensors")
     page.locator("#components-apply").click()
     expect(page.locator("#model-status")).to_contain_text("tiny-flux-dev loaded")
     page.locator("button:has-text('txt2img')").first.click()

@@ -16,6 +16,7 @@ import gradio as gr
 
 from webui.cluster.routing import model_label
 from webui.families import Family
+from webui.models.kinds import Kind
 from webui.models.loading import Role
 from webui.ui import adapter, choices, empty_state, families, runner
 from webui.ui.context import GPU, UiContext, owner_of
@@ -160,8 +161,10 @@ def family_roles(family: Family | None) -> tuple[Role, ...]:
 
 
 def checkpoint_choices(ctx: UiContext) -> list[str]:
-    """The checkpoints, then "None: components only" for a model made of split files (FLUX.1's)."""
-    return [*choices.checkpoints(ctx.library), choices.NO_CHECKPOINT]
+    """The checkpoints, then "None: components only" for a model made of split files (FLUX.1's) when the
+    library has a usable UNet / transformer file."""
+    modular = any(entry.usable for entry in ctx.library.entries(Kind.UNET))
+    return [*choices.checkpoints(ctx.library), *([choices.NO_CHECKPOINT] if modular else [])]
 
 
 def load_selection(ctx: UiContext, values: dict[str, Any], request: Any) -> str:
@@ -234,7 +237,8 @@ def build(ctx: UiContext, app: gr.Blocks) -> ModelBar:
         """Choices after a checkpoint change, a refresh or a page load."""
         available = checkpoint_choices(ctx)
         current = values.get("checkpoint")
-        value = current if current in available else (available[0] if available else None)
+        real = choices.checkpoints(library)  # a vanished pick falls back to a checkpoint, never to "None"
+        value = current if current in available else (real[0] if real else None)
         updates = override_updates(ctx, value, values)
         return [
             gr.update(choices=available) if value == current else gr.update(choices=available, value=value),
