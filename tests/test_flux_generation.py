@@ -177,7 +177,7 @@ def test_gguf_transformer_and_t5_equal_diffusers_on_their_dequantised_weights(en
 
 def test_schnell_uses_its_own_schedule_and_no_guidance(engine, tiny_models_dir):
     ours, params = generated(engine, modular(tiny_models_dir, f"{DM}/tiny-flux-schnell.safetensors"))
-    assert engine.manager.current.variant == "schnell"
+    assert engine.manager.current.model_variant == "schnell"
     assert engine.manager.current.scheduler_config["shift"] == 1.0
     assert "Distilled CFG Scale" not in params
     components = build_components("schnell")

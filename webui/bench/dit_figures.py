@@ -66,7 +66,7 @@ def tiny_figures(models_dir: Path, family: Family, steps: int, repeats: int, war
     plain = description.pipeline.create({**loaded.pipeline.components})
     plain.set_progress_bar_config(disable=True)
     guidance = engine.distilled_guidance(loaded, request)
-    variant = description.variant(loaded.variant)
+    variant = description.variant(loaded.model_variant)
     max_length = variant.max_sequence_length if variant is not None and variant.max_sequence_length else 512
     results: dict[str, torch.Tensor] = {}
 
@@ -99,7 +99,7 @@ def tiny_figures(models_dir: Path, family: Family, steps: int, repeats: int, war
     reuse = interleaved({"new": Case(lambda: encode(next(prompts))), "cached": Case(lambda: encode(PROMPT))}, repeats)
     difference = (results["engine"].float() - results["plain"].float()).abs().max().item()
     return {
-        "model": f"{family.value} tiny fixtures ({loaded.variant or 'no variant'})",
+        "model": f"{family.value} tiny fixtures ({loaded.model_variant or 'no variant'})",
         "engine_vs_diffusers_speed": engine_its.median / plain_its.median,
         "engine_it_s": engine_its.to_json(),
         "diffusers_it_s": plain_its.to_json(),
