@@ -122,7 +122,8 @@ def _capturing_unexpected_keys() -> Iterator[_UnexpectedKeys]:
 
 def _has_adapter(module: Any, name: str) -> bool:
     """A PEFT tuner layer (LoRA, LoHa, LoKr) holding adapter `name`: every kind keeps a scaling per adapter."""
-    return name in getattr(module, "scaling", {}) and hasattr(module, "get_base_layer")
+    scaling = getattr(module, "scaling", None)  # a dict on tuner layers; some models' own modules hold a float
+    return isinstance(scaling, dict) and name in scaling and hasattr(module, "get_base_layer")
 
 
 def _applied_modules(pipeline: Any, name: str) -> int:
