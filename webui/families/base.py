@@ -42,6 +42,7 @@ class CheckpointLayout(str, Enum):
     LDM_VAE = "ldm_vae"  # encoder.down.N.block.M, attention as 1x1 convs
     HF_CLIP = "hf_clip"  # Hugging Face CLIP names under `text_model.`
     OPEN_CLIP = "open_clip"  # OpenCLIP names: transformer.resblocks.N, in_proj (q, k, v stacked)
+    ORIGINAL_DIT = "original_dit"  # a transformer's original names (FLUX's BFL ones): DenoiserLoader.single_file_plan
     NONE = "none"  # not written by the LDM writer (yet)
 
 
@@ -55,6 +56,8 @@ class RoleSpec:
     tokenizer component for a text encoder. `optional`: the pipeline runs without it (SD3's T5).
     `truncate_to_config_layers`: keep only the bundled config's layer count (diffusers drops OpenCLIP-H's
     last layer so that the last hidden state is the penultimate one the family was trained on).
+    `component_prefix`: where the role's keys sit in a file holding that role alone, as such files are
+    distributed (None: at `checkpoint_prefix`, as an LDM UNet file keeps `model.diffusion_model.`).
     """
 
     role: Role
@@ -66,6 +69,12 @@ class RoleSpec:
     tokenizer: str | None = None
     optional: bool = False
     truncate_to_config_layers: bool = False
+    component_prefix: str | None = None
+
+    @property
+    def lone_prefix(self) -> str:
+        """The key prefix of a file holding this role alone (see `component_prefix`)."""
+        return self.checkpoint_prefix if self.component_prefix is None else self.component_prefix
 
     def component_type(self) -> type:
         """The library class (imports diffusers or transformers now)."""
@@ -193,17 +202,25 @@ class DenoiserLoader:
     splitting fused projections, with widths read from the tensors; `derive`: `module:function(shapes,
     bundled_config) -> config` giving the diffusers config from the converted shapes. Both get real files and
     the tiny fixtures alike. `fits`: (config attribute, text-encoder role) pairs whose widths must agree
-    (FLUX's `joint_attention_dim` is T5's width), checked before a pipeline is assembled."""
+    (FLUX's `joint_attention_dim` is T5's width), checked before a pipeline is assembled.
+    `single_file_plan`: `module:function(shapes) -> webui.models.ldm_plan.Plan` giving every key of the
+    denoiser's single-file layout (original names, checkpoint prefix stripped) from a file's keys in either
+    naming, so the merger reads any layout one tensor at a time and writes the original one (None: not
+    mergeable). Raises ValueError when the keys are not the family's."""
 
     convert: str
     derive: str
     fits: tuple[tuple[str, Role], ...] = ()
+    single_file_plan: str | None = None
 
     def converter(self) -> Callable[[dict[str, Any]], dict[str, Any]]:
         return _resolve(self.convert)
 
     def deriver(self) -> Callable[..., dict[str, Any]]:
         return _resolve(self.derive)
+
+    def planner(self) -> Callable[[Mapping[str, tuple[int, ...]]], dict[str, Any]] | None:
+        return None if self.single_file_plan is None else _resolve(self.single_file_plan)
 
 
 @dataclass(frozen=True)
@@ -370,14 +387,28 @@ class EmbeddingFormat:
 
 @dataclass(frozen=True)
 class BlockGroup:
-    """A run of the denoiser's blocks as per-block mergers name them: A1111's MBW `IN04`, `M00`, `OUT11`.
+    """A run of the denoiser's blocks as per-block mergers name them: A1111's MBW `IN04`, `M00`, `OUT11`;
+    supermerger's `D00`..`D18`, `S00`..`S37` for FLUX's double and single blocks.
 
-    `key_prefix` is the single-file key under the denoiser's checkpoint prefix (`input_blocks.`); a numbered
-    group takes the block index from the key, an unnumbered one is block 00."""
+    `key_prefix` is the single-file key start (or starts) under the denoiser's checkpoint prefix
+    (`input_blocks.`); a numbered group takes the block index from the key, an unnumbered one is one block,
+    named `name` + "00" (A1111's `M00`) unless `alone` names it (supermerger's FLUX `IN`, `OUT`)."""
 
     name: str
-    key_prefix: str
+    key_prefix: str | tuple[str, ...]
     numbered: bool = True
+    alone: str | None = None
+
+    def block(self, rest: str) -> str | None:
+        """The block name of a key whose part after the denoiser prefix is `rest` (None: not in this group)."""
+        if not rest.startswith(self.key_prefix):
+            return None
+        if not self.numbered:
+            return self.alone if self.alone is not None else f"{self.name}00"
+        prefixes = (self.key_prefix,) if isinstance(self.key_prefix, str) else self.key_prefix
+        start = next(p for p in prefixes if rest.startswith(p))
+        index = rest[len(start) :].split(".", 1)[0]
+        return f"{self.name}{int(index):02d}" if index.isdigit() else None
 
 
 @dataclass(frozen=True)
@@ -494,7 +525,7 @@ class FamilyDescription:
         return tuple(spec for spec in self.roles if spec.part is Part.TEXT_ENCODER)
 
     def block_of(self, key: str) -> str | None:
-        """The merge block (`IN04`, `M00`, `OUT11`) a single-file key of the denoiser belongs to; None for
+        """The merge block (`IN04`, `M00`, `OUT11`; FLUX's `D05`) a single-file key of the denoiser is in; None for
         keys outside every block (time and label embeddings, the final norm: A1111's BASE) or the denoiser."""
         prefix = self.denoiser.checkpoint_prefix if self.roles else ""
         if not prefix or not key.startswith(prefix):
@@ -502,8 +533,7 @@ class FamilyDescription:
         key = key[len(prefix) :]
         for group in self.merge_blocks:
             if key.startswith(group.key_prefix):
-                index = key[len(group.key_prefix) :].split(".", 1)[0] if group.numbered else "0"
-                return f"{group.name}{int(index):02d}" if index.isdigit() else None
+                return group.block(key)
         return None
 
     @property

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 from webui.families.base import (
     BenchSpec,
+    BlockGroup,
+    CheckpointLayout,
     Defaults,
     DenoiserLoader,
     FamilyDescription,
@@ -50,6 +52,15 @@ NF4 = (
     "a bitsandbytes NF4 file, which this app cannot load: use a GGUF (Q8_0, Q5_K_S, Q4_K_S) or an fp8 "
     "(e4m3fn) version of the same model",
 )
+# Per-block merge weights as supermerger names FLUX's blocks (BLOCKIDFLUX): IN (the input embedders, ComfyUI
+# ModelMergeFlux1's img_in/time_in/guidance_in/vector_in/txt_in), D00..D18 the double blocks, S00..S37 the single
+# blocks, OUT (final_layer); both text encoders and the VAE are BASE.
+MERGE_BLOCKS = (
+    BlockGroup("IN", ("img_in.", "time_in.", "guidance_in.", "vector_in.", "txt_in."), numbered=False, alone="IN"),
+    BlockGroup("D", "double_blocks."),
+    BlockGroup("S", "single_blocks."),
+    BlockGroup("OUT", "final_layer.", numbered=False, alone="OUT"),
+)
 DEV = Variant(
     "dev",
     "FLUX.1 dev",
@@ -74,8 +85,16 @@ DESCRIPTION = FamilyDescription(
     label="FLUX.1",
     supported=True,
     roles=(
-        RoleSpec(Role.TRANSFORMER, Part.DENOISER, "diffusers.FluxTransformer2DModel", DIT_PREFIX),
-        RoleSpec(Role.VAE, Part.VAE, "diffusers.AutoencoderKL", "vae."),  # ComfyUI's all-in-one files
+        RoleSpec(
+            Role.TRANSFORMER,
+            Part.DENOISER,
+            "diffusers.FluxTransformer2DModel",
+            DIT_PREFIX,
+            CheckpointLayout.ORIGINAL_DIT,
+            component_prefix="",  # flux1-dev.safetensors: BFL names, no prefix
+        ),
+        # `vae.` in ComfyUI's all-in-one files; ae.safetensors has the LDM names without a prefix
+        RoleSpec(Role.VAE, Part.VAE, "diffusers.AutoencoderKL", "vae.", CheckpointLayout.LDM_VAE, component_prefix=""),
         RoleSpec(
             Role.TEXT_ENCODER,
             Part.TEXT_ENCODER,
@@ -148,6 +167,7 @@ DESCRIPTION = FamilyDescription(
         convert="webui.families.flux_keys:bfl_to_diffusers",
         derive="webui.families.flux_keys:derive_config",
         fits=(("joint_attention_dim", Role.TEXT_ENCODER_2), ("pooled_projection_dim", Role.TEXT_ENCODER)),
+        single_file_plan="webui.families.flux_keys:single_file_plan",
     ),
     pipeline=PipelineSpec(
         "FluxPipeline",
@@ -162,6 +182,7 @@ DESCRIPTION = FamilyDescription(
         convert="webui.families.flux_lora:to_diffusers",
     ),
     second_pass=SecondPass(latent_upscale=False),
+    merge_blocks=MERGE_BLOCKS,
     fixtures=FixtureSpec(writer="webui.families.flux_fixtures:write_flux_family", loras=True),
     bench=BenchSpec(),  # transformer figures (webui.bench.dit_figures): tiny fixtures, real-shape steps on CUDA
 )

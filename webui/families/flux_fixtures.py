@@ -18,7 +18,7 @@ import torch
 
 from webui.families import Family, FamilyDescription, family_of
 from webui.families.flux_keys import ROPE_AXES, diffusers_to_bfl
-from webui.models.kinds import Kind, TextEncoderType
+from webui.models.kinds import Kind, Role, TextEncoderType
 
 FP8 = torch.float8_e4m3fn
 HEADS = 2
@@ -148,6 +148,26 @@ def clip_file_state(clip: torch.nn.Module) -> dict[str, torch.Tensor]:
 def t5_file_state(t5: torch.nn.Module) -> dict[str, torch.Tensor]:
     """t5xxl_fp16.safetensors: transformers' names, the tied `encoder.embed_tokens.weight` left out."""
     return {k: v for k, v in t5.state_dict().items() if k != "encoder.embed_tokens.weight"}
+
+
+def all_in_one_state(components: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """ComfyUI's all-in-one file of `components`: bf16 transformer (BFL names) and T5, fp16 CLIP, fp32 VAE, each
+    at its checkpoint prefix (the text encoders under `transformer.`, as ComfyUI keeps them)."""
+    from webui.models.ldm_writer import vae_to_ldm
+
+    description = Family.FLUX.description
+    vae = components["vae"]
+    parts = (
+        (Role.TRANSFORMER, "", diffusers_to_bfl(components["transformer"].state_dict()), torch.bfloat16),
+        (Role.TEXT_ENCODER, "transformer.", clip_file_state(components["text_encoder"]), torch.float16),
+        (Role.TEXT_ENCODER_2, "transformer.", t5_file_state(components["text_encoder_2"]), torch.bfloat16),
+        (Role.VAE, "", vae_to_ldm(vae.state_dict(), vae.config), torch.float32),
+    )
+    out = {}
+    for role, inner, state, dtype in parts:
+        prefix = description.role(role).checkpoint_prefix + inner
+        out |= {prefix + key: value.to(dtype) for key, value in state.items()}
+    return out
 
 
 def scaled_fp8(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -280,12 +300,7 @@ def write_flux_family(root: Path, description: FamilyDescription) -> list[Any]:
     ae = vae_to_ldm(vae.state_dict(), vae.config)
     tensors(f"vae/{name}-ae.safetensors", Kind.VAE, "vae-ldm", ae, None)
 
-    aio = {  # as ComfyUI saves them: bf16 transformer and T5, fp16 CLIP, fp32 VAE
-        **{k: v.to(torch.bfloat16) for k, v in prefixed.items()},
-        **{f"text_encoders.clip_l.transformer.{k}": v.to(torch.float16) for k, v in clip.items()},
-        **{f"text_encoders.t5xxl.transformer.{k}": v.to(torch.bfloat16) for k, v in t5.items()},
-        **{f"vae.{k}": v for k, v in ae.items()},
-    }
+    aio = all_in_one_state(dev)
     tensors(f"checkpoints/{name}-dev-aio.safetensors", Kind.CHECKPOINT, "all-in-one", aio, None)
     folder = add(f"checkpoints/{name}-dev-diffusers", Kind.CHECKPOINT, "diffusers-folder")
     pipeline(dev).save_pretrained(folder, safe_serialization=True)

@@ -14,7 +14,7 @@ Tensors may be torch tensors or diffusers' GGUFParameter (quantised rows split l
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 # BFL module (under double_blocks.N.) -> diffusers modules (under transformer_blocks.N.), split kind.
@@ -55,6 +55,8 @@ TOP = (
     ("final_layer.linear", ("proj_out",), None),
     ("final_layer.adaLN_modulation.1", ("norm_out.linear",), "swap"),
 )
+_NORM_TABLES = (("double_blocks", DOUBLE_NORMS), ("single_blocks", SINGLE_NORMS))
+_DIFFUSERS_KIND = {"double_blocks": "transformer_blocks", "single_blocks": "single_transformer_blocks"}
 _BLOCK = re.compile(r"^(double_blocks|single_blocks)\.(\d+)\.(.+)$")
 _DIFFUSERS_BLOCK = re.compile(r"^(transformer_blocks|single_transformer_blocks)\.(\d+)\.(.+)$")
 
@@ -157,8 +159,20 @@ def bfl_to_diffusers(state: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def diffusers_to_bfl(state: dict[str, Any]) -> dict[str, Any]:
-    """The inverse of `bfl_to_diffusers`: diffusers' FluxTransformer2DModel names joined into BFL's."""
+def _join(parts: list[Any], split: str | None) -> Any:
+    if split == "swap":
+        first, second = parts[0].chunk(2, dim=0)
+        return _cat([second, first])
+    return _cat(parts) if len(parts) > 1 else parts[0]
+
+
+def diffusers_to_bfl(
+    state: Mapping[str, Any], join: Callable[[list[Any], str | None], Any] = _join
+) -> dict[str, Any]:
+    """The inverse of `bfl_to_diffusers`: diffusers' FluxTransformer2DModel names joined into BFL's.
+
+    `join(parts, split)` makes one BFL value from its diffusers parts (in BFL's row order) and the split kind
+    (None, "thirds", "qkv_mlp", "swap"); by default the tensors concatenated on dim 0, a swap's halves exchanged."""
     blocks = {"double_blocks": set(), "single_blocks": set()}
     for key in state:
         if match := _DIFFUSERS_BLOCK.match(key):
@@ -172,18 +186,13 @@ def diffusers_to_bfl(state: dict[str, Any]) -> dict[str, Any]:
                 names = [t.format(index) + suffix for t in targets]
                 if not all(n in state for n in names):
                     continue
-                parts = [state[n] for n in names]
-                if split == "swap":
-                    first, second = parts[0].chunk(2, dim=0)
-                    out[bfl.format(index) + suffix] = _cat([second, first])
-                else:
-                    out[bfl.format(index) + suffix] = _cat(parts) if len(parts) > 1 else parts[0]
-    pairs = [("double_blocks", b, "transformer_blocks", d) for b, d in DOUBLE_NORMS]
-    pairs += [("single_blocks", b, "single_transformer_blocks", d) for b, d in SINGLE_NORMS]
-    for kind, bfl, diffusers_kind, name in pairs:
-        for index in sorted(blocks[kind]):
-            if f"{diffusers_kind}.{index}.{name}" in state:
-                out[f"{kind}.{index}.{bfl}"] = state[f"{diffusers_kind}.{index}.{name}"]
+                out[bfl.format(index) + suffix] = join([state[n] for n in names], split)
+    for kind, table in _NORM_TABLES:
+        diffusers_kind = _DIFFUSERS_KIND[kind]
+        for bfl, name in table:
+            for index in sorted(blocks[kind]):
+                if f"{diffusers_kind}.{index}.{name}" in state:
+                    out[f"{kind}.{index}.{bfl}"] = join([state[f"{diffusers_kind}.{index}.{name}"]], None)
     return out
 
 
@@ -223,3 +232,44 @@ def derive_config(shapes: dict[str, Any], base: dict[str, Any]) -> dict[str, Any
         axes_dims_rope=list(ROPE_AXES),
     )
     return config
+
+
+SCALE_SUFFIXES = (".scale_weight", ".scale_input")  # ComfyUI's "scaled fp8" extras: not the weights themselves
+SCALED_MARKER = "scaled_fp8"
+
+
+def single_file_plan(shapes: Mapping[str, Any]) -> dict[str, Any]:
+    """Every BFL-named key of the transformer (the single-file layout FLUX.1 files are distributed in) from the
+    keys of a file in BFL's names (copied) or diffusers' (fused projections stacked on dim 0 in BFL's order, the
+    final modulation's halves swapped): `webui.models.ldm_plan.Plan`, built from names and shapes alone.
+
+    Raises FluxKeyError for a key neither naming knows, and for ComfyUI "scaled fp8" files, whose stored weights
+    are not the weights (fold them by loading first)."""
+    from webui.models.ldm_plan import KeySource, Op
+
+    if SCALED_MARKER in shapes or any(key.endswith(SCALE_SUFFIXES) for key in shapes):
+        raise FluxKeyError(
+            "a ComfyUI scaled-fp8 file: its fp8 weights need their per-layer scales; merge the bf16/fp16 file"
+        )
+    if is_bfl(shapes):
+        table = module_map()
+        for key in shapes:
+            pattern, suffix, _index = _module_of(key)
+            if pattern not in table and not _is_norm(pattern + suffix):
+                raise FluxKeyError(f"unknown FLUX transformer key {key!r}")
+        return {key: KeySource((key,)) for key in shapes}
+    names = diffusers_to_bfl({key: key for key in shapes}, join=_plan_entry)
+    used = {name for entry in names.values() for name in entry[0]}
+    unknown = sorted(set(shapes) - used)
+    if unknown:
+        raise FluxKeyError(f"unknown FLUX transformer key {unknown[0]!r}")
+    ops = {"stack": Op.STACK, "swap": Op.SWAP, None: Op.COPY}
+    return {key: KeySource(tuple(parts), ops[kind]) for key, (parts, kind) in names.items()}
+
+
+def _plan_entry(parts: list[Any], kind: str | None) -> tuple[list[Any], str | None]:
+    return parts, "stack" if len(parts) > 1 else kind
+
+
+def _is_norm(name: str) -> bool:
+    return any(name == f"{kind}.{{}}.{bfl}" for kind, table in _NORM_TABLES for bfl, _ in table)

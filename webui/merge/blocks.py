@@ -1,8 +1,8 @@
 """Per-block merge weights: the denoiser's blocks as the family names them, A1111 "MBW" presets, the typed list.
 
 The blocks come from the family description's `merge_blocks` and the file's own keys (`IN00`..`IN11`, `M00`,
-`OUT00`..`OUT11` for an SD1/SD2 UNet; SDXL has `IN00`..`IN08`; FLUX's double/single blocks when its description
-names them). Keys of the denoiser outside every block (time embedding, final norm and conv: A1111's BASE) and
+`OUT00`..`OUT11` for an SD1/SD2 UNet; SDXL has `IN00`..`IN08`; FLUX.1 has supermerger's `IN`, `D00`..`D18`
+(double blocks), `S00`..`S37` (single blocks), `OUT`). Keys of the denoiser outside every block (time embedding, final norm and conv: A1111's BASE) and
 every key of the other parts take the recipe's α, unless the list gives BASE.
 
 The typed list, as the block-weight mergers take it:
@@ -12,8 +12,10 @@ The typed list, as the block-weight mergers take it:
 - a preset name (below).
 
 Presets are the "Merge Block Weighted" extension's (bbc-mc/sdweb-merge-block-weighted-gui, MIT; the same
-tables in sd-meh's presets.py), defined over the 25 SD1 blocks. For a model with another block count each
-group (IN, M, OUT) is resampled by position within the group (linear interpolation), so a preset keeps its shape.
+tables in sd-meh's presets.py), defined over the 25 SD1 blocks. For a UNet with another block count each
+group (IN, M, OUT) is resampled by position within the group (linear interpolation), so a preset keeps its shape;
+for a transformer (FLUX.1: IN, D00..D18, S00..S37, OUT) the whole curve is resampled over its blocks in order,
+input side first, so GRAD_V still weights the ends 1 and the middle 0.
 """
 
 from __future__ import annotations
@@ -118,19 +120,21 @@ def preset_for(name: str, blocks: Sequence[str]) -> dict[str, float]:
     if key not in PRESETS:
         raise ValueError(f"block weights: no preset {name!r}; presets: {', '.join(PRESETS)}")
     values = PRESETS[key]
-    if len(blocks) == _SD_BLOCKS and [_group(b) for b in blocks] == [g for g, n in _GROUPS_25 for _ in range(n)]:
+    groups = [_group(b) for b in blocks]
+    if len(blocks) == _SD_BLOCKS and groups == [g for g, n in _GROUPS_25 for _ in range(n)]:
         return dict(zip(blocks, values, strict=True))
+    if not set(groups) <= {g for g, _ in _GROUPS_25}:  # another architecture (a DiT): the curve over all blocks
+        return {block: _resample(values, position, len(blocks)) for position, block in enumerate(blocks)}
     by_group: dict[str, list[float]] = {}
     at = 0
     for group, count in _GROUPS_25:
         by_group[group] = list(values[at : at + count])
         at += count
     weights = {}
-    for group in dict.fromkeys(_group(b) for b in blocks):
+    for group in dict.fromkeys(groups):
         members = [b for b in blocks if _group(b) == group]
-        source = by_group.get(group) or list(values)  # a group the SD layout lacks samples the whole curve
         for position, block in enumerate(members):
-            weights[block] = _resample(source, position, len(members))
+            weights[block] = _resample(by_group[group], position, len(members))
     return weights
 
 

@@ -75,7 +75,8 @@ ProgressCallback = Callable[[MergeProgress], None]
 @dataclass(frozen=True)
 class Step:
     """How one output tensor is made: from A alone (`weight` None), or merged at `weight`; `source` names the
-    input a plain copy reads ("A", "B" or "VAE")."""
+    input a plain copy reads ("A", "B" or "VAE"). `key` is the family's single-file key the inputs are read by;
+    `entry.key` the key written (the same, or at the role's `lone_prefix` in a one-component file)."""
 
     key: str
     entry: TensorEntry
@@ -281,14 +282,31 @@ def _plan_steps(plan: MergePlan) -> None:
         entries.append((entry, "VAE" if from_vae else "A", weight if others else None))
     if not entries:
         raise MergeError("the merge would write no tensors: nothing of A is kept (check prune and discard)")
-    by_key = {entry.key: (source, weight) for entry, source, weight in entries}
-    for entry in aligned_order([entry for entry, _, _ in entries]):
-        source, weight = by_key[entry.key]
+    rename = _lone_rename(family, [entry.key for entry, _, _ in entries])
+    by_key = {}  # written key -> (the layout's key, source, weight)
+    written = []
+    for entry, source, weight in entries:
+        out = TensorEntry(rename(entry.key), entry.dtype, entry.shape)
+        by_key[out.key] = (entry.key, source, weight)
+        written.append(out)
+    for entry in aligned_order(written):
+        key, source, weight = by_key[entry.key]
         if weight == 0.0:  # exactly A: copy, bit for bit
             weight = None
         elif weight == 1.0 and recipe.mode is MergeMode.WEIGHTED_SUM:  # exactly B
             source, weight = "B", None
-        plan.steps.append(Step(entry.key, entry, source, weight))
+        plan.steps.append(Step(key, entry, source, weight))
+
+
+def _lone_rename(family: Family, keys: list[str]) -> Callable[[str], str]:
+    """How keys are written: a file holding one role alone puts them at the role's `lone_prefix` (FLUX.1's
+    transformer files have BFL names without `model.diffusion_model.`); anything else keeps the layout's keys."""
+    roles = {spec.role: spec for key in keys if (spec := role_of(family, key)) is not None}
+    if len(roles) != 1:
+        return lambda key: key
+    (spec,) = roles.values()
+    start, lone = spec.checkpoint_prefix, spec.lone_prefix
+    return lambda key: lone + key[len(start) :] if key.startswith(start) else key
 
 
 def _weight(plan: MergePlan, key: str) -> float | None:
@@ -380,7 +398,7 @@ def run_merge(
                     raise MergeInterrupted(
                         f"merge interrupted after {index} of {len(plan.steps)} tensors; nothing was written"
                     )
-                writer.write(step.key, _compute(plan, step, scratch))
+                writer.write(step.entry.key, _compute(plan, step, scratch))
                 written += step.entry.nbytes
                 if progress is not None:
                     elapsed = time.perf_counter() - started

@@ -183,6 +183,8 @@ def _open_diffusers_folder(folder: Path, family: Family, identity: Identity) -> 
         dtypes = {key: lazy.header.dtypes[key] for key, lazy in where.items()}
         if spec.part is Part.TEXT_ENCODER:
             plan = _text_encoder_plan(spec, shapes, f"{folder}/{spec.role.value}")
+        elif spec.checkpoint_layout is CheckpointLayout.ORIGINAL_DIT:
+            plan = _original_dit_plan(sub, family, shapes)
         else:
             try:
                 plan = component_plan(spec.checkpoint_layout, _folder_config(sub), shapes)
@@ -227,6 +229,8 @@ def open_component(path: Path, role: Role, family: Family, header: TensorHeader,
         plan = _text_encoder_plan(spec, group, str(path))
     elif spec.checkpoint_layout is CheckpointLayout.LDM_UNET:
         plan = _unet_group_plan(path, family, group)
+    elif spec.checkpoint_layout is CheckpointLayout.ORIGINAL_DIT:
+        plan = _original_dit_plan(path, family, group)
     elif spec.checkpoint_layout is CheckpointLayout.LDM_VAE:
         plan = _vae_group_plan(path, family, group)
     else:
@@ -262,6 +266,18 @@ def _unet_group_plan(path: Path, family: Family, group: Mapping[str, tuple[int, 
         raise SourceError(f"{path}: the UNet's diffusers names cannot be laid out as a single file ({error})") from None
 
 
+def _original_dit_plan(path: Path, family: Family, group: Mapping[str, tuple[int, ...]]) -> Plan:
+    """A transformer in either naming laid out in the family's original names (its description's plan)."""
+    loader = family.description.denoiser_loader
+    planner = loader.planner() if loader is not None else None
+    if planner is None:
+        raise SourceError(f"{path}: {family.label}'s transformer has no single-file layout to merge into yet")
+    try:
+        return planner(group)
+    except ValueError as error:
+        raise SourceError(f"{path}: the transformer cannot be laid out as a single file ({error})") from None
+
+
 def _vae_group_plan(path: Path, family: Family, group: Mapping[str, tuple[int, ...]]) -> Plan:
     if any(key.startswith("encoder.down.") for key in group):
         return {key: KeySource((key,)) for key in group}
@@ -282,6 +298,11 @@ def _open_clip_root(key: str) -> str | None:
 def _text_encoder_plan(spec: RoleSpec, group: Mapping[str, tuple[int, ...]], where: str) -> Plan:
     """Plan for a text encoder in Hugging Face names (with or without `text_model.`) or OpenCLIP names; keys the
     layout has no place for (a CLIP-L `text_projection`) are left out of the plan."""
+    if spec.checkpoint_layout is CheckpointLayout.NONE:
+        raise SourceError(
+            f"{where}: this family's {spec.role.value} has no single-file layout to merge into yet; merge "
+            "single-file checkpoints (or transformer / UNet files), which hold the text encoders in their own layout"
+        )
     if any(key.endswith("positional_embedding") for key in group):
         if spec.checkpoint_layout is not CheckpointLayout.OPEN_CLIP:
             raise SourceError(f"{where}: an OpenCLIP-layout text encoder cannot be the {spec.role.value}")

@@ -2,10 +2,11 @@
 
 A plan says, for every single-file key of one component, which component keys make it and how: copied,
 reshaped (the VAE's mid-block attention: Linear weights in diffusers, 1x1 convolutions in LDM files), transposed
-(OpenCLIP's `text_projection`) or stacked on dim 0 (OpenCLIP's `in_proj`: q, k, v). It is built from names and
-shapes alone, so the LDM writer applies it to tensors in memory, the merger to tensors read one at a time from
-disk, and the LoRA bake-in inverts it (`KeySource.split`) to patch one single-file tensor through the component
-modules it came from. The renaming tables are the inverse of diffusers' own single-file converters
+(OpenCLIP's `text_projection`), stacked on dim 0 (OpenCLIP's `in_proj`: q, k, v) or its halves swapped (a
+transformer's final modulation, stored (shift, scale) in one naming and (scale, shift) in the other). It is built
+from names and shapes alone, so the LDM writer applies it to tensors in memory, the merger to tensors read one at
+a time from disk, and the LoRA bake-in inverts it (`KeySource.split`) to patch one single-file tensor through the
+component modules it came from. The renaming tables are the inverse of diffusers' own single-file converters
 (`diffusers.loaders.single_file_utils`: `DIFFUSERS_TO_LDM_MAPPING`, `convert_ldm_unet_checkpoint`,
 `convert_ldm_vae_checkpoint`, `convert_open_clip_checkpoint`); tests/test_ldm_writer.py checks the round trip.
 """
@@ -85,6 +86,7 @@ class Op(str, Enum):
     RESHAPE = "reshape"  # one tensor, to `KeySource.shape`
     TRANSPOSE = "transpose"  # one 2-D tensor, transposed
     STACK = "stack"  # several tensors concatenated on dim 0
+    SWAP = "swap"  # one tensor with the two halves of dim 0 exchanged (FLUX's final (shift, scale) modulation)
 
 
 @dataclass(frozen=True)
@@ -104,6 +106,8 @@ class KeySource:
             return tensor.reshape(self.shape)
         if self.op is Op.TRANSPOSE:
             return tensor.t().contiguous()
+        if self.op is Op.SWAP:
+            return _swapped(tensor)
         return tensor
 
     def split(self, tensor: torch.Tensor, shapes: Sequence[tuple[int, ...]]) -> list[torch.Tensor]:
@@ -114,6 +118,8 @@ class KeySource:
             return [tensor.reshape(shapes[0])]
         if self.op is Op.TRANSPOSE:
             return [tensor.t()]
+        if self.op is Op.SWAP:
+            return [_swapped(tensor)]
         return [tensor]
 
     def result_shape(self, shapes: Shapes) -> tuple[int, ...]:
@@ -129,6 +135,11 @@ class KeySource:
 
 
 Plan = dict[str, KeySource]
+
+
+def _swapped(tensor: torch.Tensor) -> torch.Tensor:
+    first, second = tensor.chunk(2, dim=0)
+    return torch.cat([second, first], dim=0)
 
 
 def _resnet_rules(diffusers_prefix: str, ldm_prefix: str, names: Mapping[str, str]) -> list[tuple[str, str]]:
