@@ -2,8 +2,8 @@
 
 The blocks come from the family description's `merge_blocks` and the file's own keys (`IN00`..`IN11`, `M00`,
 `OUT00`..`OUT11` for an SD1/SD2 UNet; SDXL has `IN00`..`IN08`; FLUX.1 has supermerger's `IN`, `D00`..`D18`
-(double blocks), `S00`..`S37` (single blocks), `OUT`). Keys of the denoiser outside every block (time embedding, final norm and conv: A1111's BASE) and
-every key of the other parts take the recipe's α, unless the list gives BASE.
+(double blocks), `S00`..`S37` (single blocks), `OUT`). Keys of the denoiser outside every block (time embedding,
+final norm and conv: A1111's BASE) and every key of the other parts take the recipe's α, unless the list gives BASE.
 
 The typed list, as the block-weight mergers take it:
 - one number per block in block order (25 for SD1: IN00..IN11, M00, OUT00..OUT11), optionally with BASE first
