@@ -166,9 +166,7 @@ def _join(parts: list[Any], split: str | None) -> Any:
     return _cat(parts) if len(parts) > 1 else parts[0]
 
 
-def diffusers_to_bfl(
-    state: Mapping[str, Any], join: Callable[[list[Any], str | None], Any] = _join
-) -> dict[str, Any]:
+def diffusers_to_bfl(state: Mapping[str, Any], join: Callable[[list[Any], str | None], Any] = _join) -> dict[str, Any]:
     """The inverse of `bfl_to_diffusers`: diffusers' FluxTransformer2DModel names joined into BFL's.
 
     `join(parts, split)` makes one BFL value from its diffusers parts (in BFL's row order) and the split kind
