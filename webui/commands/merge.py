@@ -25,9 +25,10 @@ models are names as `python -m webui models` lists them, or paths; a model in co
   --blocks GRAD_V                      a preset (GRAD_V, GRAD_A, FLAT_25, WRAP08, OUT12, SMOOTHSTEP, ...)
   --blocks "IN00=0, OUT*=1, BASE=0.3"  named blocks (globs allowed); BASE is everything outside the blocks
   --blocks "0,0.1,...,1"               one number per block in order (IN00.., M00, OUT00..), BASE first optional
+                                       (a double/single-block DiT: IN, D00.., S00.., OUT, as supermerger names them)
   --parts denoiser,text_encoder        merge only these (the rest is A's); denoiser, text_encoder, vae
-The result goes to models/checkpoints/ (a lone UNet to diffusion_models/), never over an existing file. Ctrl-C stops
-the merge and leaves nothing."""
+The result goes to models/checkpoints/ (a lone UNet or transformer to diffusion_models/), never over an existing
+file. Ctrl-C stops the merge and leaves nothing."""
 
 
 @contextmanager
