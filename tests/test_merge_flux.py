@@ -108,6 +108,26 @@ def test_all_in_one_checkpoints_merge_every_part_in_their_own_layout(flux, tmp_p
         assert torch.equal(merged[key], torch.lerp(a[key].float(), b[key].float(), 0.5)), key
 
 
+def test_split_files_and_the_diffusers_folder_convert_to_comfyuis_all_in_one_layout(flux, tiny_models_dir, tmp_path):
+    """Transformer + CLIP-L + T5 + ae files, or a diffusers folder, written as one file: the all-in-one file the
+    same weights make (ComfyUI's prefixes, BFL names, the encoders under `transformer.`), tensor for tensor."""
+    root = tiny_models_dir
+    aio = tensors(flux["AIO-A"])
+    split = model(
+        flux["A"],
+        root / "text_encoders/tiny-flux-clip-l.safetensors",
+        root / "text_encoders/tiny-flux-t5xxl-fp16.safetensors",
+        root / "vae/tiny-flux-ae.safetensors",
+    )
+    for name, source in (("split", split), ("folder", model(root / "checkpoints/tiny-flux-dev-diffusers"))):
+        result = merge(
+            MergeRecipe(MergeMode.NO_INTERPOLATION, source, precision="fp32"), tmp_path / f"{name}.safetensors"
+        )
+        written = tensors(result.path)
+        assert result.kind.value == "checkpoint" and written.keys() == aio.keys(), name
+        assert all(torch.equal(written[k], aio[k].float()) for k in aio), name
+
+
 def test_flux_blocks_are_supermergers_and_touch_only_the_named_blocks(flux, tmp_path):
     a, b = tensors(flux["A"]), tensors(flux["B"])
     plan = plan_merge(ws(flux["A"], flux["B"], block_weights="GRAD_V"))
@@ -174,8 +194,13 @@ def test_flux_with_sdxl_is_refused_before_any_work_naming_both(flux, tiny_models
         message = str(refused.value)
         assert str(a) in message and str(b) in message and "SDXL" in message and "FLUX.1" in message
     scaled = tiny_models_dir / f"{DM}/tiny-flux-dev-fp8-scaled.safetensors"
-    with pytest.raises(MergeError, match="scaled-fp8.*per-layer scales"):
-        merge(ws(flux["A"], scaled), tmp_path / "s.safetensors")
+    t5_scaled = tiny_models_dir / "text_encoders/tiny-flux-t5xxl-fp8-e4m3fn-scaled.safetensors"
+    for path in (scaled, t5_scaled):
+        with pytest.raises(MergeError, match=f"B: {path} is a ComfyUI scaled-fp8 file.*per-layer scales"):
+            merge(ws(flux["A"], path), tmp_path / "s.safetensors")
+    gguf = tiny_models_dir / f"{DM}/tiny-flux-dev-Q8_0.gguf"
+    with pytest.raises(MergeError, match=f"B: {gguf} is a GGUF file"):
+        merge(ws(flux["A"], gguf), tmp_path / "g.safetensors")
     assert list(tmp_path.iterdir()) == []
 
 

@@ -42,6 +42,7 @@ class CheckpointLayout(str, Enum):
     LDM_VAE = "ldm_vae"  # encoder.down.N.block.M, attention as 1x1 convs
     HF_CLIP = "hf_clip"  # Hugging Face CLIP names under `text_model.`
     OPEN_CLIP = "open_clip"  # OpenCLIP names: transformer.resblocks.N, in_proj (q, k, v stacked)
+    HF_TRANSFORMER = "hf_transformer"  # transformers' names under `transformer.` (ComfyUI's `text_encoders.*`)
     ORIGINAL_DIT = "original_dit"  # a transformer's original names (FLUX's BFL ones): DenoiserLoader.single_file_plan
     NONE = "none"  # not written by the LDM writer (yet)
 

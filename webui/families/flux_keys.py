@@ -232,23 +232,15 @@ def derive_config(shapes: dict[str, Any], base: dict[str, Any]) -> dict[str, Any
     return config
 
 
-SCALE_SUFFIXES = (".scale_weight", ".scale_input")  # ComfyUI's "scaled fp8" extras: not the weights themselves
-SCALED_MARKER = "scaled_fp8"
-
-
 def single_file_plan(shapes: Mapping[str, Any]) -> dict[str, Any]:
     """Every BFL-named key of the transformer (the single-file layout FLUX.1 files are distributed in) from the
     keys of a file in BFL's names (copied) or diffusers' (fused projections stacked on dim 0 in BFL's order, the
     final modulation's halves swapped): `webui.models.ldm_plan.Plan`, built from names and shapes alone.
 
-    Raises FluxKeyError for a key neither naming knows, and for ComfyUI "scaled fp8" files, whose stored weights
-    are not the weights (fold them by loading first)."""
+    Raises FluxKeyError for a key neither naming knows (a ComfyUI scaled-fp8 file's `scale_weight` among them:
+    its stored weights are not the weights)."""
     from webui.models.ldm_plan import KeySource, Op
 
-    if SCALED_MARKER in shapes or any(key.endswith(SCALE_SUFFIXES) for key in shapes):
-        raise FluxKeyError(
-            "a ComfyUI scaled-fp8 file: its fp8 weights need their per-layer scales; merge the bf16/fp16 file"
-        )
     if is_bfl(shapes):
         table = module_map()
         for key in shapes:

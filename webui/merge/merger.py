@@ -39,10 +39,12 @@ from webui.merge.recipe import (
 from webui.merge.sources import ModelSource, SourceError, identify_file, open_checkpoint, open_component, role_of
 from webui.models.hashing import HashCache
 from webui.models.identity import MARKER_KEYS
-from webui.models.kinds import Kind, Role
+from webui.models.kinds import FileFormat, Kind, Role
+from webui.models.loading_dit import SCALED_FP8_MARKER
 from webui.models.safetensors_stream import DTYPES, StreamingWriter, TensorEntry, aligned_order
 
 EMA_PREFIX = "model_ema."
+SCALE_KEYS = (".scale_weight", ".scale_input")  # ComfyUI's scaled-fp8 extras (see webui.models.loading_dit)
 
 
 class MergeError(ValueError):
@@ -152,6 +154,16 @@ def open_model(model: ModelInput, letter: str, family: Family | None = None) -> 
             raise MergeError(f"{letter}: {error}") from None
         if identity.kind not in (Kind.CHECKPOINT, Kind.UNET, Kind.VAE, Kind.TEXT_ENCODER):
             raise MergeError(f"{letter}: {path} is a {identity.kind.value} file, not a model or model component")
+        if header.format is FileFormat.GGUF:
+            raise MergeError(
+                f"{letter}: {path} is a GGUF file: its quantised blocks cannot be mixed tensor by tensor; merge the "
+                "bf16/fp16 .safetensors file (and quantise the result)"
+            )
+        if SCALED_FP8_MARKER in header.shapes or any(key.endswith(SCALE_KEYS) for key in header.shapes):
+            raise MergeError(
+                f"{letter}: {path} is a ComfyUI scaled-fp8 file: its fp8 weights need their per-layer scales, "
+                "which a merge would mix up; merge the bf16/fp16 file"
+            )
         family = family or identity.family
         if not identity.fits(family):
             raise MergeError(

@@ -261,6 +261,27 @@ def hf_clip_plan(keys: Iterable[str]) -> Plan:
     return plan
 
 
+_CLIP_ROOTS = ("text_model.", "embeddings.", "final_layer_norm.", "encoder.layers.")
+_TIED = ("encoder.embed_tokens.weight",)  # T5's input embedding: `shared.weight` again (tied), not stored
+
+
+def hf_transformer_plan(keys: Iterable[str]) -> Plan:
+    """A text encoder in transformers' names -> `transformer.` + those names, as ComfyUI's single files keep
+    them: CLIP with `text_model.` (transformers 4 names, its `text_projection` beside), T5 as is (`shared.weight`,
+    `encoder.block.N...`; the tied `encoder.embed_tokens.weight` left out, as the distributed files do)."""
+    keys = list(keys)
+    clip = any(key.startswith(_CLIP_ROOTS) for key in keys) and not any(
+        key.startswith("encoder.block.") for key in keys
+    )
+    plan: Plan = {}
+    for key in keys:
+        if key in _TIED:
+            continue
+        name = key if not clip or key.startswith("text_projection") else f"text_model.{without_text_model(key)}"
+        plan[f"transformer.{name}"] = KeySource((key,))
+    return plan
+
+
 def open_clip_plan(keys: Iterable[str]) -> Plan:
     """Hugging Face CLIP text keys -> OpenCLIP names (q/k/v stacked, projection transposed), no prefix."""
     plan: Plan = {}
@@ -292,6 +313,18 @@ def open_clip_plan(keys: Iterable[str]) -> Plan:
     return plan
 
 
+# The layouts component_plan lays out from names and shapes alone (a transformer's original names need its family).
+PLANNED = frozenset(
+    {
+        CheckpointLayout.LDM_UNET,
+        CheckpointLayout.LDM_VAE,
+        CheckpointLayout.HF_CLIP,
+        CheckpointLayout.OPEN_CLIP,
+        CheckpointLayout.HF_TRANSFORMER,
+    }
+)
+
+
 def component_plan(layout: CheckpointLayout, config: Mapping[str, Any] | None, shapes: Shapes) -> Plan:
     """The plan of one component in the single-file `layout` (keys relative to its checkpoint prefix).
 
@@ -304,6 +337,8 @@ def component_plan(layout: CheckpointLayout, config: Mapping[str, Any] | None, s
         return hf_clip_plan(shapes)
     if layout is CheckpointLayout.OPEN_CLIP:
         return open_clip_plan(shapes)
+    if layout is CheckpointLayout.HF_TRANSFORMER:
+        return hf_transformer_plan(shapes)
     raise ValueError(f"component_to_ldm: no single-file writer for layout {layout.value!r}")
 
 

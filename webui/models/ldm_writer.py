@@ -14,6 +14,7 @@ from safetensors.torch import save_file
 from webui.families import DESCRIPTIONS, Family, FamilyDescription
 from webui.families.base import CheckpointLayout
 from webui.models.ldm_plan import (
+    PLANNED,
     apply_plan,
     component_plan,
     hf_clip_plan,
@@ -107,7 +108,7 @@ def pipeline_to_ldm(components: Mapping[str, Any], family: Family) -> StateDict:
 
 def _writable(description: FamilyDescription) -> bool:
     """Whether every role of the family has a single-file layout this writer knows."""
-    return bool(description.roles) and all(r.checkpoint_layout is not CheckpointLayout.NONE for r in description.roles)
+    return bool(description.roles) and all(r.checkpoint_layout in PLANNED for r in description.roles)
 
 
 def save_single_file(
