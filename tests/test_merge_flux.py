@@ -225,7 +225,7 @@ def models(flux, tiny_models_dir, tmp_path_factory) -> Path:
     return root
 
 
-def _generate(models: Path, choice) -> tuple[np.ndarray, str]:
+def _generate(models: Path, choice, loras=()) -> tuple[np.ndarray, str]:
     from PIL import Image
 
     from webui.engine.device import DevicePolicy
@@ -235,7 +235,15 @@ def _generate(models: Path, choice) -> tuple[np.ndarray, str]:
 
     engine = Engine(PipelineManager(models, DevicePolicy(device="cpu")), models.parent / f"{models.name}-out")
     request = GenerationRequest(
-        choice, prompt=PROMPT, steps=STEPS, cfg_scale=1.0, width=SIZE, height=SIZE, seed=SEED, sampler=None
+        choice,
+        prompt=PROMPT,
+        steps=STEPS,
+        cfg_scale=1.0,
+        width=SIZE,
+        height=SIZE,
+        seed=SEED,
+        sampler=None,
+        loras=tuple(loras),
     )
     image = engine.generate(request).images[0]
     return np.asarray(Image.open(image.path).convert("RGB"), dtype=np.int16), image.infotext
@@ -301,3 +309,48 @@ def test_the_merge_tab_names_flux_blocks(flux, models):
     note = blocks_note(ctx, "flux-mix")
     assert note == "FLUX.1 blocks (5): IN, D00, S00, S01, OUT; BASE is everything else"
     assert blocks_note(ctx, "flux-aio-mix") == note
+
+
+def _stronger(path: Path, models: Path) -> Path:
+    """The fixture LoRA with its up factors ×4 (kept in the same format and metadata): the tiny models' LoRAs move
+    pixels by a few levels only, too little to tell a baked LoRA from none."""
+    from safetensors import safe_open
+
+    with safe_open(path, "pt") as handle:
+        metadata = handle.metadata()
+        state = {k: handle.get_tensor(k) * (4 if ("lora_up" in k or "lora_B" in k) else 1) for k in handle.keys()}  # noqa: SIM118
+    target = models / "loras" / path.name
+    if not target.exists():
+        save_single_file(state, target, metadata=metadata)
+    return target
+
+
+@pytest.mark.parametrize(
+    ("layout", "lora"),
+    [("transformer", "comfyui"), ("transformer", "bfl-peft"), ("all-in-one", "kohya")],
+)
+def test_a_baked_flux_lora_gives_the_pixels_of_generating_with_it(flux, models, tiny_models_dir, layout, lora):
+    """The LoRA is loaded as generation loads it (the family's converter, PEFT adapters on a hollow FluxPipeline)
+    and PEFT's merge runs on each BFL tensor split into its diffusers parts (fused q/k/v, swapped modulation); the
+    all-in-one case patches CLIP-L too (T5 LoRA modules are not applied, as in generation)."""
+    from webui.engine.lora import LoraSpec
+    from webui.engine.pipelines import ModelChoice
+
+    spec = LoraSpec(_stronger(tiny_models_dir / f"loras/tiny-flux-{lora}.safetensors", models), 0.8, 0.6)
+    source = flux["A"] if layout == "transformer" else flux["AIO-A"]
+    folder = DM if layout == "transformer" else "checkpoints"
+    out = models / folder / f"baked-{lora}.safetensors"
+    result = merge(MergeRecipe(MergeMode.NO_INTERPOLATION, model(source), loras=(spec,), precision="fp32"), out)
+    (report,) = result.lora_reports
+    assert report.error is None and report.applied > 0
+
+    def choose(path: Path) -> ModelChoice:
+        if layout == "transformer":
+            return ModelChoice(None, unet=path, **{role: models / p for role, p in ENCODERS.items()})
+        return ModelChoice(path)
+
+    base, _ = _generate(models, choose(source))
+    with_lora, _ = _generate(models, choose(source), (spec,))
+    baked, _ = _generate(models, choose(result.path))
+    assert np.abs(with_lora - base).max() > 8  # the LoRA visibly changes the image
+    assert np.abs(baked - with_lora).max() <= 1

@@ -292,7 +292,18 @@ class LoraStackApplier:
         total: int,
         skipped: tuple[str, ...] = (),
     ) -> LoraReport:
-        """diffusers' loader; `skipped` names what the family's converter could not convert (reported too)."""
+        """diffusers' loader; `skipped` names what the family's converter could not convert (reported too), and
+        modules of a component the pipeline lacks (a text encoder when baking into a lone transformer file) are
+        left out and reported rather than handed to diffusers, which cannot load into a missing component."""
+        absent = {key.split(".", 1)[0] for key in state_dict} & {
+            c for c in _COMPONENTS if getattr(pipeline, c, None) is None
+        }
+        if absent:
+            state_dict = {k: v for k, v in state_dict.items() if k.split(".", 1)[0] not in absent}
+            skipped = (*skipped, *(f"{c}.* (no {c} in this model)" for c in sorted(absent)))
+            if not state_dict:
+                error = f"{spec.path.name}: it patches only {', '.join(sorted(absent))}, which this model lacks"
+                return LoraReport(spec.path.stem, unapplied=total, examples=skipped[:5], error=error)
         with _capturing_unexpected_keys() as unexpected:
             try:
                 pipeline.load_lora_weights(state_dict, adapter_name=name, low_cpu_mem_usage=True)

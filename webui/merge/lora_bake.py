@@ -22,7 +22,9 @@ from webui.engine.lora import LoraReport, LoraSpec, LoraStackApplier
 from webui.families import Family
 from webui.families.base import CheckpointLayout, Part, RoleSpec
 from webui.models.derive import bundled_config, derive_clip_config, derive_unet_config
-from webui.models.ldm_plan import KeySource, component_plan
+from webui.models.kinds import TextEncoderType
+from webui.models.ldm_plan import HF_TRANSFORMER_ROOT, KeySource, Plan, component_plan
+from webui.models.loading_t5 import derive_t5_config
 
 Shapes = Mapping[str, tuple[int, ...]]
 
@@ -61,17 +63,52 @@ def _role_shapes(shapes: Shapes, spec: RoleSpec) -> dict[str, tuple[int, ...]]:
 def _skeleton(family: Family, spec: RoleSpec, shapes: Shapes) -> torch.nn.Module:
     """The role's module on the meta device, configured from the single-file shapes as loading configures it."""
     if spec.part is Part.DENOISER:
+        if spec.checkpoint_layout is CheckpointLayout.ORIGINAL_DIT:
+            return _transformer_skeleton(family, spec, _role_shapes(shapes, spec))
         if spec.checkpoint_layout is not CheckpointLayout.LDM_UNET:
             raise LoraBakeError(f"baking LoRAs into a {family.label} {spec.role.value} is not supported yet")
         config = derive_unet_config(family, {k: v for k, v in shapes.items() if k.startswith(spec.checkpoint_prefix)})
         with torch.device("meta"):
             return spec.component_type()(**config)
     base = bundled_config(family, spec.role.value)
-    max_layers = base["num_hidden_layers"] if spec.truncate_to_config_layers else None
-    config = derive_clip_config(base, _role_shapes(shapes, spec), max_layers=max_layers)
+    own = _role_shapes(shapes, spec)
+    if spec.checkpoint_layout is CheckpointLayout.HF_TRANSFORMER:  # transformers' names under `transformer.`
+        own = {key.removeprefix(HF_TRANSFORMER_ROOT): shape for key, shape in own.items()}
     component = spec.component_type()
+    if spec.encoder is TextEncoderType.T5:
+        meta = {key: torch.empty(shape, device="meta") for key, shape in own.items()}
+        meta.setdefault("encoder.embed_tokens.weight", meta.get("shared.weight"))
+        config = {k: v for k, v in derive_t5_config(base, meta).items() if k != "architectures"}
+    else:
+        max_layers = base["num_hidden_layers"] if spec.truncate_to_config_layers else None
+        config = derive_clip_config(base, own, max_layers=max_layers)
     with torch.device("meta"):
         return component(component.config_class(**config))
+
+
+def _transformer_skeleton(family: Family, spec: RoleSpec, own: Shapes) -> torch.nn.Module:
+    """A transformer stored in its original names (FLUX.1's BFL ones), configured as loading_dit configures it:
+    the names converted by the family's converter (on meta tensors: shapes only), the config derived from them."""
+    loader = family.description.denoiser_loader
+    if loader is None or loader.planner() is None:
+        raise LoraBakeError(f"baking LoRAs into a {family.label} {spec.role.value} is not supported yet")
+    meta = {key: torch.empty(shape, device="meta") for key, shape in own.items()}
+    try:
+        converted = loader.converter()(meta)
+        config = loader.deriver()(
+            {k: tuple(v.shape) for k, v in converted.items()}, bundled_config(family, spec.role.value)
+        )
+    except ValueError as error:
+        raise LoraBakeError(f"loras: the {spec.role.value} cannot be configured ({error})") from None
+    with torch.device("meta"):
+        return spec.component_type().from_config(config)
+
+
+def _plan(family: Family, spec: RoleSpec, module: torch.nn.Module, own: Shapes) -> Plan:
+    """Each single-file key of the role from the module's own parameter names (see webui.models.ldm_plan)."""
+    if spec.checkpoint_layout is CheckpointLayout.ORIGINAL_DIT:
+        return family.description.denoiser_loader.planner()(own)
+    return component_plan(spec.checkpoint_layout, module.config if spec.part is Part.DENOISER else None, own)
 
 
 class LoraBaker:
@@ -92,14 +129,7 @@ class LoraBaker:
         modules = {spec.role.value: _hollow(_skeleton(family, spec, shapes)) for spec in roles}
         # Component shapes and plans before the adapters wrap the layers (and rename their weights).
         own = {role: {k: tuple(v.shape) for k, v in m.state_dict().items()} for role, m in modules.items()}
-        plans = {
-            spec.role.value: component_plan(
-                spec.checkpoint_layout,
-                modules[spec.role.value].config if spec.part is Part.DENOISER else None,
-                own[spec.role.value],
-            )
-            for spec in roles
-        }
+        plans = {spec.role.value: _plan(family, spec, modules[spec.role.value], own[spec.role.value]) for spec in roles}
         components: dict[str, Any] = dict.fromkeys(description.pipeline.absent) | {"vae": None, "scheduler": None}
         for spec in description.text_encoders:
             components[spec.tokenizer] = None

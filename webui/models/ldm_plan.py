@@ -261,6 +261,7 @@ def hf_clip_plan(keys: Iterable[str]) -> Plan:
     return plan
 
 
+HF_TRANSFORMER_ROOT = "transformer."  # where the HF_TRANSFORMER layout puts transformers' names
 _CLIP_ROOTS = ("text_model.", "embeddings.", "final_layer_norm.", "encoder.layers.")
 _TIED = ("encoder.embed_tokens.weight",)  # T5's input embedding: `shared.weight` again (tied), not stored
 
@@ -278,7 +279,7 @@ def hf_transformer_plan(keys: Iterable[str]) -> Plan:
         if key in _TIED:
             continue
         name = key if not clip or key.startswith("text_projection") else f"text_model.{without_text_model(key)}"
-        plan[f"transformer.{name}"] = KeySource((key,))
+        plan[HF_TRANSFORMER_ROOT + name] = KeySource((key,))
     return plan
 
 
