@@ -301,14 +301,18 @@ def test_a_merged_all_in_one_checkpoint_is_flux_and_generates(models):
 
 def test_the_merge_tab_names_flux_blocks(flux, models):
     from webui.models.library import ModelLibrary
-    from webui.ui.merge_tab import blocks_note
+    from webui.ui import choices
+    from webui.ui.merge_tab import blocks_note, mergeable
 
     library = ModelLibrary(models)
     library.scan()
     ctx = SimpleNamespace(library=library)
-    note = blocks_note(ctx, "flux-mix")
+    listed = mergeable(ctx)  # model A's dropdown: checkpoints and lone transformer files
+    transformer, aio = (choices.title(library.find(name)) for name in ("flux-mix", "flux-aio-mix"))
+    assert transformer in listed and aio in listed
+    note = blocks_note(ctx, transformer)  # what the tab shows under the models when A is picked
     assert note == "FLUX.1 blocks (5): IN, D00, S00, S01, OUT; BASE is everything else"
-    assert blocks_note(ctx, "flux-aio-mix") == note
+    assert blocks_note(ctx, aio) == note
 
 
 def _stronger(path: Path, models: Path) -> Path:
@@ -354,3 +358,38 @@ def test_a_baked_flux_lora_gives_the_pixels_of_generating_with_it(flux, models, 
     baked, _ = _generate(models, choose(result.path))
     assert np.abs(with_lora - base).max() > 8  # the LoRA visibly changes the image
     assert np.abs(baked - with_lora).max() <= 1
+
+
+def test_dev_with_schnell_keeps_devs_guidance_embedder_and_says_so(flux, tiny_models_dir, tmp_path):
+    """The community's dev/schnell merges: schnell lacks `guidance_in`, so A's is kept (and counted)."""
+    dev, schnell = flux["A"], tiny_models_dir / f"{DM}/tiny-flux-schnell.safetensors"
+    result = merge(ws(dev, schnell, 0.5, precision="bf16"), tmp_path / "dev-schnell.safetensors")
+    merged, a = tensors(result.path), tensors(dev)
+    guidance = {k for k in a if k.startswith("guidance_in.")}
+    assert guidance and {k.removeprefix(DIT) for k in result.kept_from_a} == guidance
+    assert all(torch.equal(merged[k], a[k]) for k in guidance) and merged.keys() == a.keys()
+    other_way = merge(ws(schnell, dev, 0.5, precision="bf16"), tmp_path / "schnell-dev.safetensors")
+    assert not any(k.startswith("guidance_in.") for k in tensors(other_way.path))  # schnell's keys, A's layout
+
+
+def test_real_size_flux_has_supermergers_59_blocks_and_a_plan_for_every_key():
+    """FLUX.1 dev at its released size (19 double, 38 single blocks, width 3072), on the meta device: the BFL plan
+    from diffusers' names gives exactly the keys and shapes of the BFL file, and the blocks are supermerger's."""
+    from diffusers import FluxTransformer2DModel
+
+    from webui.families.flux_keys import single_file_plan
+    from webui.merge.blocks import blocks_of, preset_for
+
+    with torch.device("meta"):
+        real = FluxTransformer2DModel(guidance_embeds=True)
+    state = real.state_dict()
+    shapes = {k: tuple(v.shape) for k, v in state.items()}
+    plan = single_file_plan(shapes)
+    bfl = diffusers_to_bfl(state)
+    assert {k: entry.result_shape(shapes) for k, entry in plan.items()} == {k: tuple(v.shape) for k, v in bfl.items()}
+    assert single_file_plan({k: tuple(v.shape) for k, v in bfl.items()}).keys() == bfl.keys()  # BFL in: copied
+    blocks = blocks_of(Family.FLUX, [DIT + key for key in plan])
+    expected = ["IN", *(f"D{i:02d}" for i in range(19)), *(f"S{i:02d}" for i in range(38)), "OUT"]
+    assert blocks == expected
+    weights = preset_for("GRAD_V", blocks)
+    assert weights["IN"] == weights["OUT"] == 1.0 and min(weights.values()) == weights["S09"] < 0.02
