@@ -393,3 +393,16 @@ def test_real_size_flux_has_supermergers_59_blocks_and_a_plan_for_every_key():
     assert blocks == expected
     weights = preset_for("GRAD_V", blocks)
     assert weights["IN"] == weights["OUT"] == 1.0 and min(weights.values()) == weights["S09"] < 0.02
+
+
+def test_the_cli_merges_flux_by_library_name_into_diffusion_models(flux, models, capsys):
+    from webui.cli import main
+
+    args = ["merge", "--models-dir", str(models), "flux-mix", str(flux["B"]), "--blocks", "D*=1, S*=0"]
+    assert main([*args, "--alpha", "0", "--precision", "bf16", "--name", "cli-mix"]) == 0
+    target = models / DM / "cli-mix.safetensors"
+    out = capsys.readouterr().out
+    assert out.splitlines()[0] == str(target) and "FLUX.1 unet" in out
+    merged, mix, b = tensors(target), tensors(models / DM / "flux-mix.safetensors"), tensors(flux["B"])
+    for key in merged:
+        assert torch.equal(merged[key], (b if key.startswith("double_blocks.") else mix)[key]), key
