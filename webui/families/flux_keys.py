@@ -9,6 +9,8 @@ parts, a single block's `linear1` into q, k, v (the block width each) and the ML
 final modulation stores (shift, scale) in BFL's order and (scale, shift) in diffusers'.
 
 Tensors may be torch tensors or diffusers' GGUFParameter (quantised rows split like any other rows).
+`single_file_plan` is the same table as a per-key plan (webui.models.ldm_plan), from names and shapes alone: the
+merger reads a transformer in either naming one tensor at a time and writes BFL's names.
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ conversion, the same PEFT adapters, the same per-component weights set by `set_a
 pipeline: the denoiser and text encoders built from the output's shapes on the meta device, every parameter then
 replaced by a zero-stride CPU tensor that holds no memory, so only the LoRA factors are real. To patch one
 single-file tensor, its component tensors (a q/k/v slice of OpenCLIP's stacked `in_proj`, a transposed
-projection) are put into the hollow layers as their base weights and PEFT's own `merge` runs on them, the call
+projection, the q/k/v/MLP rows of a FLUX.1 BFL projection, a swapped modulation) are put into the hollow layers as their base weights and PEFT's own `merge` runs on them, the call
 `fuse_lora` makes when generation fuses a stack, so a baked model equals generating with the LoRA (DoRA, LoHa
 and LoKr layers included: each computes its own merged weight from the real base weight).
 """
@@ -77,7 +77,6 @@ def _skeleton(family: Family, spec: RoleSpec, shapes: Shapes) -> torch.nn.Module
     component = spec.component_type()
     if spec.encoder is TextEncoderType.T5:
         meta = {key: torch.empty(shape, device="meta") for key, shape in own.items()}
-        meta.setdefault("encoder.embed_tokens.weight", meta.get("shared.weight"))
         config = {k: v for k, v in derive_t5_config(base, meta).items() if k != "architectures"}
     else:
         max_layers = base["num_hidden_layers"] if spec.truncate_to_config_layers else None

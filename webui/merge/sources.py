@@ -4,8 +4,8 @@ A merge input is a single-file checkpoint (LDM keys, `.safetensors` or a legacy 
 component files (a UNet/DiT file, text-encoder files, a VAE file) in LDM or diffusers / Hugging Face names. Each
 becomes a `ModelSource`: every key of the family's single-file layout (the description's checkpoint prefix and
 layout per role) with its shape and dtype known from the headers, and `read(key)` building that one tensor from
-the file(s) it lives in (renamed, reshaped, transposed or stacked by the plans of webui.models.ldm_plan). Nothing
-is read before it is asked for.
+the file(s) it lives in (renamed, reshaped, transposed or stacked by the plans of webui.models.ldm_plan, or a
+transformer's by its family's `DenoiserLoader.single_file_plan`). Nothing is read before it is asked for.
 
 Memory: safetensors files are read through `safe_open`, whose tensors are views of a memory map; the pages a
 read touches stay in this process's RSS for as long as the map is open, so a reader closes and reopens its file
