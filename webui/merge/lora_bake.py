@@ -5,9 +5,10 @@ conversion, the same PEFT adapters, the same per-component weights set by `set_a
 pipeline: the denoiser and text encoders built from the output's shapes on the meta device, every parameter then
 replaced by a zero-stride CPU tensor that holds no memory, so only the LoRA factors are real. To patch one
 single-file tensor, its component tensors (a q/k/v slice of OpenCLIP's stacked `in_proj`, a transposed
-projection, the q/k/v/MLP rows of a FLUX.1 BFL projection, a swapped modulation) are put into the hollow layers as their base weights and PEFT's own `merge` runs on them, the call
-`fuse_lora` makes when generation fuses a stack, so a baked model equals generating with the LoRA (DoRA, LoHa
-and LoKr layers included: each computes its own merged weight from the real base weight).
+projection, the q/k/v/MLP rows of a FLUX.1 BFL projection, a swapped modulation) are put into the hollow layers
+as their base weights and PEFT's own `merge` runs on them, the call `fuse_lora` makes when generation fuses a
+stack, so a baked model equals generating with the LoRA (DoRA, LoHa and LoKr layers included: each computes its
+own merged weight from the real base weight).
 """
 
 from __future__ import annotations
