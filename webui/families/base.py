@@ -414,9 +414,24 @@ class BlockGroup:
 
 @dataclass(frozen=True)
 class SecondPass:
-    """How a second pass (hires fix, img2img) may treat the family's latents."""
+    """How a second pass (hires fix, img2img, the refiner hand-off) runs on the family.
 
-    latent_upscale: bool = True  # False for flow/DiT families: their latents do not survive resampling
+    `latent_upscale`: the latents survive resampling (A1111's "Latent" upscalers); False for flow/DiT families,
+    whose latents do not, so only pixel-space upscalers are offered. `img2img`: the diffusers image-to-image
+    pipeline over the same components (None: no img2img here yet). `handoff`: its pipelines take diffusers'
+    `denoising_end` (txt2img) and `denoising_start` (img2img), so a model of the same latent space can finish
+    what this one started at A1111's "Refiner switch at" (the SDXL pipelines do; SD1/SD2's do not).
+    """
+
+    latent_upscale: bool = True
+    img2img: PipelineSpec | None = None
+    handoff: bool = False
+
+    def why_no_latent_upscale(self, label: str) -> str:
+        return (
+            f"{label} latents do not survive latent upscaling (a flow/DiT family): choose a pixel-space upscaler "
+            "(None, Lanczos, Nearest or an upscaler model)"
+        )
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,7 @@ from webui.families.base import (
     PipelineSpec,
     Recognition,
     RoleSpec,
+    SecondPass,
     UnetFacts,
     UnetVariant,
     VaeArchitecture,
@@ -67,6 +68,14 @@ SD_VARIANTS = (
 )
 # What a no-VAE SD1/SD2 checkpoint gets: stabilityai/sd-vae-ft-mse-original's files, the peers' usual choice.
 SD_VAE_NAMES = ("vae-ft-mse-840000", "vae-ft-ema-560000")
+# The same components as an image-to-image pipeline (hires fix, img2img).
+SD_SECOND_PASS = SecondPass(
+    img2img=PipelineSpec(
+        "StableDiffusionImg2ImgPipeline",
+        absent=("safety_checker", "feature_extractor"),
+        flags=frozen(requires_safety_checker=False),
+    )
+)
 # The UNet's blocks as A1111's per-block merge weights name them (IN00.., M00, OUT00..).
 UNET_BLOCKS = (
     BlockGroup("IN", "input_blocks."),
@@ -111,6 +120,7 @@ DESCRIPTION = FamilyDescription(
     conditioning=ClipChunks(),
     defaults=Defaults(sizes=SD1_SIZES, vae_names=SD_VAE_NAMES),
     pipeline=SD_PIPELINE,
+    second_pass=SD_SECOND_PASS,
     lora=LoraFacts(kohya_text_encoders=((Role.TEXT_ENCODER, "lora_te_"),), base_model_version="sd_v1"),
     merge_blocks=UNET_BLOCKS,
     unet_variants=SD_VARIANTS,

@@ -24,6 +24,7 @@ from webui.families.sd1 import (
     SD1_SIZES,
     SD_LATENT,
     SD_PIPELINE,
+    SD_SECOND_PASS,
     SD_VAE_NAMES,
     SD_VARIANTS,
     TINY_SD_BLOCKS,
@@ -126,6 +127,7 @@ DESCRIPTION = FamilyDescription(
         vae_names=SD_VAE_NAMES,
     ),
     pipeline=SD_PIPELINE,
+    second_pass=SD_SECOND_PASS,
     lora=LoraFacts(
         kohya_text_encoders=((Role.TEXT_ENCODER, "lora_te_"),),
         base_model_version="sd_v2",

@@ -22,6 +22,7 @@ from webui.families.base import (
     Recognition,
     RoleSpec,
     SchedulerSpec,
+    SecondPass,
     UnetFacts,
     UnetVariant,
     VariantInput,
@@ -47,6 +48,11 @@ XL_SCHEDULER = SchedulerSpec(
     align_your_steps=(14.615, 6.315, 3.771, 2.181, 1.342, 0.862, 0.555, 0.380, 0.234, 0.113, 0.029)
 )
 # diffusers reads hidden_states[-2] without the final norm (its clip_skip=None); clip skip shifts from there.
+# The base's img2img pipeline (hires fix, img2img); its pipelines take denoising_end / denoising_start.
+XL_SECOND_PASS = SecondPass(
+    img2img=PipelineSpec("StableDiffusionXLImg2ImgPipeline", flags=frozen(requires_aesthetics_score=False)),
+    handoff=True,
+)
 XL_CONDITIONING = ClipChunks(clip_skip_offset=1, pooled=True, zero_empty_negative=True)
 TIME_EMBED = 256  # addition_time_embed_dim: each size/crop/score number is embedded 256 wide
 # The tiny XL UNet (TINY_SPEC.md): attention on the second level only, two transformer layers there.
@@ -117,6 +123,7 @@ DESCRIPTION = FamilyDescription(
     scheduler=XL_SCHEDULER,
     defaults=Defaults(sizes=XL_SIZES, vae_names=XL_VAE_NAMES),
     pipeline=PipelineSpec("StableDiffusionXLPipeline"),
+    second_pass=XL_SECOND_PASS,
     lora=LoraFacts(
         kohya_text_encoders=((Role.TEXT_ENCODER, "lora_te1_"), (Role.TEXT_ENCODER_2, "lora_te2_")),
         kohya_unet_names="ldm",

@@ -7,7 +7,16 @@ It loads, but txt2img refuses it: it refines an existing image.
 
 from __future__ import annotations
 
-from webui.families.base import Defaults, FamilyDescription, FixtureSpec, PipelineSpec, Recognition, UnetFacts, frozen
+from webui.families.base import (
+    Defaults,
+    FamilyDescription,
+    FixtureSpec,
+    PipelineSpec,
+    Recognition,
+    SecondPass,
+    UnetFacts,
+    frozen,
+)
 from webui.families.sd1 import TINY_WRITER, UNET_BLOCKS, UNET_ROLE, VAE_ROLE
 from webui.families.sdxl import (
     TIME_EMBED,
@@ -21,6 +30,12 @@ from webui.families.sdxl import (
 )
 from webui.models.kinds import Role
 
+REFINER_PIPELINE = PipelineSpec(
+    "StableDiffusionXLImg2ImgPipeline",
+    absent=("text_encoder", "tokenizer"),
+    flags=frozen(requires_aesthetics_score=True, force_zeros_for_empty_prompt=False),
+)
+
 DESCRIPTION = FamilyDescription(
     id="sdxl_refiner",
     member="SDXL_REFINER",
@@ -33,11 +48,9 @@ DESCRIPTION = FamilyDescription(
     conditioning=XL_CONDITIONING,
     scheduler=XL_SCHEDULER,
     defaults=Defaults(sizes=XL_SIZES, vae_names=XL_VAE_NAMES),
-    pipeline=PipelineSpec(
-        "StableDiffusionXLImg2ImgPipeline",
-        absent=("text_encoder", "tokenizer"),
-        flags=frozen(requires_aesthetics_score=True, force_zeros_for_empty_prompt=False),
-    ),
+    pipeline=REFINER_PIPELINE,
+    # It refines: its img2img pipeline is its only one, and it finishes what an SDXL base started.
+    second_pass=SecondPass(img2img=REFINER_PIPELINE, handoff=True),
     merge_blocks=UNET_BLOCKS,
     txt2img=False,
     fixtures=FixtureSpec(

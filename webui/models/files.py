@@ -479,3 +479,19 @@ def pickle_tensors(path: Path | str, *, mmap: bool = True) -> dict[str, torch.Te
     path = Path(path)
     read_pickle_contents(path)  # refuses code, bombs and damage before torch.load sees the file
     return _tensors_of(_torch_load(path, mmap=mmap), path)
+
+
+def load_tensor_tree(path: Path | str, device: str = "cpu") -> Mapping[str, Any]:
+    """A single file's tensors as stored, loaded without running code: safetensors' flat dict, or a pickle's
+    mapping as unpickled (weights only), nesting kept. Upscaler files wrap their weights (`params_ema`,
+    `params`, `model`) the way BasicSR saves them, and only the nesting tells a wrapper from a key prefix."""
+    path = Path(path)
+    if sniff_format(path) is FileFormat.PICKLE:
+        read_pickle_contents(path)  # refuses code, bombs and damage before torch.load sees the file
+        loaded = _torch_load(path, mmap=False, device=device)
+        if not isinstance(loaded, Mapping):
+            raise ModelFileError(
+                path, f"the pickle holds a {type(loaded).__name__}, not a dict of tensors; it is not model weights"
+            )
+        return loaded
+    return load_state_dict(path, device)

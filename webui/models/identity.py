@@ -54,6 +54,8 @@ class Identity:
 
     @property
     def supported(self) -> bool:
+        if self.kind is Kind.UPSCALER:  # upscalers work on pixels: no family
+            return True
         return self.kind is not Kind.UNKNOWN and self.family.supported and self.refused is None
 
     def fits(self, family: Family) -> bool:

@@ -17,6 +17,7 @@ class Kind(str, Enum):
     VAE = "vae"
     LORA = "lora"
     EMBEDDING = "embedding"  # textual inversion
+    UPSCALER = "upscaler"  # an image upscaler model (ESRGAN, SwinIR, DAT, HAT, ...), run through spandrel
     UNKNOWN = "unknown"
 
 

@@ -209,7 +209,7 @@ class ModelLibrary:
             try:
                 header = read_header(path)
                 fmt = header.format
-                identity = _identify_safely(header, path)
+                identity = _identify_safely(header, path, where.root.kind)
                 check_widths(header, identity, path)
                 problem = extension_problem(path, fmt) or _unusable(identity)
             except ModelFileError as error:
@@ -372,8 +372,12 @@ def _with_sidecar_prediction(identity: Identity, path: Path, where: FoundModel) 
     )
 
 
-def _identify_safely(header: Any, path: Path) -> Identity:
+def _identify_safely(header: Any, path: Path, folder_kind: Kind) -> Identity:
     try:
+        if folder_kind is Kind.UPSCALER:  # upscaler keys share nothing with the diffusion families'
+            from webui.models.upscaler_files import identify_upscaler
+
+            return identify_upscaler(path, header)
         return identify(header)
     except (
         IndexError,
@@ -388,6 +392,8 @@ def _identify_safely(header: Any, path: Path) -> Identity:
 
 
 def _unusable(identity: Identity) -> str | None:
+    if identity.kind is Kind.UPSCALER:
+        return None
     if identity.refused is not None:
         return identity.detail
     if identity.kind is Kind.UNKNOWN:

@@ -17,7 +17,7 @@ and walking them.
     checkpoint = ["sd15", "sdxl"]
     lora = "loras"
 
-Kinds: checkpoint, unet, text_encoder, vae, lora, embedding.
+Kinds: checkpoint, unet, text_encoder, vae, lora, embedding, upscaler.
 """
 
 from __future__ import annotations
@@ -42,6 +42,7 @@ OWN_LAYOUT: dict[Kind, tuple[str, ...]] = {
     Kind.VAE: ("vae",),
     Kind.LORA: ("loras",),
     Kind.EMBEDDING: ("embeddings",),
+    Kind.UPSCALER: ("upscalers", "upscale_models"),
 }
 # Folders relative to an install's root (the `models/...` forms) or to its models folder.
 PRESETS: dict[str, dict[Kind, tuple[str, ...]]] = {
@@ -51,6 +52,9 @@ PRESETS: dict[str, dict[Kind, tuple[str, ...]]] = {
         Kind.VAE: ("models/VAE", "VAE"),
         Kind.LORA: ("models/Lora", "Lora", "models/LyCORIS", "LyCORIS"),
         Kind.EMBEDDING: ("embeddings",),
+        Kind.UPSCALER: tuple(
+            f"{base}{folder}" for folder in ("ESRGAN", "RealESRGAN", "SwinIR", "DAT", "HAT") for base in ("models/", "")
+        ),
     },
     "comfyui": {
         kind: tuple(f"models/{f}" for f in folders) + folders for kind, folders in OWN_LAYOUT.items()

@@ -38,6 +38,7 @@ from webui.testing.tiny_models import (
     tiny_pipeline,
 )
 from webui.testing.tiny_tokenizer import write_tokenizer_files
+from webui.testing.tiny_upscalers import write_tiny_upscalers
 
 __all__ = [
     "ALT_VAE_SEED",
@@ -247,6 +248,7 @@ def write_tiny_models(models_dir: Path) -> list[FixtureFile]:
         (root / folder).mkdir(parents=True, exist_ok=True)
     write_tokenizer_files(root / TOKENIZER_DIR)
     files = [f for family in TINY_FAMILIES for f in fixture_spec(family).write(root, family.description)]
+    files += [FixtureFile(*written) for written in write_tiny_upscalers(root)]
     manifest = {"version": 1, "files": [f.to_json() for f in files]}
     (root / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n")
     return files
