@@ -31,4 +31,5 @@ def build_engine(
         lora_resolver=lambda name: library.find(name, Kind.LORA).path,
         # Unusable embedding files too: a prompt naming one gets told why it was skipped, not read as words.
         embeddings=EmbeddingSet(lambda: [e.path for e in library.entries(Kind.EMBEDDING)]),
+        upscaler_resolver=lambda name: library.find(name, Kind.UPSCALER).path,
     )

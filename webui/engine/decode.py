@@ -1,4 +1,4 @@
-"""Latents to pixels: VAE decode with the fp16 NaN/black fallback and tiling for large images."""
+"""Latents to pixels and back: VAE decode / encode with the fp16 NaN/black fallback and tiling for large images."""
 
 from __future__ import annotations
 
@@ -60,3 +60,33 @@ def _decode(vae: torch.nn.Module, latents: torch.Tensor) -> torch.Tensor:
         scaled = scaled + shift
     with torch.inference_mode():
         return vae.decode(scaled, return_dict=False)[0].float()
+
+
+def encode_pixels(vae_item: CachedComponent, pixels: torch.Tensor, tile: bool = False) -> torch.Tensor:
+    """(batch, 3, h, w) images in [-1, 1] to the denoiser's latents: the posterior's mean, shifted and scaled by
+    the VAE's config (A1111 samples the posterior with an unseeded generator; the mean makes a second pass
+    reproducible). The same fp32 fallback as decoding; tiled for large images."""
+    vae = vae_item.module
+    if FP32_FLAG in vae_item.flags and vae.dtype != torch.float32:
+        vae.to(torch.float32)
+    if tile:
+        vae.enable_tiling()
+    try:
+        latents = _encode(vae, pixels)
+        if vae.dtype in (torch.float16, torch.bfloat16) and not torch.isfinite(latents).all().item():
+            log.warning("VAE %s gave NaN encoding in %s; encoding again in fp32", vae_item.key.label, vae.dtype)
+            vae.to(torch.float32)
+            vae_item.flags.add(FP32_FLAG)
+            vae_item.nbytes = module_bytes(vae)
+            latents = _encode(vae, pixels)
+    finally:
+        if tile:
+            vae.disable_tiling()
+    return latents
+
+
+def _encode(vae: torch.nn.Module, pixels: torch.Tensor) -> torch.Tensor:
+    with torch.inference_mode():
+        mean = vae.encode(pixels.to(device=vae.device, dtype=vae.dtype)).latent_dist.mode().float()
+    shift = getattr(vae.config, "shift_factor", None) or 0.0
+    return (mean - shift) * vae.config.scaling_factor

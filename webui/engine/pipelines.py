@@ -243,29 +243,45 @@ class PipelineManager:
     def load(self, choice: ModelChoice) -> LoadedModel:
         """Assemble the pipeline for `choice`; on any failure the previous model stays current."""
         with self._lock:
-            started = time.perf_counter()
-            family, declared, sources, defaults, choice = self._plan(choice)
-            dtype = self.dtype_for(family)
-            denoiser = family.description.denoiser.role
-            fp8 = self._wants_fp8(family, sources[denoiser])
-            keys = {
-                role: ComponentKey.of(
-                    s.path, s.prefix, role, family, FP8_STORAGE if fp8 and role is denoiser else dtype, self.home
-                )
-                for role, s in sources.items()
-            }
-            # While loading, neither this model's parts nor the current model's may be evicted for each other.
-            in_use = list(self.current.keys.values()) if self.current is not None else []
-            self.cache.pin([*keys.values(), *in_use])
-            try:
-                loaded = self._load_planned(choice, family, declared, sources, keys, started, dtype, fp8)
-                loaded.defaults = defaults
-            except BaseException:
-                self.cache.pin(in_use)
-                raise
-            self.cache.pin(keys.values())
+            loaded = self._load_pinned(choice, companion=False)
+            self.cache.pin(loaded.keys.values())
             self.current = loaded
             return loaded
+
+    def load_companion(self, choice: ModelChoice) -> LoadedModel:
+        """A model used beside the current one within a request (the refiner): loaded and pinned with it, while
+        the current model stays current. `release_companions()` unpins it again (it stays cached, LRU)."""
+        with self._lock:
+            return self._load_pinned(choice, companion=True)
+
+    def _load_pinned(self, choice: ModelChoice, *, companion: bool) -> LoadedModel:
+        """Plan and load `choice` with its parts and the current model's pinned (neither may be evicted for the
+        other while loading); on failure only the current model's stay pinned. Called under the lock."""
+        started = time.perf_counter()
+        family, declared, sources, defaults, choice = self._plan(choice)
+        dtype = self.dtype_for(family)
+        denoiser = family.description.denoiser.role
+        fp8 = self._wants_fp8(family, sources[denoiser])
+        keys = {
+            role: ComponentKey.of(
+                s.path, s.prefix, role, family, FP8_STORAGE if fp8 and role is denoiser else dtype, self.home
+            )
+            for role, s in sources.items()
+        }
+        in_use = list(self.current.keys.values()) if self.current is not None else []
+        self.cache.pin([*keys.values(), *in_use])
+        try:
+            loaded = self._load_planned(choice, family, declared, sources, keys, started, dtype, fp8, companion)
+        except BaseException:
+            self.cache.pin(in_use)
+            raise
+        loaded.defaults = defaults
+        return loaded
+
+    def release_companions(self) -> None:
+        """Only the current model's components stay pinned."""
+        with self._lock:
+            self.cache.pin(list(self.current.keys.values()) if self.current is not None else [])
 
     def _load_planned(
         self,
@@ -277,6 +293,7 @@ class PipelineManager:
         started: float,
         dtype: torch.dtype,
         fp8: bool = False,
+        companion: bool = False,
     ) -> LoadedModel:
         modules: dict[Role, torch.nn.Module] = {}
         from_disk = [role for role, key in keys.items() if key not in self.cache]
@@ -295,7 +312,7 @@ class PipelineManager:
         named = description.variant_of(dict.fromkeys(modules[description.denoiser.role].state_dict()))
         model_variant = named.name if named is not None else None
         pipeline, scheduler_config = self._assemble(
-            family, declared, choice.checkpoint, modules, variant, model_variant
+            family, declared, choice.checkpoint, modules, variant, model_variant, companion
         )
         return LoadedModel(
             choice=choice,
@@ -362,6 +379,7 @@ class PipelineManager:
         modules: dict[Role, torch.nn.Module],
         variant: UnetVariant | None = None,
         model_variant: str | None = None,
+        companion: bool = False,
     ) -> tuple[Any, dict[str, Any]]:
         import diffusers
 
@@ -393,7 +411,7 @@ class PipelineManager:
             raise ModelLoadError(f"{family.label}: its description names no diffusers pipeline yet")
         pipeline = spec.create(components)
         pipeline.set_progress_bar_config(disable=True)
-        if self.current is not None and self.offload:
+        if self.current is not None and self.offload and not companion:
             self.current.pipeline.remove_all_hooks()  # the cached modules carry the old pipeline's hooks
         if self.offload:
             pipeline.enable_model_cpu_offload(device=self.device)

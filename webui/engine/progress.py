@@ -103,7 +103,10 @@ def interruptible(modules: Iterable[torch.nn.Module | None], cancel: CancelToken
 
 
 class StepReporter:
-    """Builds the diffusers `callback_on_step_end` for one batch: reports, previews, interrupts."""
+    """Builds the diffusers `callback_on_step_end` for one batch: reports, previews, interrupts.
+
+    A batch may run several passes (the refiner's part, the hires pass): with `per_batch` set, steps count on
+    across the batch's passes (`start_pass()` before each later pass) out of that total."""
 
     def __init__(
         self,
@@ -123,15 +126,26 @@ class StepReporter:
         self.started = time.perf_counter()
         self.interrupted = False
         self.skipped = False
+        self.per_batch: int | None = None  # the batch's steps over all its passes (None: this pipeline's)
+        self._offset = self._done_in_batch = 0
 
     def start_batch(self, batch: int) -> None:
         self.batch = batch
         self.interrupted = self.skipped = False
+        self._offset = self._done_in_batch = 0
+
+    def start_pass(self) -> None:
+        """The next pipeline call of this batch continues the count where the last one stopped."""
+        self._offset = self._done_in_batch
 
     def __call__(self, pipeline, step: int, _timestep, tensors: dict) -> dict:  # noqa: ANN001 (diffusers' signature)
         # Some samplers run more model calls than requested steps (PLMS's warm-up, Heun's two per step).
-        self.steps = getattr(pipeline, "num_timesteps", None) or self.steps
-        done = self.batch * self.steps + step + 1
+        if self.per_batch is None:
+            self.steps = getattr(pipeline, "num_timesteps", None) or self.steps
+        else:
+            self.steps = max(self.per_batch, self._offset + step + 1)
+        self._done_in_batch = self._offset + step + 1
+        done = self.batch * self.steps + self._done_in_batch
         elapsed = time.perf_counter() - self.started
         remaining = self.steps * self.batches - done
         preview = None
@@ -140,7 +154,7 @@ class StepReporter:
             preview = preview_image(latents, self.family)
         if self.callback is not None:
             eta = elapsed / done * remaining if done else None
-            self.callback(Progress(step + 1, self.steps, self.batch, self.batches, eta, preview))
+            self.callback(Progress(self._done_in_batch, self.steps, self.batch, self.batches, eta, preview))
         if self.cancel is not None and (self.cancel.cancelled or self.cancel.take_skip()):
             self.interrupted = True
             self.skipped = not self.cancel.cancelled

@@ -11,6 +11,7 @@ from webui.engine.limits import MAX_LORAS, RequestError, check_finite, check_tex
 from webui.engine.lora import LoraReport, LoraSpec
 from webui.engine.pipelines import ModelChoice
 from webui.engine.samplers import SCHEDULE_TYPES, supported_schedules
+from webui.engine.second_pass import HiresFix, Img2Img, Refiner
 
 MIN_SIDE = 16
 MAX_SIDE = 4096
@@ -52,6 +53,9 @@ class GenerationRequest:
     eta: float | None = None  # A1111's eta for the samplers that take one (None: the sampler's default)
     disable_extra_networks: bool = False  # A1111's: the prompt's <lora:…> tags are removed but not applied
     distilled_guidance: float | None = None  # guidance-distilled models (FLUX.1 dev); None: the family's default
+    hires: HiresFix | None = None  # A1111's Hires. fix: a second pass at a larger size (txt2img)
+    refiner: Refiner | None = None  # A1111's refiner: another model finishes the denoising
+    img2img: Img2Img | None = None  # img2img's input image(s); width and height are the output's size
 
     def __post_init__(self) -> None:
         check_text("prompt", self.prompt)
@@ -78,7 +82,13 @@ class GenerationRequest:
         if self.sampler is not None and self.schedule not in supported_schedules(self.sampler):
             allowed = ", ".join(supported_schedules(self.sampler))
             raise ValueError(f"schedule: {self.sampler!r} cannot use {self.schedule!r}; it supports {allowed}")
-
+        if self.hires is not None and self.img2img is not None:
+            raise ValueError("enable_hr: Hires. fix is a txt2img option; img2img sets the output size itself")
+        if self.img2img is not None and len(self.img2img.images) > 1 and len(self.img2img.images) != self.batch_size:
+            raise ValueError(
+                f"init_images: {len(self.img2img.images)} images for a batch of {self.batch_size}; give one image, "
+                "or one per image of the batch"
+            )
 
     @property
     def latent_size(self) -> tuple[int, int]:

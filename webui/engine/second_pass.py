@@ -16,6 +16,7 @@ from typing import Any
 
 from PIL import Image
 
+from webui.engine.limits import RequestError, check_text
 from webui.engine.samplers import SCHEDULE_TYPES, sampler_entry
 
 MAX_HIRES_SIDE = 8192
@@ -27,23 +28,25 @@ RESIZE_MODES = ("Just resize", "Crop and resize", "Resize and fill", "Just resiz
 
 
 def _check(name: str, value: float, low: float, high: float) -> None:
-    if not low <= value <= high:
-        raise ValueError(f"{name}: {value} is out of range; allowed {low}..{high}")
+    if not low <= value <= high:  # NaN fails too
+        raise RequestError(name, f"{value} is out of range; allowed {low}..{high}")
 
 
 @dataclass(frozen=True)
 class HiresTarget:
-    """Where a hires pass goes: the upscaled size, and the latent pixels cropped off each axis afterwards."""
+    """Where a hires pass goes: the upscaled size, the latent pixels cropped off each axis afterwards, and the
+    VAE's factor (pixels per latent pixel: A1111's opt_f, 8 for every real model)."""
 
     width: int
     height: int
     truncate_x: int = 0
     truncate_y: int = 0
+    factor: int = LATENT_FACTOR
 
     @property
     def latent_size(self) -> tuple[int, int]:
         """(width, height) of the second pass's latent, after the crop (A1111 crops half on each side)."""
-        return self.width // LATENT_FACTOR - self.truncate_x, self.height // LATENT_FACTOR - self.truncate_y
+        return self.width // self.factor - self.truncate_x, self.height // self.factor - self.truncate_y
 
 
 @dataclass(frozen=True)
@@ -70,6 +73,8 @@ class HiresFix:
     def __post_init__(self) -> None:
         if not self.upscaler.strip():
             raise ValueError("hr_upscaler: empty; name a latent mode, None, Lanczos, Nearest or an upscaler model")
+        check_text("hr_prompt", self.prompt)
+        check_text("hr_negative_prompt", self.negative_prompt)
         _check("hr_scale", self.scale, 1.0, 8.0)
         _check("hr_resize_x", self.resize_x, 0, MAX_HIRES_SIDE)
         _check("hr_resize_y", self.resize_y, 0, MAX_HIRES_SIDE)
@@ -85,21 +90,21 @@ class HiresFix:
         if self.schedule is not None and self.schedule not in SCHEDULE_TYPES:
             raise ValueError(f"hr_scheduler: unknown {self.schedule!r}; allowed: {', '.join(SCHEDULE_TYPES)}")
 
-    def target(self, width: int, height: int) -> HiresTarget:
-        """The target for a first pass of `width`×`height` pixels, as A1111 computes it."""
+    def target(self, width: int, height: int, factor: int = LATENT_FACTOR) -> HiresTarget:
+        """The target for a first pass of `width`×`height` pixels, as A1111 computes it (`factor`: the VAE's)."""
         if self.resize_x == 0 and self.resize_y == 0:
-            return HiresTarget(int(width * self.scale), int(height * self.scale))
+            return HiresTarget(int(width * self.scale), int(height * self.scale), factor=factor)
         if self.resize_y == 0:
-            return HiresTarget(self.resize_x, self.resize_x * height // width)
+            return HiresTarget(self.resize_x, self.resize_x * height // width, factor=factor)
         if self.resize_x == 0:
-            return HiresTarget(self.resize_y * width // height, self.resize_y)
+            return HiresTarget(self.resize_y * width // height, self.resize_y, factor=factor)
         if width / height < self.resize_x / self.resize_y:
             upscaled = (self.resize_x, self.resize_x * height // width)
         else:
             upscaled = (self.resize_y * width // height, self.resize_y)
-        truncate_x = (upscaled[0] - self.resize_x) // LATENT_FACTOR
-        truncate_y = (upscaled[1] - self.resize_y) // LATENT_FACTOR
-        return HiresTarget(*upscaled, truncate_x, truncate_y)
+        truncate_x = (upscaled[0] - self.resize_x) // factor
+        truncate_y = (upscaled[1] - self.resize_y) // factor
+        return HiresTarget(*upscaled, truncate_x, truncate_y, factor)
 
     def infotext(self, first_sampler: str, first_schedule: str, first_cfg: float) -> dict[str, Any]:
         """A1111's keys for this pass (prompts apart: the caller writes `Hires prompt` when it differs)."""

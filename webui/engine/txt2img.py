@@ -12,6 +12,7 @@ from typing import Any
 import torch
 
 from webui import __version__
+from webui.engine import passes
 from webui.engine.cache import CachedComponent
 from webui.engine.conditioning import PromptEncoder
 from webui.engine.conditioning_pipeline import EmbeddingCache, encode_with_pipeline
@@ -23,18 +24,21 @@ from webui.engine.limits import RequestError
 from webui.engine.lora import LoraReport, LoraSpec, LoraStackApplier
 from webui.engine.noise import initial_noise
 from webui.engine.outputs import check_format, day_folder, save_image
+from webui.engine.passes import second_pass_params
 from webui.engine.pipelines import LoadedModel, PipelineManager
 from webui.engine.progress import CancelToken, Interrupted, ProgressCallback, StepReporter, interruptible
 from webui.engine.prompt_conditioning import ConditioningHook, encode_plan
 from webui.engine.prompt_plan import PromptPlan, plan_prompt
 from webui.engine.request import GeneratedImage, GenerationRequest, GenerationResult
 from webui.engine.samplers import make_scheduler, sampler_entry, sampler_label, schedule_note
+from webui.engine.upscaler_models import UpscalerModels
 from webui.families import DESCRIPTIONS
 from webui.families.base import PipelineEncoding, VariantInput
 from webui.models.loading import Role
 
 Hasher = Callable[[Path], str | None]
 LoraResolver = Callable[[str], Path]
+UpscalerResolver = Callable[[str], Path]  # an upscaler model's name -> its file (LookupError if none)
 # Our component overrides, written as extra infotext keys.
 OVERRIDE_KEYS = {Role.UNET: "UNet", Role.TEXT_ENCODER: "Text encoder", Role.TEXT_ENCODER_2: "Text encoder 2"}
 
@@ -51,6 +55,7 @@ class Engine:
         hasher: Hasher | None = None,
         lora_resolver: LoraResolver | None = None,
         embeddings: EmbeddingSet | None = None,
+        upscaler_resolver: UpscalerResolver | None = None,
     ) -> None:
         self.manager = manager
         self.outputs_dir = Path(outputs_dir)
@@ -62,6 +67,8 @@ class Engine:
         self.samples_format = "png"  # A1111's samples_format: png, jpg/jpeg or webp (a setting)
         self.prompt_cache = EmbeddingCache()  # per-prompt T5/CLIP embeddings of PipelineEncoding families
         self.gpu_lock = threading.Lock()  # the one lock: one generation per device at a time
+        self.upscaler_path = upscaler_resolver or _no_upscaler_models
+        self.upscaler_models = UpscalerModels(manager.device)
 
     def seeds_for(self, request: GenerationRequest) -> list[int]:
         """One seed per image: seed, seed + 1, ...; with a variation seed every image keeps the seed (as A1111)."""
@@ -111,22 +118,45 @@ class Engine:
     ) -> GenerationResult:
         started = time.perf_counter()
         loaded = self.manager.load(request.model)
-        if not loaded.family.description.txt2img:
+        if not loaded.family.description.txt2img and request.img2img is None:
             takes = ", ".join(d.label for d in DESCRIPTIONS if d.supported and d.txt2img)
             raise RequestError(
                 "model",
                 f"{loaded.choice.name} is an {loaded.family.label}, which refines an existing image; "
-                f"txt2img needs a checkpoint of another family ({takes})"
+                f"txt2img needs a checkpoint of another family ({takes}); use it in img2img or as the refiner",
             )
         variant = loaded.variant
         if variant is not None and variant.txt2img is None:
             what = f"{variant.name} {loaded.family.label} model"
             raise ValueError(f"model: {loaded.choice.name} is an {what}: {variant.refusal}")
-        timings = {"load": time.perf_counter() - started, "denoise": 0.0, "decode": 0.0, "save": 0.0}
         plan = plan_prompt(request.prompt, request.negative_prompt, request.steps)
+        try:
+            work = passes.prepare(self, loaded, request, plan)
+            return self._run(request, loaded, work, started, progress, cancel, preview_every, strict_loras,
+                             outputs_dir, image_format, partial)  # fmt: skip
+        finally:
+            self.manager.release_companions()
+
+    def _run(
+        self,
+        request: GenerationRequest,
+        loaded: LoadedModel,
+        work: passes.BatchWork,
+        started: float,
+        progress: ProgressCallback | None,
+        cancel: CancelToken | None,
+        preview_every: int,
+        strict_loras: bool,
+        outputs_dir: Path | None,
+        image_format: str,
+        partial: bool,
+    ) -> GenerationResult:
+        plan = work.plan
+        timings = {"load": time.perf_counter() - started, "denoise": 0.0, "decode": 0.0, "save": 0.0}
         seeds = self.seeds_for(request)
         subseeds = self.subseeds_for(request) if request.subseed_strength else None
         warnings = plan.warnings + self.sampling_warnings(request) + self.family_warnings(loaded, request, plan)
+        warnings += work.warnings
         images: list[GeneratedImage] = []
         reports: list[LoraReport] = []
         use = EmbeddingUse()
@@ -142,20 +172,23 @@ class Engine:
             refused = [report.error for report in reports if report.error]
             if strict_loras and refused:
                 raise LoraRefusedError("; ".join(refused))
-            folder = day_folder(outputs_dir or self.outputs_dir, "txt2img")
-            params = self._params(request, loaded) | self._lora_params(request, stack, reports[len(unresolved) :])
+            folder = day_folder(outputs_dir or self.outputs_dir, "img2img" if request.img2img else "txt2img")
+            params = (
+                self._params(request, loaded)
+                | self._lora_params(request, stack, reports[len(unresolved) :])
+                | second_pass_params(request, work, self.hasher)
+            )
             reporter = StepReporter(
                 loaded.family, request.steps, request.batch_count, progress, cancel, preview_every,
                 unpack=lambda latents: self.unpacked(loaded, request, latents),
             )  # fmt: skip
+            if work.passes > 1:
+                reporter.per_batch = work.steps_per_batch
             applied = [
                 s for s, r in zip(stack, reports[len(unresolved) :], strict=True) if s.active and r.error is None
             ]
-            te_state = tuple((s.path, s.te_weight) for s in applied if s.te_weight)
-            vae = self.manager.cache.get_or_load(loaded.keys[Role.VAE], _never)
-            pipeline = loaded.pipeline
-            text_encoders = [getattr(pipeline, "text_encoder", None), getattr(pipeline, "text_encoder_2", None)]
-            with interruptible(text_encoders, cancel):
+            work.te_state = tuple((s.path, s.te_weight) for s in applied if s.te_weight)
+            with interruptible(passes.text_encoders(work), cancel):
                 for batch in range(request.batch_count):
                     if cancel is not None and cancel.cancelled:
                         break
@@ -164,18 +197,18 @@ class Engine:
                     batch_seeds = seeds[batch_slice]
                     batch_subseeds = subseeds[batch_slice] if subseeds is not None else None
                     t0 = time.perf_counter()
-                    latents = self.denoise(
-                        loaded, request, batch_seeds, reporter, use, plan=plan, subseeds=batch_subseeds,
-                        te_state=te_state,
-                    )  # fmt: skip
+                    latents, pil_images = passes.first_pass(self, work, batch_seeds, batch_subseeds, reporter, use)
+                    if latents is not None and request.hires is not None and not reporter.interrupted:
+                        latents = passes.hires_pass(self, work, latents, batch_seeds, batch_subseeds, reporter, use)
                     t1 = time.perf_counter()
                     if use.used:
                         params["TI hashes"] = ", ".join(f"{n}: {self.hasher(p) or ''}" for n, p in use.used.items())
                     if reporter.interrupted and not (partial or reporter.skipped):
                         break
-                    unpacked = self.unpacked(loaded, request, latents)  # a transformer's packed latents
-                    pixels = self._decode(vae, unpacked, request, cancel, loaded.choice.name)
-                    pil_images = pipeline.image_processor.postprocess(pixels, output_type="pil")
+                    # An interrupted batch is decoded where it stopped, as A1111 returns its partial image.
+                    if pil_images is None:
+                        unpacked = self.unpacked(loaded, request, latents)  # a transformer's packed latents
+                        pil_images = passes.decode_images(self, loaded, unpacked, cancel)
                     t2 = time.perf_counter()
                     for index, (seed, image) in enumerate(zip(batch_seeds, pil_images, strict=True)):
                         image_params = {**params, "Seed": seed}
@@ -205,15 +238,13 @@ class Engine:
         return GenerationResult(tuple(images), timings, tuple(reports), info)
 
     def _decode(
-        self, vae: CachedComponent, latents: torch.Tensor, request: GenerationRequest, cancel: CancelToken | None,
-        model: str,
-    ) -> torch.Tensor:  # fmt: skip
-        """Latents to pixels, both checked finite (NaN/inf fails naming `model`: no black PNG). A batch interrupted
-        while denoising is decoded where it stopped (A1111's partial image); an interrupt that comes while decoding
-        raises Interrupted at the next VAE tile (or decode), and that batch has no image."""
+        self, vae: CachedComponent, latents: torch.Tensor, cancel: CancelToken | None, model: str, tile: bool
+    ) -> torch.Tensor:
+        """(batch, C, h, w) latents to pixels, both checked finite (NaN/inf fails naming `model`: no black PNG).
+        A batch interrupted while denoising is decoded where it stopped (A1111's partial image); an interrupt that
+        comes while decoding raises Interrupted at the next VAE tile (or decode), and that batch has no image."""
         check_finite(latents, model, "latents")
         decode_cancel = None if cancel is None or cancel.cancelled else cancel
-        tile = request.width * request.height >= self.manager.policy.vae_tiling_min_pixels
         with interruptible([getattr(vae.module, "decoder", vae.module)], decode_cancel):
             pixels = decode_latents(vae, latents, tile=tile)
         check_finite(pixels, model, "decoded image")
@@ -278,13 +309,15 @@ class Engine:
         plan: PromptPlan | None = None,
         subseeds: list[int] | None = None,
         te_state: tuple[Any, ...] = (),
+        denoising_end: float | None = None,
     ) -> torch.Tensor:
         """Latents for one batch (packed as the pipeline returns them: see `unpacked`). Noise is drawn on the CPU
         from each image's own seed (same image on any device).
 
         A plain prompt goes through the pipeline exactly as plain diffusers would run it; prompt editing and AND
         go through a ConditioningHook on the UNet; samplers without a diffusers scheduler run in own_sampling.
-        Families that encode with the pipeline itself (FLUX.1) go through `denoise_encoded`."""
+        Families that encode with the pipeline itself (FLUX.1) go through `denoise_encoded`. `denoising_end`
+        (0..1 of the noise schedule) stops early for a refiner (diffusers' argument)."""
         pipeline = loaded.pipeline
         plan = plan or plan_prompt(request.prompt, request.negative_prompt, request.steps)
         if isinstance(loaded.family.description.conditioning, PipelineEncoding):
@@ -310,6 +343,9 @@ class Engine:
         if entry is not None and entry.own:
             from webui.engine import own_sampling
 
+            if denoising_end is not None:
+                raise ValueError(f"sampler: {request.sampler} cannot hand off to a refiner; choose another sampler")
+
             return own_sampling.sample(
                 entry.own, pipeline, loaded.family, loaded.scheduler_config, conditioning, noise, generators,
                 steps=request.steps, cfg_scale=request.cfg_scale, schedule=request.schedule,
@@ -331,6 +367,8 @@ class Engine:
         if request.eta is not None and entry is not None and entry.scheduler == "DDIMScheduler":
             kwargs["eta"] = request.eta
         kwargs.update(_variant_inputs(loaded, request))
+        if denoising_end is not None:
+            kwargs["denoising_end"] = denoising_end
         pipeline._interrupt = False
 
         def run() -> torch.Tensor:
@@ -480,5 +518,5 @@ def _tail() -> dict[str, Any]:
     return {"Version": f"webui {__version__}"}
 
 
-def _never() -> torch.nn.Module:
-    raise RuntimeError("the VAE of the loaded model is pinned in the cache and cannot be missing")
+def _no_upscaler_models(name: str) -> Path:
+    raise LookupError(f"no upscaler model library is connected, so {name!r} cannot be found")

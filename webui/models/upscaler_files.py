@@ -7,15 +7,16 @@ shape-only (meta) tensors.
 
 spandrel imports torchvision at import time, for two architectures that are not upscalers (LaMa inpainting and
 RestoreFormer face restoration). PyPI's torchvision cannot be installed beside a CPU build of torch (it fails to
-import, and breaks diffusers with it), so where torchvision is absent or broken a stand-in module is registered
-for the three names spandrel imports; using either of those architectures then raises an ImportError saying
-what is missing. Every upscaling architecture works without it.
+import, and breaks diffusers with it), so where torchvision is absent or broken a stand-in for the three names
+spandrel imports is put in sys.modules while spandrel imports, and taken out again; using either of those
+architectures then raises an ImportError saying what is missing. Every upscaling architecture works without it.
 """
 
 from __future__ import annotations
 
 import enum
 import importlib
+import importlib.machinery
 import sys
 import types
 from pathlib import Path
@@ -59,7 +60,7 @@ def _torchvision_importable() -> bool:
     return True
 
 
-def _register_torchvision_stand_in() -> None:
+def _torchvision_stand_in() -> dict[str, types.ModuleType]:
     functional = types.ModuleType("torchvision.transforms.functional")
     functional.InterpolationMode = _InterpolationMode  # type: ignore[attr-defined]
     functional.rotate = _torchvision_missing  # type: ignore[attr-defined]
@@ -68,21 +69,28 @@ def _register_torchvision_stand_in() -> None:
     transforms.functional = functional  # type: ignore[attr-defined]
     package = types.ModuleType("torchvision")
     package.transforms = transforms  # type: ignore[attr-defined]
-    package.__stand_in__ = True  # type: ignore[attr-defined]
-    for name, module in zip(_TORCHVISION_NAMES, (package, transforms, functional), strict=True):
-        sys.modules[name] = module
+    modules = dict(zip(_TORCHVISION_NAMES, (package, transforms, functional), strict=True))
+    for name, module in modules.items():
+        module.__spec__ = importlib.machinery.ModuleSpec(name, None)
+    return modules
 
 
 def import_spandrel() -> Any:
-    """The spandrel module (torchvision's stand-in registered first where it is needed); ImportError says how to
-    install spandrel when it is missing."""
-    if "spandrel" not in sys.modules and not _torchvision_importable():
-        _register_torchvision_stand_in()
+    """The spandrel module; ImportError says how to install it when it is missing. Where torchvision cannot be
+    imported, its stand-in is in sys.modules only while spandrel imports (others, such as diffusers and
+    transformers, check whether torchvision is installed and must keep finding that it is not)."""
+    if "spandrel" in sys.modules:
+        return sys.modules["spandrel"]
+    stand_in = {} if _torchvision_importable() else _torchvision_stand_in()
+    sys.modules.update(stand_in)
     try:
         return importlib.import_module("spandrel")
     except ModuleNotFoundError as error:
         missing = error.name
         raise ImportError(f"upscaler models need spandrel ({missing} is missing): {SPANDREL_HINT}") from None
+    finally:
+        for name in stand_in:
+            del sys.modules[name]
 
 
 def canonical_tensors(tree: Any) -> dict[str, torch.Tensor]:
