@@ -9,10 +9,12 @@ from typing import Any
 
 from webui.engine.extra_networks import extract_lora_tags
 from webui.engine.infotext import parse_infotext
+from webui.engine.infotext_passes import second_pass_values
 from webui.engine.lora import LoraSpec
 from webui.engine.pipelines import ModelChoice
 from webui.engine.request import GenerationRequest
 from webui.engine.samplers import SCHEDULE_TYPES, split_legacy_name
+from webui.engine.second_pass import hires_from_fields, refiner_from_fields
 from webui.models.kinds import Kind
 
 # infotext key → (GenerationRequest field, converter)
@@ -127,23 +129,33 @@ def request_from_infotext(text: str, library: Any) -> Reproduction:
     values["loras"] = tuple(loras)
     values["checkpoint"] = checkpoint
     values.update(components)
+    missing += second_pass_values(params, values, notes, lambda name: _find(library, Kind.CHECKPOINT, name))
     _drop_invalid(values, notes)
     request = None
     model_found = checkpoint is not None or components.get("unet") is not None
     if model_found and not any(m.startswith(("model", "unet", "text", "vae")) for m in missing):
         choice = ModelChoice(checkpoint, **{k: v for k, v in components.items() if v is not None})
-        fields = {f.name for f in dataclasses.fields(GenerationRequest)}
-        request = GenerationRequest(model=choice, **{k: v for k, v in values.items() if k in fields})
+        request = build_request(choice, values)
     return Reproduction(request, values, missing, notes)
+
+
+def build_request(choice: ModelChoice, values: dict[str, Any]) -> GenerationRequest:
+    """The request that flat field values describe: GenerationRequest's own fields, Hires. fix and the refiner."""
+    fields = {f.name for f in dataclasses.fields(GenerationRequest)} - {"hires", "refiner", "img2img"}
+    return GenerationRequest(
+        model=choice,
+        hires=hires_from_fields(values),
+        refiner=refiner_from_fields(values),
+        **{k: v for k, v in values.items() if k in fields},
+    )
 
 
 def _drop_invalid(values: dict[str, Any], notes: list[str]) -> None:
     """Leave out, one at a time, each field value a request refuses (its message names the field)."""
-    fields = {f.name for f in dataclasses.fields(GenerationRequest)}
     placeholder = ModelChoice(Path("infotext"))
-    for _attempt in range(len(fields)):
+    for _attempt in range(len(values) + 1):
         try:
-            GenerationRequest(model=placeholder, **{k: v for k, v in values.items() if k in fields})
+            build_request(placeholder, values)
             return
         except ValueError as error:
             field_name = str(error).split(":", 1)[0]

@@ -184,3 +184,58 @@ def first_pass_size(width: int, height: int) -> tuple[int, int]:
 def executed_steps(steps: int, strength: float) -> int:
     """How many steps an img2img pass of `steps` at `strength` runs (diffusers' `get_timesteps`)."""
     return min(int(steps * strength), steps)
+
+
+# Flat field names (A1111's API names, also the UI's widget names) -> HiresFix attributes.
+HIRES_FIELDS = {
+    "hr_upscaler": "upscaler",
+    "hr_scale": "scale",
+    "hr_resize_x": "resize_x",
+    "hr_resize_y": "resize_y",
+    "hr_second_pass_steps": "steps",
+    "denoising_strength": "denoising_strength",
+    "hr_sampler_name": "sampler",
+    "hr_scheduler": "schedule",
+    "hr_prompt": "prompt",
+    "hr_negative_prompt": "negative_prompt",
+    "hr_cfg": "cfg_scale",
+}
+SECOND_PASS_FIELDS = ("enable_hr", *HIRES_FIELDS, "refiner_checkpoint", "refiner_switch_at")
+_USE_FIRST_PASS = (None, "", "Use same sampler", "Use same scheduler")  # A1111's "same as the first pass" choices
+
+
+def hires_from_fields(values: Any) -> HiresFix | None:
+    """The HiresFix that flat fields describe (None unless `enable_hr`); an empty or "same" value keeps the default.
+    ValueError names the flat field."""
+    if not values.get("enable_hr"):
+        return None
+    kwargs = {}
+    for name, attribute in HIRES_FIELDS.items():
+        value = values.get(name)
+        if value in _USE_FIRST_PASS:
+            continue
+        if attribute in ("scale", "denoising_strength", "cfg_scale"):
+            value = _number(name, value, float)
+        elif attribute in ("resize_x", "resize_y", "steps"):
+            value = _number(name, value, int)
+        kwargs[attribute] = value
+    return HiresFix(**kwargs)
+
+
+def refiner_from_fields(values: Any) -> Refiner | None:
+    """The Refiner that `refiner_checkpoint` (a path) and `refiner_switch_at` describe (None without a checkpoint)."""
+    checkpoint = values.get("refiner_checkpoint")
+    if not checkpoint:
+        return None
+    switch = values.get("refiner_switch_at")
+    return Refiner(Path(checkpoint), 0.8 if switch in (None, "") else _number("refiner_switch_at", switch, float))
+
+
+def _number(name: str, value: Any, kind: type) -> Any:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name}: {value!r} is not a number") from None
+    if kind is int and not number.is_integer():
+        raise ValueError(f"{name}: {value} is not a whole number")
+    return kind(number)
