@@ -1,4 +1,4 @@
-"""`python -m webui generate`: one txt2img request headless; also the request flags `compare` reuses."""
+"""`python -m webui generate`: one txt2img (or img2img) request headless; also the request flags `compare` reuses."""
 
 from __future__ import annotations
 
@@ -45,6 +45,24 @@ def add_request_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--distilled", action="store_true", help="few-step preset for Turbo/LCM models")
     parser.add_argument("--infotext", metavar="TEXT_OR_PNG", help="reproduce an image: its PNG, or infotext")
+    hires = parser.add_argument_group("Hires. fix (A1111's names)")
+    hires.add_argument("--hires", dest="enable_hr", action="store_true", default=None, help="turn Hires. fix on")
+    hires.add_argument("--hr-upscaler", help="Latent (bicubic), ..., None, Lanczos, Nearest, or an upscaler model")
+    hires.add_argument("--hr-scale", type=float, help="upscale by (default 2)")
+    hires.add_argument("--hr-resize-x", type=int, help="resize width to (0: from the scale)")
+    hires.add_argument("--hr-resize-y", type=int, help="resize height to (0: from the scale)")
+    hires.add_argument("--hr-steps", dest="hr_second_pass_steps", type=int, help="hires steps (0: as the first pass)")
+    hires.add_argument("--denoising-strength", type=float, help="hires (or img2img) denoising strength, 0..1")
+    hires.add_argument("--hr-sampler", dest="hr_sampler_name", help="hires sampler (default: the first pass's)")
+    hires.add_argument("--hr-schedule", dest="hr_scheduler", help="hires schedule type (default: the first pass's)")
+    hires.add_argument("--hr-prompt", help="hires prompt (default: the prompt)")
+    hires.add_argument("--hr-negative", dest="hr_negative_prompt", help="hires negative prompt")
+    hires.add_argument("--hr-cfg", type=float, help="hires CFG scale (default: the first pass's)")
+    second = parser.add_argument_group("refiner and img2img")
+    second.add_argument("--refiner", help="refiner checkpoint (name or path): finishes the denoising (SDXL)")
+    second.add_argument("--refiner-switch-at", type=float, help="share of the steps before the refiner (0.8)")
+    second.add_argument("--init-image", action="append", metavar="IMAGE", help="img2img input (repeat: one per image)")
+    second.add_argument("--resize-mode", help="img2img: Just resize, Crop and resize, Resize and fill, or 0-3")
 
 
 
@@ -144,9 +162,11 @@ def _infotext_of(value: str) -> str:
 def request_from_args(args: argparse.Namespace, library: Any) -> Any:
     """Defaults, then the infotext (if any), then the flags actually given, then the distilled preset."""
     from webui.engine.pipelines import ModelChoice
-    from webui.engine.reproduce import request_from_infotext
+    from webui.engine.reproduce import build_request, request_from_infotext
     from webui.engine.request import GenerationRequest
     from webui.engine.samplers import DISTILLED_PRESET
+    from webui.engine.second_pass import RESIZE_MODES, SECOND_PASS_FIELDS, Img2Img
+    from webui.models.kinds import Kind
 
     values: dict[str, Any] = {}
     model: dict[str, Any] = {}
@@ -154,13 +174,16 @@ def request_from_args(args: argparse.Namespace, library: Any) -> Any:
         reproduction = request_from_infotext(_infotext_of(args.infotext), library)
         if reproduction.missing and not args.checkpoint:
             raise ValueError(f"infotext: not in the library: {', '.join(reproduction.missing)}")
-        fields = {f.name for f in dataclasses.fields(GenerationRequest)}
+        fields = {f.name for f in dataclasses.fields(GenerationRequest)} | set(SECOND_PASS_FIELDS)
         values.update({k: v for k, v in reproduction.values.items() if k in fields})
         model = {k: reproduction.values.get(k) for k in ("checkpoint", "unet", "vae", "text_encoder", "text_encoder_2")}
     if args.distilled:
         values.update(DISTILLED_PRESET.request_fields())
     flags = {field: getattr(args, flag) for flag, field in _FLAG_FIELDS.items()}
+    flags |= {name: getattr(args, name, None) for name in SECOND_PASS_FIELDS if name not in ("refiner_checkpoint",)}
     values.update({field: value for field, value in flags.items() if value is not None})
+    if args.refiner:
+        values["refiner_checkpoint"] = _resolve(library, args.refiner, Kind.CHECKPOINT)
     te = [_resolve(library, v) for v in args.text_encoder or []]
     given = {
         "checkpoint": _resolve(library, args.checkpoint),
@@ -174,7 +197,14 @@ def request_from_args(args: argparse.Namespace, library: Any) -> Any:
     choice = ModelChoice(**{k: model.get(k) for k in given})
     if not args.infotext:  # what the model's family starts from (FLUX.1: CFG 1, its steps), under the flags
         values = {**family_defaults(choice), **values}
-    return GenerationRequest(model=choice, loras=loras, **values)
+    values["loras"] = loras
+    request = build_request(choice, values)
+    if args.init_image:
+        images = tuple(_open_image(path) for path in args.init_image)
+        strength = 0.75 if args.denoising_strength is None else args.denoising_strength
+        img2img = Img2Img(images, resize_mode=args.resize_mode or RESIZE_MODES[0], denoising_strength=strength)
+        request = dataclasses.replace(request, img2img=img2img, hires=None)
+    return request
 
 
 def family_defaults(choice: Any) -> dict[str, Any]:
@@ -200,6 +230,14 @@ def family_defaults(choice: Any) -> dict[str, Any]:
     return values
 
 
+def _open_image(path: str) -> Any:
+    from PIL import Image
+
+    with Image.open(path) as image:
+        image.load()
+        return image.convert("RGB")
+
+
 def cmd_generate(args: argparse.Namespace) -> int:
     from webui.cli import quiet_libraries
     from webui.models.library import open_library
@@ -223,7 +261,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 def register(sub: Any) -> None:
-    parser = sub.add_parser("generate", help="run one txt2img request headless")
+    parser = sub.add_parser("generate", help="run one txt2img (or img2img) request headless")
     add_path_arguments(parser)
     add_request_arguments(parser)
     add_device_arguments(parser)

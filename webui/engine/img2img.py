@@ -23,6 +23,7 @@ from webui.engine.pipelines import LoadedModel
 from webui.engine.prompt_conditioning import ConditioningHook, encode_plan
 from webui.engine.prompt_plan import PromptPlan
 from webui.engine.samplers import make_scheduler, sampler_entry
+from webui.engine.second_pass import executed_steps
 
 
 @dataclass(frozen=True)
@@ -91,6 +92,8 @@ def run_pass(
             f"sampler: {work.sampler} runs its own loop from pure noise here and cannot start from an image; "
             "choose another sampler for img2img and the hires pass"
         )
+    if work.denoising_start is None and executed_steps(work.steps, work.strength) == 0:
+        return work.latents  # too few steps for this strength to run any (diffusers would return an empty batch)
     pipeline = img2img_pipeline(loaded)
     encoder = PromptEncoder(pipeline, loaded.family, work.clip_skip, embeddings, use)
     conditioning = encode_plan(encoder, work.plan, len(seeds))

@@ -24,7 +24,7 @@ from webui.engine.pipelines import LoadedModel, ModelChoice
 from webui.engine.progress import CancelToken, interruptible
 from webui.engine.prompt_plan import PromptPlan, plan_prompt
 from webui.engine.request import GenerationRequest
-from webui.engine.second_pass import RESIZE_MODES, executed_steps
+from webui.engine.second_pass import RESIZE_MODES, executed_steps, scheduled_steps
 from webui.engine.upscalers import Upscaler, crop_latents, enlarge, resize_image, resolve_upscaler, upscale_latents
 
 if TYPE_CHECKING:
@@ -46,6 +46,11 @@ class BatchWork:
     te_state: tuple[Any, ...] = ()  # the LoRAs applied to the text encoders (keys the prompt-embedding cache)
 
     @property
+    def finisher(self) -> LoadedModel:
+        """The model whose VAE decodes the first pass: the refiner when it finished the denoising."""
+        return self.refiner or self.loaded
+
+    @property
     def passes(self) -> int:
         """Pipeline calls per batch."""
         return 1 + (self.refiner is not None) + (self.request.hires is not None)
@@ -57,9 +62,8 @@ class BatchWork:
         if request.img2img is not None:
             return max(1, executed_steps(request.steps, request.img2img.denoising_strength))
         steps = request.steps
-        if request.hires is not None:
-            hires = request.hires
-            steps += executed_steps(hires.steps or request.steps, hires.denoising_strength)
+        if request.hires is not None and request.hires.denoising_strength > 0:
+            steps += request.hires.steps or request.steps  # A1111 runs all of them (see scheduled_steps)
         return steps
 
 
@@ -205,7 +209,7 @@ def hires_pass(
     if work.hires_upscaler.latent:
         start = upscale_latents(latents.float(), work.hires_upscaler, target)
     else:
-        images = decode_images(engine, work.loaded, latents)
+        images = decode_images(engine, work.finisher, latents)
         upscaled = [enlarge(image, target.width, target.height, work.hires_upscaler, engine.upscaler_models.run)
                     for image in images]  # fmt: skip
         start = crop_latents(encode_images(engine, work.loaded, upscaled), target)
@@ -213,7 +217,8 @@ def hires_pass(
         return start
     reporter.start_pass()
     pass_ = ImagePass(
-        start, work.hires_plan, hires.steps or request.steps, hires.denoising_strength,
+        start, work.hires_plan, scheduled_steps(hires.steps or request.steps, hires.denoising_strength),
+        hires.denoising_strength,
         request.cfg_scale if hires.cfg_scale is None else hires.cfg_scale,
         request.sampler if hires.sampler is None else hires.sampler,
         request.schedule if hires.schedule is None else hires.schedule,

@@ -54,8 +54,9 @@ class HiresFix:
     """A1111's Hires. fix: generate at the request's size, upscale with `upscaler`, denoise again at the target.
 
     `upscaler` is an A1111 name: a latent mode ("Latent", "Latent (bicubic antialiased)", ...), "None" /
-    "Lanczos" / "Nearest", or an upscaler model's name from models/upscalers/. `steps` 0: the first pass's
-    step count (A1111's `hr_second_pass_steps`); `sampler`/`schedule`/`cfg_scale` None and empty prompts: the
+    "Lanczos" / "Nearest", or an upscaler model's name from models/upscalers/. `steps`: how many steps the pass
+    runs (A1111's `hr_second_pass_steps`, all of them, on a schedule stretched by the strength; 0: the first pass's
+    count); `sampler`/`schedule`/`cfg_scale` None and empty prompts: the
     first pass's. `denoising_strength` 0..1: how much of the upscaled image is noised and denoised again."""
 
     upscaler: str = DEFAULT_HR_UPSCALER
@@ -184,6 +185,17 @@ def first_pass_size(width: int, height: int) -> tuple[int, int]:
 def executed_steps(steps: int, strength: float) -> int:
     """How many steps an img2img pass of `steps` at `strength` runs (diffusers' `get_timesteps`)."""
     return min(int(steps * strength), steps)
+
+
+def scheduled_steps(run: int, strength: float) -> int:
+    """The schedule length whose last `strength` share is `run` steps: A1111's hires pass runs its "Hires steps"
+    in full on a stretched schedule (`setup_img2img_steps` with explicit steps), not `strength` of them."""
+    if strength <= 0:
+        return run
+    steps = max(run, math.ceil(run / strength))
+    while executed_steps(steps, strength) < run:  # float rounding
+        steps += 1
+    return steps
 
 
 # Flat field names (A1111's API names, also the UI's widget names) -> HiresFix attributes.

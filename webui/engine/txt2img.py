@@ -198,8 +198,10 @@ class Engine:
                     batch_subseeds = subseeds[batch_slice] if subseeds is not None else None
                     t0 = time.perf_counter()
                     latents, pil_images = passes.first_pass(self, work, batch_seeds, batch_subseeds, reporter, use)
+                    decoder = work.finisher  # the model that finished the latents decodes them
                     if latents is not None and request.hires is not None and not reporter.interrupted:
                         latents = passes.hires_pass(self, work, latents, batch_seeds, batch_subseeds, reporter, use)
+                        decoder = loaded
                     t1 = time.perf_counter()
                     if use.used:
                         params["TI hashes"] = ", ".join(f"{n}: {self.hasher(p) or ''}" for n, p in use.used.items())
@@ -207,8 +209,8 @@ class Engine:
                         break
                     # An interrupted batch is decoded where it stopped, as A1111 returns its partial image.
                     if pil_images is None:
-                        unpacked = self.unpacked(loaded, request, latents)  # a transformer's packed latents
-                        pil_images = passes.decode_images(self, loaded, unpacked, cancel)
+                        unpacked = self.unpacked(decoder, request, latents)  # a transformer's packed latents
+                        pil_images = passes.decode_images(self, decoder, unpacked, cancel)
                     t2 = time.perf_counter()
                     for index, (seed, image) in enumerate(zip(batch_seeds, pil_images, strict=True)):
                         image_params = {**params, "Seed": seed}
