@@ -140,3 +140,9 @@ def resize_image(
             right = resized.resize((fill, height), box=(resized.width, 0, resized.width, height))
             result.paste(right, box=(fill + src_w, 0))
     return result
+
+
+def upscaler_names(latent_upscale: bool, models: list[str]) -> list[str]:
+    """Hires upscaler choices, A1111's order: the latent modes (only where the family's latents allow them), the
+    resamplers, then the upscaler models by name."""
+    return [*(LATENT_MODES if latent_upscale else ()), *RESAMPLERS, *models]
