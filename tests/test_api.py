@@ -159,7 +159,7 @@ def test_txt2img_saves_when_asked_and_applies_prompt_loras_and_clip_skip(api, qu
             "CLIP_stop_at_last_layers": 2,
             "sd_vae": "tiny-sd1-vae-alt.safetensors",
         },
-        "enable_hr": True,
+        "restore_faces": True,
     }
     response = api.post("/sdapi/v1/txt2img", json=body)
     assert response.status_code == 200, response.text
@@ -167,7 +167,7 @@ def test_txt2img_saves_when_asked_and_applies_prompt_loras_and_clip_skip(api, qu
     assert info["all_seeds"] == [3, 4] and info["clip_skip"] == 2
     assert info["loras"][0]["name"] == "tiny-sd1-kohya" and info["loras"][0]["applied"] > 0
     assert info["extra_generation_params"]["Lora hashes"].startswith("tiny-sd1-kohya: ")
-    assert info["warnings"] == ["enable_hr: hires fix is not supported here; ignored"]
+    assert info["warnings"] == ["restore_faces: face restoration is not supported here; ignored"]
     saved = sorted(set(outputs(queue)) - before)
     assert [p.name.split("-", 1)[1] for p in saved] == ["3.png", "4.png"]
     assert [base64.b64decode(i) for i in response.json()["images"]] == [p.read_bytes() for p in saved]

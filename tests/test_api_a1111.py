@@ -32,8 +32,9 @@ def served(tiny_models_dir, tmp_path_factory):
     (models / "tokenizers").symlink_to(tiny_models_dir / "tokenizers")  # the tiny CLIP tokenizer
     (models / "styles.csv").write_text(STYLES_CSV, encoding="utf-8")
     (install / "styles.csv").write_text("name,prompt,negative_prompt\nfrom a1111,film grain,\n", encoding="utf-8")
-    folders = ", ".join(f'{k} = "{v}"' for k, v in {"checkpoint": "checkpoints", "vae": "vae", "lora": "loras",
-                                                      "embedding": "embeddings"}.items())  # fmt: skip
+    kinds = {"checkpoint": "checkpoints", "vae": "vae", "lora": "loras", "embedding": "embeddings",
+             "upscaler": "upscalers"}  # fmt: skip
+    folders = ", ".join(f'{k} = "{v}"' for k, v in kinds.items())
     (models / "extra_model_paths.toml").write_text(
         f'[[roots]]\npath = "{tiny_models_dir}"\nfolders = {{ {folders} }}\n\n'
         f'[[roots]]\npath = "{install}"\npreset = "a1111"\n',
@@ -85,7 +86,18 @@ def test_webuiapi_drives_the_server(served):
     assert len(result.images) == 1 and result.images[0].size == (32, 32)
     assert result.info["all_seeds"] == [5] and "Steps: 2, Sampler: Euler a" in result.info["infotexts"][0]
     assert result.info["warnings"] == []  # webuiapi's defaults (eta 1, s_tmax 0, ...) change nothing here
-    assert client.get_upscalers() == [] and client.get_latent_upscale_modes() == []
+    upscalers = [u["name"] for u in client.get_upscalers()]
+    assert upscalers == ["None", "Lanczos", "Nearest", "tiny-2x-esrgan", "tiny-4x-realesrgan"]
+    assert [m["name"] for m in client.get_latent_upscale_modes()][:2] == ["Latent", "Latent (antialiased)"]
+    source = Image.new("RGB", (40, 24), (200, 30, 30))
+    done = client.img2img(
+        images=[source], prompt="a red hat", width=32, height=32, seed=5, denoising_strength=0.0,
+        override_settings={"sd_model_checkpoint": "tiny-sd1"},
+    )  # fmt: skip
+    assert done.images[0].size == (32, 32) and done.info["denoising_strength"] == 0.0
+    assert done.images[0].getpixel((16, 16)) == (200, 30, 30)  # strength 0: the input, resized
+    upscaled = client.extra_single_image(source, upscaler_1="tiny-2x-esrgan", upscaling_resize=2)
+    assert upscaled.image.size == (80, 48) and "Postprocess upscaler: tiny-2x-esrgan" in upscaled.info
     embeddings = client.get_embeddings()
     assert set(embeddings) == {"loaded", "skipped"} and embeddings["loaded"]  # the tiny textual inversions
     assert all({"shape", "vectors"} <= set(item) for item in embeddings["loaded"].values())
@@ -192,3 +204,49 @@ def test_info_carries_the_version_and_big_steps_and_cfg_pass(api):
     info, _ = txt2img(api, steps=151, cfg_scale=31.5, width=33, height=32, sampler_name="Euler")
     assert info["version"].startswith("webui ") and info["steps"] == 151 and info["cfg_scale"] == 31.5
     assert "Size: 33x32" in info["infotexts"][0]
+
+
+def test_hires_fix_through_the_api(api):
+    body = {"enable_hr": True, "hr_scale": 2, "hr_upscaler": "tiny-4x-realesrgan", "denoising_strength": 0.5,
+            "hr_second_pass_steps": 1, "hr_sampler_name": "Euler", "width": 16, "height": 16}  # fmt: skip
+    info, (image,) = txt2img(api, **body)
+    assert image.size == (32, 32) and info["width"] == 16 and info["denoising_strength"] == 0.5
+    text = info["infotexts"][0]
+    for key in ("Size: 16x16", "Denoising strength: 0.5", "Hires upscale: 2", "Hires steps: 1",
+                "Hires upscaler: tiny-4x-realesrgan"):  # fmt: skip
+        assert key in text, key
+    assert info["extra_generation_params"]["Hires upscaler"] == "tiny-4x-realesrgan" and info["warnings"] == []
+    # The old hires fix's fields: generate at firstphase size, then resize to width x height.
+    info, (image,) = txt2img(api, enable_hr=True, firstphase_width=16, firstphase_height=16, width=24, height=24,
+                             denoising_strength=0.0, hr_upscaler="Nearest")  # fmt: skip
+    assert image.size == (24, 24) and "Hires resize: 24x24" in info["infotexts"][0]
+    for bad, field in (({"hr_upscaler": "4x-nothing"}, "hr_upscaler"), ({"hr_scale": 20}, "hr_scale"),
+                       ({"hr_sampler_name": "Eulr"}, "hr_sampler_name")):  # fmt: skip
+        response = api.post("/sdapi/v1/txt2img", json={**CAT, "enable_hr": True, **bad})
+        assert response.status_code == 422 and response.json()["detail"][0]["loc"][-1] == field, response.text
+    response = api.post("/sdapi/v1/txt2img", json={**CAT, "refiner_checkpoint": "no-such-refiner"})
+    assert response.status_code == 404 and "refiner_checkpoint" in response.text
+
+
+def test_img2img_and_extras_routes_answer_in_a1111s_shape(api):
+    buffer = io.BytesIO()
+    Image.new("RGB", (20, 20), (10, 200, 10)).save(buffer, format="PNG")
+    encoded = base64.b64encode(buffer.getvalue()).decode()
+    body = {**CAT, "init_images": [encoded], "denoising_strength": 0.5, "resize_mode": 1}
+    response = api.post("/sdapi/v1/img2img", json=body)
+    assert response.status_code == 200, response.text
+    result = response.json()
+    info = json.loads(result["info"])
+    assert image_of(result["images"][0]).size == (32, 32) and result["parameters"]["init_images"] is None
+    assert "Denoising strength: 0.5" in info["infotexts"][0] and info["denoising_strength"] == 0.5
+    masked = api.post("/sdapi/v1/img2img", json={**body, "mask": encoded})
+    assert masked.status_code == 422 and "inpainting" in masked.text
+    broken = api.post("/sdapi/v1/img2img", json={**body, "init_images": ["not base64!"]})
+    assert broken.status_code == 422 and broken.json()["detail"][0]["loc"][-1] == "init_images"
+    extras = {"upscaler_1": "Lanczos", "resize_mode": 1, "upscaling_resize_w": 50, "upscaling_resize_h": 30}
+    batch = api.post("/sdapi/v1/extra-batch-images", json={**extras, "imageList": [{"data": encoded, "name": "a"}] * 2})
+    assert batch.status_code == 200, batch.text
+    assert [image_of(i).size for i in batch.json()["images"]] == [(50, 30), (50, 30)]  # cropped to the size asked
+    assert "Postprocess upscale to: 50x30" in batch.json()["html_info"]
+    face = api.post("/sdapi/v1/extra-single-image", json={"image": encoded, "gfpgan_visibility": 1})
+    assert face.status_code == 422 and "face restoration" in face.text

@@ -1,8 +1,8 @@
 """The A1111 routes that describe and manage the server rather than generate: styles, embeddings, memory, scripts,
 upscalers, command-line flags, skip, unloading and reloading the checkpoint, and `/internal/ping`.
 
-Each answers with A1111's shape; where this studio has nothing of a kind (scripts, upscalers before hires
-fix exists) the list is empty, as A1111's is when nothing of that kind is installed.
+Each answers with A1111's shape; where this studio has nothing of a kind (scripts) the list is empty, as A1111's is
+when nothing of that kind is installed.
 """
 
 # No `from __future__ import annotations`: FastAPI reads the route signatures, whose owner type is a parameter.
@@ -24,9 +24,11 @@ from webui.api.models import (
     ScriptsList,
     UpscalerItem,
 )
+from webui.api.second_pass import upscaler_items
 from webui.engine.embeddings import load_embedding
 from webui.engine.jobs import JobCall, JobQueue, Placement
 from webui.engine.styles import StyleLibrary
+from webui.engine.upscalers import LATENT_MODES
 from webui.models.kinds import Kind
 
 
@@ -139,11 +141,11 @@ def add_info_routes(
 
     @router.get("/upscalers", response_model=list[UpscalerItem])
     def upscalers() -> list[dict[str, Any]]:
-        return []  # none yet: upscaling comes with hires fix
+        return upscaler_items(library)
 
     @router.get("/latent-upscale-modes", response_model=list[LatentUpscalerModeItem])
     def latent_upscale_modes() -> list[dict[str, Any]]:
-        return []
+        return [{"name": name} for name in LATENT_MODES]
 
     @router.get("/scripts", response_model=ScriptsList)
     def scripts() -> dict[str, list[str]]:

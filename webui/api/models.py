@@ -46,6 +46,20 @@ class Txt2ImgBody(BaseModel):
     restore_faces: bool | None = None
     tiling: bool | None = None
     enable_hr: bool | None = False
+    denoising_strength: float | None = None  # None: 0.75 (A1111's API default)
+    firstphase_width: int | None = 0  # A1111's old hires fix: generate at this size, then resize to width/height
+    firstphase_height: int | None = 0
+    hr_scale: float | None = 2.0
+    hr_upscaler: str | None = None  # None: "Latent" (A1111's latent_upscale_default_mode)
+    hr_second_pass_steps: int | None = 0
+    hr_resize_x: int | None = 0
+    hr_resize_y: int | None = 0
+    hr_checkpoint_name: str | None = None
+    hr_sampler_name: str | None = None
+    hr_scheduler: str | None = None
+    hr_prompt: str | None = ""
+    hr_negative_prompt: str | None = ""
+    hr_cfg: float | None = None  # Forge's hires CFG scale (None: the first pass's)
     refiner_checkpoint: str | None = None
     refiner_switch_at: float | None = None
     override_settings: dict[str, Any] | None = None
@@ -55,6 +69,68 @@ class Txt2ImgBody(BaseModel):
     alwayson_scripts: dict[str, Any] | None = None
     send_images: bool | None = True
     save_images: bool | None = False
+
+
+class Img2ImgBody(Txt2ImgBody):
+    """`POST /sdapi/v1/img2img`: txt2img's fields (Hires. fix aside) plus the input image(s), A1111's
+    `resize_mode` (0 just resize, 1 crop and resize, 2 resize and fill, 3 just resize (latent upscale)) and
+    `denoising_strength`. Inpainting (`mask`) is refused: it is not supported here."""
+
+    init_images: list[str] | None = None
+    resize_mode: int | None = 0
+    image_cfg_scale: float | None = None
+    mask: str | None = None
+    mask_blur: int | None = None
+    inpainting_fill: int | None = 0
+    inpaint_full_res: bool | None = True
+    inpaint_full_res_padding: int | None = 0
+    inpainting_mask_invert: int | None = 0
+    initial_noise_multiplier: float | None = None
+    include_init_images: bool | None = False
+
+
+class ExtrasBody(BaseModel):
+    """A1111's extras fields common to `extra-single-image` and `extra-batch-images` (upscaling only here:
+    GFPGAN and CodeFormer face restoration are refused when asked for)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    resize_mode: int | None = 0  # 0: scale by upscaling_resize; 1: to upscaling_resize_w x upscaling_resize_h
+    show_extras_results: bool | None = True
+    gfpgan_visibility: float | None = 0
+    codeformer_visibility: float | None = 0
+    codeformer_weight: float | None = 0
+    upscaling_resize: float | None = 2
+    upscaling_resize_w: int | None = 512
+    upscaling_resize_h: int | None = 512
+    upscaling_crop: bool | None = True
+    upscaler_1: str | None = "None"
+    upscaler_2: str | None = "None"
+    extras_upscaler_2_visibility: float | None = 0
+    upscale_first: bool | None = False
+
+
+class ExtrasSingleImageBody(ExtrasBody):
+    image: str = Field(description="a PNG, JPEG or WebP in base64")
+
+
+class FileData(BaseModel):
+    data: str = Field(description="the image in base64")
+    name: str = ""
+
+
+class ExtrasBatchImagesBody(ExtrasBody):
+    imageList: list[FileData]  # noqa: N815 (A1111's field name)
+
+
+class ExtrasSingleImageResponse(BaseModel):
+    html_info: str
+    image: str
+
+
+class ExtrasBatchImagesResponse(BaseModel):
+    html_info: str
+    images: list[str]
 
 
 class Txt2ImgResponse(BaseModel):

@@ -15,8 +15,10 @@ from fastapi.responses import JSONResponse, Response
 
 from webui.api import listing
 from webui.api.bodies import CheckedJSONRoute
+from webui.api.extras_routes import add_extras_routes
 from webui.api.info_routes import add_info_routes
 from webui.api.models import (
+    Img2ImgBody,
     LoraItem,
     PngInfoBody,
     PngInfoResponse,
@@ -30,7 +32,7 @@ from webui.api.models import (
 )
 from webui.api.options import NO_VAE, ApiOptions, check_option
 from webui.api.status import progress_body
-from webui.api.translate import FieldError, encode_png, plan_txt2img, png_info, txt2img_info
+from webui.api.translate import FieldError, encode_png, plan_img2img, plan_txt2img, png_info, txt2img_info
 from webui.engine.jobs import Job, JobCall, JobQueue, JobState, Placement, QueueFullError
 from webui.engine.pipelines import ModelChoice
 from webui.engine.request import GenerationRequest, GenerationResult
@@ -200,6 +202,37 @@ def build_api_router(
         images = [encode_png(png) for png in pngs] if body.send_images is not False else []
         return {"images": images, "parameters": body.model_dump(), "info": json.dumps(info)}
 
+    def plan_i2i(body: Img2ImgBody):  # noqa: ANN202 (Txt2ImgPlan)
+        if not (body.override_settings or {}).get("sd_model_checkpoint"):
+            default_checkpoint()
+        try:
+            return plan_img2img(body, library, options.snapshot(), styles)
+        except FieldError as error:
+            raise _unprocessable(error) from None
+        except ModelNotFoundError as error:
+            raise HTTPException(status_code=404, detail=str(error)) from None
+
+    @router.post("/img2img", response_model=Txt2ImgResponse)
+    async def img2img(body: Img2ImgBody, owner: Owner, request: Request) -> Any:
+        img2img_plan = await run_in_threadpool(plan_i2i, body)
+        keep = bool(body.save_images) and not body.do_not_save_samples
+        call = _generate(img2img_plan.request, options.preview_every, keep, img2img_plan.samples_format)
+        job = _submit(queue, call, owner, "img2img", model=img2img_plan.request.model)
+        if not await _finished(job, request):
+            return Response(status_code=499)  # nobody is listening; the job was cancelled
+        if job.state is JobState.FAILED:
+            return _failure(job)
+        if img2img_plan.keep_settings:
+            options.update(img2img_plan.keep_settings)
+        result, pngs = job.result or (GenerationResult((), info={"interrupted": True}), [])
+        info = txt2img_info(img2img_plan, result, job.started_at or job.submitted_at)
+        images = [encode_png(png) for png in pngs] if body.send_images is not False else []
+        parameters = body.model_dump()
+        if not body.include_init_images:  # as A1111: the inputs are not echoed back unless asked
+            parameters["init_images"] = None
+            parameters["mask"] = None
+        return {"images": images, "parameters": parameters, "info": json.dumps(info)}
+
     @router.get("/progress", response_model=ProgressResponse)
     def progress(owner: Owner, skip_current_image: bool = False) -> dict[str, Any]:
         return progress_body(queue.progress_of(owner), skip_current_image)
@@ -296,4 +329,10 @@ def build_api_router(
         return entry.path if entry is not None else None
 
     add_info_routes(router, queue, library, styles, cmd_flags or {}, run_job, option_checkpoint, Owner)
+    async def run_extras(call: JobCall, owner: str, request: Request) -> Job | None:
+        """The extras job, finished; None when the client left first (the job is then cancelled)."""
+        job = _submit(queue, call, owner, "extras")
+        return job if await _finished(job, request) else None
+
+    add_extras_routes(router, library, run_extras, Owner)
     return router

@@ -14,26 +14,26 @@ from PIL import Image, UnidentifiedImageError
 
 from webui import __version__
 from webui.api.listing import SAMPLER_ALIASES, SCHEDULERS, checkpoint_title
-from webui.api.models import Txt2ImgBody
+from webui.api.models import Img2ImgBody, Txt2ImgBody
 from webui.api.options import NO_VAE, OVERRIDE_KEYS, check_option
+from webui.api.second_pass import SecondPassError, hires_fields, img2img_part
 from webui.engine.image_metadata import read_image_metadata
 from webui.engine.infotext import parse_infotext
 from webui.engine.pipelines import ModelChoice
 from webui.engine.reproduce import request_from_infotext
 from webui.engine.request import GenerationRequest, GenerationResult
 from webui.engine.samplers import split_legacy_name
+from webui.engine.second_pass import SECOND_PASS_FIELDS
 from webui.engine.styles import StyleLibrary, apply_styles
 from webui.models.kinds import Kind
 from webui.models.library import ModelNotFoundError
 
 # Set to something truthy, these change the image in A1111; here they are ignored, and said so in info.warnings.
 UNSUPPORTED = {
-    "enable_hr": "hires fix",
     "restore_faces": "face restoration",
     "tiling": "tiling",
     "script_name": "scripts",
     "alwayson_scripts": "scripts",
-    "refiner_checkpoint": "the refiner",
 }
 # A1111's sampler parameters with the values that change nothing (s_tmax 0 means "no upper bound").
 SAMPLER_PARAMETER_DEFAULTS = {"s_min_uncond": 0.0, "s_churn": 0.0, "s_tmax": 0.0, "s_tmin": 0.0, "s_noise": 1.0}
@@ -42,6 +42,7 @@ INFOTEXT_FIELDS = {
     "prompt": "prompt", "negative_prompt": "negative_prompt", "steps": "steps", "cfg_scale": "cfg_scale",
     "seed": "seed", "width": "width", "height": "height", "sampler": "sampler_name", "schedule": "scheduler",
     "subseed": "subseed", "subseed_strength": "subseed_strength", "eta": "eta",
+    **{name: name for name in SECOND_PASS_FIELDS if name != "refiner_checkpoint"},
 }  # fmt: skip
 # Infotext keys that have their own field in A1111's info; the rest go to extra_generation_params.
 _MAIN_KEYS = frozenset(
@@ -187,6 +188,9 @@ def with_infotext(body: Txt2ImgBody, library: Any) -> tuple[Txt2ImgBody, list[st
         entry = next((e for e in library.entries(Kind.CHECKPOINT) if e.path == checkpoint), None)
         if entry is not None:
             overrides["sd_model_checkpoint"] = checkpoint_title(entry)
+    refiner = reproduction.values.get("refiner_checkpoint")
+    if refiner is not None and "refiner_checkpoint" not in given:
+        fills["refiner_checkpoint"] = str(refiner)
     if reproduction.values.get("vae") is not None and "sd_vae" not in overrides:
         overrides["sd_vae"] = reproduction.values["vae"].name
     if "clip_skip" in reproduction.values and "CLIP_stop_at_last_layers" not in overrides and "clip_skip" not in given:
@@ -234,6 +238,12 @@ def plan_txt2img(
     }
     choice = model_choice(library, options, overrides)
     try:
+        second, second_warnings = hires_fields(body, library, fields["width"], fields["height"])
+    except SecondPassError as error:
+        raise FieldError(("body", error.field), str(error), error.value) from None
+    fields.update(second)
+    warnings += second_warnings
+    try:
         request = GenerationRequest(model=choice, **fields)
     except ValueError as error:
         field = str(error).split(":", 1)[0]
@@ -270,6 +280,23 @@ def plan_txt2img(
     if body.override_settings_restore_afterwards is False:
         keep = {key: value for key, value in overrides.items() if key in OVERRIDE_KEYS}
     return Txt2ImgPlan(request, sampler, tuple(warnings), samples_format, style_names, keep)
+
+
+def plan_img2img(
+    body: Img2ImgBody, library: Any, options: dict[str, Any], styles: StyleLibrary | None = None
+) -> Txt2ImgPlan:
+    """The engine request for an A1111 img2img body: txt2img's, with the input images. FieldError names a bad field."""
+    try:
+        source, warnings = img2img_part(body)
+    except SecondPassError as error:
+        raise FieldError(("body", error.field), str(error), error.value) from None
+    plan = plan_txt2img(body.model_copy(update={"enable_hr": False}), library, options, styles)
+    batch_size = len(source.images) if len(source.images) > 1 else plan.request.batch_size
+    try:
+        request = dataclasses.replace(plan.request, img2img=source, batch_size=batch_size)
+    except ValueError as error:
+        raise FieldError(("body", "init_images"), str(error), len(source.images)) from None
+    return dataclasses.replace(plan, request=request, warnings=plan.warnings + tuple(warnings))
 
 
 def _set(body: Txt2ImgBody, key: str) -> bool:
@@ -309,7 +336,7 @@ def txt2img_info(plan: Txt2ImgPlan, result: GenerationResult, started_at: float)
         "sd_vae_hash": params.get("VAE hash"),
         "seed_resize_from_w": -1,
         "seed_resize_from_h": -1,
-        "denoising_strength": None,
+        "denoising_strength": _denoising_strength(request),
         "extra_generation_params": {k: v for k, v in params.items() if k not in _MAIN_KEYS},
         "index_of_first_image": 0,  # no grid is ever prepended
         "infotexts": infotexts,
@@ -322,6 +349,12 @@ def txt2img_info(plan: Txt2ImgPlan, result: GenerationResult, started_at: float)
         "loras": [report.to_json() for report in result.loras],
         "warnings": list(plan.warnings) + list(result.info.get("warnings", [])),
     }
+
+
+def _denoising_strength(request: GenerationRequest) -> float | None:
+    if request.img2img is not None:
+        return request.img2img.denoising_strength
+    return request.hires.denoising_strength if request.hires is not None else None
 
 
 def encode_png(data: bytes) -> str:
