@@ -315,3 +315,35 @@ def test_compare_command_prints_grids_and_cells_as_json(tiny_models_dir, tmp_pat
 
     assert main(["compare", "--models-dir", str(tiny_models_dir), "--checkpoint", "tiny-sd1", "--x", "cfg=7,x"]) == 2
     assert "cfg axis: 'x'" in capsys.readouterr().err
+
+
+def test_hires_axes_set_hires_fix_and_turn_it_on_with_a1111s_defaults():
+    job = CompareJob(base_request(), parse_axis("hires-upscaler=Latent,Lanczos,4x-missing"),
+                     parse_axis("denoising=0.3,0.6"), parse_axis("hires-steps=0,5"))  # fmt: skip
+    cells = plan(job, fake_resolve)
+    assert len(cells) == 12
+    first = cells[0].request.hires
+    assert (first.upscaler, first.denoising_strength, first.steps, first.scale) == ("Latent", 0.3, 0, 2.0)
+    assert [c.request.hires.upscaler for c in cells[:2]] == ["Latent", "Lanczos"]
+    missing = cells[2]
+    assert missing.request is None and "4x-missing" in missing.error
+    assert {(c.request.hires.denoising_strength, c.request.hires.steps) for c in cells if c.request} == {
+        (0.3, 0), (0.6, 0), (0.3, 5), (0.6, 5)
+    }
+    with pytest.raises(ValueError, match="denoising axis: '1.5'.*denoising_strength"):
+        plan(CompareJob(base_request(), parse_axis("denoising=0.5,1.5")), fake_resolve)
+    assert AxisKind.HIRES_UPSCALER.title == "Hires upscaler" and AxisKind.DENOISING.title == "Denoising"
+
+
+def test_a_hires_comparison_cell_equals_the_single_hires_generation(tiny_models_dir, resolve, tmp_path):
+    upscalers = lambda name: resolve(AxisKind.HIRES_UPSCALER, name)  # noqa: E731
+    engine = Engine(PipelineManager(tiny_models_dir), tmp_path, upscaler_resolver=upscalers)
+    small = {**SMALL, "width": 16, "height": 16}
+    base = GenerationRequest(model=ModelChoice(resolve(AxisKind.CHECKPOINT, "tiny-sd1")), prompt="a hat", **small)
+    job = CompareJob(base, parse_axis("hires-upscaler=Latent (nearest),tiny-2x-esrgan"))
+    result = run_compare(engine, job, resolve)
+    for cell in result.cells:
+        assert cell.status is CellStatus.DONE and Image.open(cell.path).size == (32, 32)
+        single = engine.generate(replace(base, hires=cell.cell.request.hires))
+        assert np.array_equal(pixels(cell.path), pixels(single.images[0].path))
+        assert f"Hires upscaler: {cell.cell.x_label}" in cell.infotext

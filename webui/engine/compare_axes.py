@@ -29,6 +29,9 @@ class AxisKind(str, Enum):
     SEED = "seed"
     CLIP_SKIP = "clip-skip"
     PROMPT_SR = "prompt-sr"
+    HIRES_UPSCALER = "hires-upscaler"
+    DENOISING = "denoising"
+    HIRES_STEPS = "hires-steps"
 
     @property
     def title(self) -> str:
@@ -48,6 +51,15 @@ _TITLES = {
     AxisKind.SEED: "Seed",
     AxisKind.CLIP_SKIP: "Clip skip",
     AxisKind.PROMPT_SR: "Prompt S/R",
+    AxisKind.HIRES_UPSCALER: "Hires upscaler",
+    AxisKind.DENOISING: "Denoising",
+    AxisKind.HIRES_STEPS: "Hires steps",
+}
+# Axes of Hires. fix, and the HiresFix field each sets (a base request without Hires. fix gets A1111's defaults).
+HIRES_FIELDS = {
+    AxisKind.HIRES_UPSCALER: "upscaler",
+    AxisKind.DENOISING: "denoising_strength",
+    AxisKind.HIRES_STEPS: "steps",
 }
 # Axes that name files, and the ModelChoice field each sets.
 COMPONENT_FIELDS = {
@@ -113,7 +125,7 @@ def parse_value(kind: AxisKind, value: str) -> Any:
 
 
 def _parse(kind: AxisKind, text: str) -> Any:
-    if kind is AxisKind.CFG:
+    if kind in (AxisKind.CFG, AxisKind.DENOISING):
         try:
             number = float(text)
         except ValueError:
@@ -121,7 +133,7 @@ def _parse(kind: AxisKind, text: str) -> Any:
         if not math.isfinite(number):
             raise ValueError("not a finite number")
         return number
-    if kind in NUMBER_FIELDS:
+    if kind in NUMBER_FIELDS or kind is AxisKind.HIRES_STEPS:
         try:
             return int(text)
         except ValueError:

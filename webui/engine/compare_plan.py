@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from webui.engine.compare_axes import (
     COMPONENT_FIELDS,
+    HIRES_FIELDS,
     NUMBER_FIELDS,
     SECOND_ENCODER,
     Axis,
@@ -22,6 +23,8 @@ from webui.engine.compare_axes import (
 from webui.engine.lora import LoraSpec
 from webui.engine.pipelines import ModelChoice
 from webui.engine.request import GenerationRequest
+from webui.engine.second_pass import HiresFix
+from webui.engine.upscalers import resolve_upscaler
 from webui.models.kinds import Kind
 
 if TYPE_CHECKING:
@@ -44,6 +47,7 @@ FILE_KINDS = {
     AxisKind.TEXT_ENCODER: Kind.TEXT_ENCODER,
     AxisKind.VAE: Kind.VAE,
     AxisKind.LORA: Kind.LORA,
+    AxisKind.HIRES_UPSCALER: Kind.UPSCALER,
 }
 
 
@@ -202,6 +206,8 @@ def _axis_changes(
             raise ValueError(f"prompt-sr axis: {search!r} is in neither the prompt nor the negative prompt")
 
         return [_Change(_substitution(search, value.strip())) for value in axis.values]
+    if kind in HIRES_FIELDS:
+        return _hires_changes(axis, resolve)
     changes = []
     for value in axis.values:
         parsed = parse_value(kind, value)
@@ -218,6 +224,31 @@ def _axis_changes(
             changes.append(_Change(lambda d, u=update: d.fields.update(u)))
         else:
             changes.append(_Change(lambda d, p=parsed: d.fields.update(schedule=p)))
+    return changes
+
+
+def _hires_changes(axis: Axis, resolve: Resolver) -> list[_Change]:
+    """Each value sets one Hires. fix field (Hires. fix turned on with A1111's defaults where the base has none);
+    an upscaler no library file or built-in mode names fails its cells."""
+    name = HIRES_FIELDS[axis.kind]
+    changes = []
+    for value in axis.values:
+        parsed = parse_value(axis.kind, value)
+        try:
+            HiresFix(**{name: parsed})  # the field's own range check, for this value alone
+        except ValueError as error:
+            raise ValueError(f"{axis.kind.value} axis: {value!r}: {error}") from None
+        if axis.kind is AxisKind.HIRES_UPSCALER:
+            try:
+                resolve_upscaler(parsed, lambda n: resolve(AxisKind.HIRES_UPSCALER, n))
+            except (LookupError, OSError) as error:
+                changes.append(_Change(None, str(error)))
+                continue
+
+        def apply(draft: _Draft, parsed: Any = parsed) -> None:
+            draft.fields["hires"] = replace(draft.fields.get("hires") or HiresFix(), **{name: parsed})
+
+        changes.append(_Change(apply))
     return changes
 
 
@@ -302,7 +333,7 @@ def library_resolver(library: ModelLibrary) -> Resolver:
         try:
             return library.find(value, FILE_KINDS[kind]).path
         except ModelNotFoundError as error:
-            if kind in (AxisKind.CHECKPOINT, AxisKind.LORA):
+            if kind in (AxisKind.CHECKPOINT, AxisKind.LORA, AxisKind.HIRES_UPSCALER):
                 raise
             try:
                 return library.find(value).path

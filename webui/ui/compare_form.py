@@ -13,6 +13,8 @@ from webui.engine.compare_axes import Axis, AxisKind, parse_values
 from webui.engine.compare_plan import FILE_KINDS, CompareJob
 from webui.engine.grid import MIN_FONT, MIN_TILE, Tile, render_tile
 from webui.engine.samplers import AUTOMATIC, SAMPLER_NAMES, SCHEDULE_TYPES
+from webui.engine.upscalers import upscaler_names
+from webui.models.kinds import Kind
 from webui.models.library import ModelLibrary
 from webui.ui import adapter, choices
 
@@ -21,8 +23,9 @@ NO_AXIS = "none"
 # Axes whose values are picked from a list (the library's files of the right kind, the samplers, the schedules);
 # the others are typed as comma-separated values.
 PICKED = frozenset(
-    {AxisKind.CHECKPOINT, AxisKind.UNET, AxisKind.TEXT_ENCODER, AxisKind.VAE, AxisKind.SAMPLER, AxisKind.SCHEDULE}
-)
+    {AxisKind.CHECKPOINT, AxisKind.UNET, AxisKind.TEXT_ENCODER, AxisKind.VAE, AxisKind.SAMPLER, AxisKind.SCHEDULE,
+     AxisKind.HIRES_UPSCALER}
+)  # fmt: skip
 PLACEHOLDERS = {
     AxisKind.CFG: "4, 7, 10",
     AxisKind.STEPS: "10, 20, 30",
@@ -30,6 +33,8 @@ PLACEHOLDERS = {
     AxisKind.CLIP_SKIP: "1, 2",
     AxisKind.PROMPT_SR: 'red, blue, "dark, green"   (the first value is searched in the prompt)',
     AxisKind.LORA: "off, 0.5, 1   (a weight, UNET:TE weights, on or off)",
+    AxisKind.DENOISING: "0.3, 0.5, 0.7   (Hires. fix's; turned on if it is off)",
+    AxisKind.HIRES_STEPS: "0, 10, 20   (0: as many as the first pass)",
 }
 # The base request's fields on the tab (the model comes from the model bar).
 BASE_FIELDS = (
@@ -82,6 +87,8 @@ def pick_choices(library: ModelLibrary, kind: AxisKind | None) -> list[str]:
         return [AUTOMATIC, *SAMPLER_NAMES]
     if kind is AxisKind.SCHEDULE:
         return list(SCHEDULE_TYPES)
+    if kind is AxisKind.HIRES_UPSCALER:
+        return upscaler_names(True, [e.name for e in library.entries(Kind.UPSCALER) if e.usable])
     return []
 
 
