@@ -52,8 +52,10 @@ def library(tiny_models_dir):
 
 
 def test_every_request_field_has_a_name_and_unknown_names_fail(library):
-    fields = {f for f in GenerationRequest.__dataclass_fields__ if f not in ("model", "loras")}
+    parts = ("model", "loras", "hires", "refiner", "img2img")  # built from several widgets each
+    fields = {f for f in GenerationRequest.__dataclass_fields__ if f not in parts}
     assert set(adapter.REQUEST_FIELDS) == fields
+    assert {"enable_hr", "hr_upscaler", "denoising_strength", "refiner_checkpoint", "init_image"} <= adapter.KNOWN_NAMES
     with pytest.raises(KeyError, match="stepz"):
         adapter.build_request({**VALUES, "stepz": 3}, library)
 

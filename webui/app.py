@@ -57,6 +57,7 @@ def build_app(settings: Settings, context: UiContext | None = None) -> gr.Blocks
     from webui.ui import (
         compare_tab,
         components_tab,
+        img2img_tab,
         merge_tab,
         model_bar,
         models_tab,
@@ -70,11 +71,12 @@ def build_app(settings: Settings, context: UiContext | None = None) -> gr.Blocks
         bar = model_bar.build(ctx, app)
         with gr.Tabs(elem_id="tabs", overflow_behavior="wrap") as tabs:  # every tab in sight on a phone
             txt2img = txt2img_tab.build_tab(ctx, bar)
-            compare_tab.build_tab(ctx, bar, txt2img, tabs)  # adds "Send to Compare" under txt2img's gallery
+            img2img = img2img_tab.build_tab(ctx, bar, txt2img, tabs)  # adds "Send to img2img" under txt2img's
+            compare_tab.build_tab(ctx, bar, txt2img, tabs, img2img)  # adds "Send to Compare" under txt2img's gallery
             components_tab.build_tab(ctx, bar)
             models_tab.build_tab(ctx, bar)
             merge_tab.build_tab(ctx, bar)
-            pnginfo_tab.build_tab(ctx, txt2img, tabs)
+            pnginfo_tab.build_tab(ctx, txt2img, tabs, img2img)
             settings_tab.build_tab(ctx, app)
         if settings.host not in ("127.0.0.1", "localhost", "::1"):
             from webui.security import server_urls

@@ -25,6 +25,14 @@ from webui.engine.pipelines import ModelChoice
 from webui.engine.reproduce import Reproduction
 from webui.engine.request import LATENT_FACTOR, MAX_CFG, MAX_STEPS, MIN_SIDE, GenerationRequest
 from webui.engine.samplers import AUTOMATIC
+from webui.engine.second_pass import (
+    RESIZE_MODES,
+    SECOND_PASS_FIELDS,
+    Img2Img,
+    Refiner,
+    hires_from_fields,
+    refiner_from_fields,
+)
 from webui.engine.styles import StyleLibrary, apply_styles
 from webui.models.files import ModelFileError
 from webui.models.kinds import Kind
@@ -35,7 +43,12 @@ from webui.ui.runner import JobFailed
 
 log = logging.getLogger(__name__)
 
-REQUEST_FIELDS = tuple(f.name for f in dataclasses.fields(GenerationRequest) if f.name not in ("model", "loras"))
+# Request fields set by one widget each (the second-pass parts are built from several: SECOND_PASS_FIELDS).
+REQUEST_FIELDS = tuple(
+    f.name
+    for f in dataclasses.fields(GenerationRequest)
+    if f.name not in ("model", "loras", "hires", "refiner", "img2img")
+)
 MODEL_FIELDS = tuple(f.name for f in dataclasses.fields(ModelChoice))
 MODEL_KINDS = {"checkpoint": Kind.CHECKPOINT, "unet": None, "vae": None, "text_encoder": None, "text_encoder_2": None}
 INTEGER_FIELDS = frozenset({"steps", "width", "height", "seed", "batch_size", "batch_count", "clip_skip", "subseed"})
@@ -63,7 +76,10 @@ def lora_names(row: int) -> dict[str, str]:
 
 LORA_FIELDS = tuple(name for row in range(1, MAX_LORAS + 1) for name in lora_names(row).values())
 STYLES_FIELD = "styles"  # A1111's Styles: names of styles.csv rows applied to the prompts before generating
-KNOWN_NAMES = frozenset(REQUEST_FIELDS + MODEL_FIELDS + LORA_FIELDS + (STYLES_FIELD,))
+# img2img's own widgets: the input image, A1111's resize mode (denoising_strength is shared with Hires. fix).
+IMG2IMG_FIELDS = ("init_image", "resize_mode")
+KNOWN_NAMES = frozenset(REQUEST_FIELDS + MODEL_FIELDS + LORA_FIELDS + (STYLES_FIELD,) + SECOND_PASS_FIELDS
+                        + IMG2IMG_FIELDS)  # fmt: skip
 
 
 def check_names(names: Sequence[str]) -> None:
@@ -154,7 +170,37 @@ def build_request(
         prompt, negative = apply_styles(fields.get("prompt", ""), fields.get("negative_prompt", ""),
                                         styles.resolve(chosen))  # fmt: skip
         fields.update(prompt=prompt, negative_prompt=negative)
-    return GenerationRequest(model=model_choice(values, library), loras=lora_stack(values, library), **fields)
+    return GenerationRequest(
+        model=model_choice(values, library),
+        loras=lora_stack(values, library),
+        hires=hires_from_fields(values),
+        refiner=_refiner(values, library),
+        img2img=_img2img(values),
+        **fields,
+    )
+
+
+def _refiner(values: Mapping[str, Any], library: ModelLibrary) -> Refiner | None:
+    title = values.get("refiner_checkpoint")
+    if not title or title == "None":
+        return None
+    path = choices.resolve(library, title, Kind.CHECKPOINT)
+    return refiner_from_fields({**values, "refiner_checkpoint": path})
+
+
+def _img2img(values: Mapping[str, Any]) -> Img2Img | None:
+    """img2img's input when the values carry one (the img2img tab's); None on txt2img."""
+    if "init_image" not in values:
+        return None
+    image = values["init_image"]
+    if image is None:
+        raise ValueError("init_image: no image; drop one, or send one from txt2img, PNG Info or Compare")
+    strength = values.get("denoising_strength")
+    return Img2Img(
+        (image.convert("RGB"),),
+        resize_mode=values.get("resize_mode") or RESIZE_MODES[0],
+        denoising_strength=0.75 if strength in (None, "") else _number("denoising_strength", strength, False),
+    )
 
 
 def values_from_reproduction(reproduction: Reproduction, text: str, library: ModelLibrary) -> dict[str, Any]:
@@ -163,7 +209,12 @@ def values_from_reproduction(reproduction: Reproduction, text: str, library: Mod
     LoRAs named in the prompt stay there as `<lora:…>` tags; the stack fills the LoRA rows with its weights
     (from our `LoRA stack` key; A1111 images list stack LoRAs only in `Lora hashes`, so those get weight 1)."""
     found = reproduction.values
-    out: dict[str, Any] = {k: v for k, v in found.items() if k in REQUEST_FIELDS}
+    out: dict[str, Any] = {k: v for k, v in found.items() if k in REQUEST_FIELDS or k in SECOND_PASS_FIELDS}
+    if found.get("enable_hr"):  # what the infotext leaves out is the first pass's (A1111's "Use same ...")
+        out.setdefault("hr_sampler_name", "Use same sampler")
+        out.setdefault("hr_scheduler", "Use same scheduler")
+    refiner = found.get("refiner_checkpoint")
+    out["refiner_checkpoint"] = choices.title_for_path(library, refiner) if refiner is not None else "None"
     out["sampler"] = found.get("sampler") or MODEL_SAMPLER
     out["schedule"] = found.get("schedule") or AUTOMATIC
     if found.get("checkpoint") is not None:

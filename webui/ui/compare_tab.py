@@ -16,6 +16,7 @@ from webui.merge.compare_merges import CompareMerges
 from webui.ui import adapter, compare_form, compare_pickers, runner
 from webui.ui.compare_form import AXES, BASE_FIELDS
 from webui.ui.context import GPU, UiContext, owner_of
+from webui.ui.img2img_tab import Img2ImgTab, send_values
 from webui.ui.model_bar import ModelBar, status_html
 from webui.ui.txt2img_tab import (
     MAX_SIDE_UI,
@@ -66,7 +67,9 @@ MERGE_HINT = (
 )
 
 
-def build_tab(ctx: UiContext, bar: ModelBar, txt2img: Txt2ImgTab, tabs: gr.Tabs) -> gr.Tab:
+def build_tab(
+    ctx: UiContext, bar: ModelBar, txt2img: Txt2ImgTab, tabs: gr.Tabs, img2img: Img2ImgTab | None = None
+) -> gr.Tab:
     defaults = field_defaults(ctx)
     with gr.Tab("Compare", id="compare", elem_id="tab-compare") as tab:
         with gr.Row(elem_id="compare-top"):
@@ -112,7 +115,10 @@ def build_tab(ctx: UiContext, bar: ModelBar, txt2img: Txt2ImgTab, tabs: gr.Tabs)
                     elem_id="compare-cell-infotext",
                     buttons=["copy"],
                 )
-                send_cell = gr.Button("Send cell to txt2img", elem_id="compare-send-txt2img", size="sm")
+                with gr.Row():
+                    send_cell = gr.Button("Send cell to txt2img", elem_id="compare-send-txt2img", size="sm")
+                    send_image = gr.Button("Send cell to img2img", elem_id="compare-send-img2img", size="sm")
+                cell_file = gr.State("")
                 with gr.Row(equal_height=True):
                     left = gr.Dropdown([], label="Slider: left cell", elem_id="compare-left", min_width=160)
                     right = gr.Dropdown([], label="Slider: right cell", elem_id="compare-right", min_width=160)
@@ -186,6 +192,12 @@ def build_tab(ctx: UiContext, bar: ModelBar, txt2img: Txt2ImgTab, tabs: gr.Tabs)
     for picker in (left, right):
         picker.input(compare_form.slider_value, inputs=[items, left, right], outputs=slider, **QUIET)
     cells.select(_selected_infotext, inputs=items, outputs=cell_info, **QUIET)
+    cells.select(_selected_file, inputs=items, outputs=cell_file, **QUIET)
+    if img2img is not None:
+        send_image.click(
+            lambda path, text: [*send_values(path, text), gr.Tabs(selected="img2img")],
+            inputs=[cell_file, cell_info], outputs=[*img2img.targets, tabs], **QUIET,
+        )  # fmt: skip
     send_cell.click(
         lambda text: _send_to_txt2img(ctx, txt2img, tabs, text),
         inputs=cell_info,
@@ -236,6 +248,11 @@ def _finished(ctx: UiContext, job: CompareJob, done: Job, outputs: list[Any]) ->
 def _selected_infotext(cell_list: list[dict[str, Any]], event: gr.SelectData) -> str:
     index = event.index if isinstance(event.index, int) else -1
     return cell_list[index]["infotext"] if 0 <= index < len(cell_list) else ""
+
+
+def _selected_file(cell_list: list[dict[str, Any]], event: gr.SelectData) -> str:
+    index = event.index if isinstance(event.index, int) else 0
+    return (cell_list[index]["path"] or "") if 0 <= index < len(cell_list) else ""
 
 
 def _send_to_txt2img(ctx: UiContext, txt2img: Txt2ImgTab, tabs: gr.Tabs, text: str) -> dict[Any, Any]:

@@ -1,4 +1,5 @@
-"""PNG Info tab: drop an image, read how it was made, and send its settings (model and LoRAs too) to txt2img."""
+"""PNG Info tab: drop an image, read how it was made, and send its settings (model and LoRAs too) to txt2img, or
+the image with its prompts to img2img."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from webui.engine.image_metadata import read_image_metadata
 from webui.engine.infotext import parse_infotext
 from webui.ui import adapter
 from webui.ui.context import UiContext
+from webui.ui.img2img_tab import Img2ImgTab, send_values
 from webui.ui.txt2img_tab import Txt2ImgTab, updates_from_infotext
 
 
@@ -37,7 +39,7 @@ def read_image(path: str | None) -> tuple[str, dict[str, Any], str, Any]:
     )
 
 
-def build_tab(ctx: UiContext, txt2img: Txt2ImgTab, tabs: gr.Tabs) -> gr.Tab:
+def build_tab(ctx: UiContext, txt2img: Txt2ImgTab, tabs: gr.Tabs, img2img: Img2ImgTab | None = None) -> gr.Tab:
     with gr.Tab("PNG Info", id="pnginfo", elem_id="tab-pnginfo") as tab:
         with gr.Row():
             with gr.Column(scale=1, min_width=300):
@@ -49,7 +51,9 @@ def build_tab(ctx: UiContext, txt2img: Txt2ImgTab, tabs: gr.Tabs) -> gr.Tab:
                     elem_id="pnginfo-image",
                     height=360,
                 )
-                send = gr.Button("Send to txt2img", variant="primary", interactive=False, elem_id="pnginfo-send")
+                with gr.Row():
+                    send = gr.Button("Send to txt2img", variant="primary", interactive=False, elem_id="pnginfo-send")
+                    send_image = gr.Button("Send to img2img", elem_id="pnginfo-send-img2img")
             with gr.Column(scale=1, min_width=300):
                 infotext = gr.Textbox(
                     label="Parameters (infotext)",
@@ -76,4 +80,9 @@ def build_tab(ctx: UiContext, txt2img: Txt2ImgTab, tabs: gr.Tabs) -> gr.Tab:
 
     outputs = [*fields.values(), *(row.group for row in stack.rows), stack.shown, tabs]
     send.click(send_to_txt2img, inputs=infotext, outputs=outputs, api_visibility="private", queue=False)
+    if img2img is not None:
+        send_image.click(
+            lambda path, text: [*send_values(path, text), gr.Tabs(selected="img2img")],
+            inputs=[image, infotext], outputs=[*img2img.targets, tabs], api_visibility="private", queue=False,
+        )  # fmt: skip
     return tab

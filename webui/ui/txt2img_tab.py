@@ -13,7 +13,7 @@ from webui.engine.progress import Progress
 from webui.engine.prompt_plan import count_prompt_tokens
 from webui.engine.request import MAX_STEPS, MIN_SIDE, GenerationResult
 from webui.engine.samplers import DISTILLED_PRESET, SAMPLER_NAMES, SCHEDULE_TYPES, supported_schedules
-from webui.ui import adapter, choices, families, lora_stack, runner
+from webui.ui import adapter, choices, families, lora_stack, runner, second_pass_widgets
 from webui.ui.context import GPU, UiContext, owner_of
 from webui.ui.lora_stack import LoraStack
 from webui.ui.model_bar import ModelBar, initial_checkpoint, status_html
@@ -37,6 +37,7 @@ class Txt2ImgTab:
     results: gr.State
     infotext: gr.Textbox
     actions: gr.Row
+    file: gr.Textbox  # the selected image's saved file
 
 
 def token_counter(ctx: UiContext, text: str, steps: Any = 20, positive: bool = True) -> str:
@@ -220,6 +221,8 @@ def build_tab(ctx: UiContext, bar: ModelBar) -> Txt2ImgTab:
         with gr.Row(elem_id="txt2img-main"):
             with gr.Column(scale=1, min_width=320, elem_id="txt2img-settings"):
                 widgets = _request_widgets(defaults)
+                widgets |= second_pass_widgets.build_hires(ctx, bar, initial_checkpoint(ctx))
+                widgets |= second_pass_widgets.build_refiner(ctx, bar)
                 stack = lora_stack.build(ctx, bar, prompt)
             with gr.Column(scale=1, min_width=320, elem_id="txt2img-output"):
                 progress = gr.HTML(runner.idle_html(), elem_id="txt2img-progress")
@@ -340,7 +343,7 @@ def build_tab(ctx: UiContext, bar: ModelBar) -> Txt2ImgTab:
     interrupt.click(
         stop, outputs=interrupt_note, api_name="interrupt", concurrency_limit=None, concurrency_id="interrupt"
     )
-    return Txt2ImgTab(tab, fields, stack, gallery, results, infotext, actions)
+    return Txt2ImgTab(tab, fields, stack, gallery, results, infotext, actions, saved)
 
 
 def _finished(
