@@ -235,6 +235,31 @@ def test_interrupt_stops_a_running_generation(page):
     generate(page)  # and the next one runs
 
 
+def test_hires_fix_gives_the_larger_image_with_its_infotext_and_img2img_takes_it(page):
+    small_sd1(page)
+    page.locator("#txt2img-hires").get_by_text("Hires. fix", exact=True).first.click()  # open the accordion
+    page.locator("#txt2img-hr input[type=checkbox]").check()
+    pick(page, "txt2img-hr-upscaler", "tiny-2x-esrgan")
+    set_number(page, "txt2img-hr-scale", 1.5)
+    set_number(page, "txt2img-hr-steps", 1)
+    infotext = generate(page)
+    for key in ("Size: 32x32", "Hires upscale: 1.5", "Hires steps: 1", "Hires upscaler: tiny-2x-esrgan",
+                "Denoising strength: 0.7"):  # fmt: skip
+        assert key in infotext, key
+    with Image.open(saved_file(page)) as image:
+        assert image.size == (48, 48) and image.text["parameters"] == infotext
+    shot(page, "hires")
+    page.locator("#txt2img-send-img2img").click()
+    expect(page.get_by_role("tab", name="img2img", exact=True)).to_have_attribute("aria-selected", "true")
+    expect(page.locator("#img2img-width input[type=number]")).to_have_value("48")
+    set_number(page, "img2img-denoising", 0)
+    page.locator("#img2img-generate").click()
+    expect(page.locator("#img2img-progress")).to_contain_text(re.compile(r"1 image in"))
+    text = page.locator("#img2img-infotext textarea").input_value()
+    assert "Denoising strength: 0," in text and "Size: 48x48" in text
+    shot(page, "img2img")
+
+
 def test_settings_are_saved_applied_and_become_the_defaults_on_reload(page, app):
     page.get_by_role("tab", name="Settings").click()
     set_number(page, "settings-steps", 7)

@@ -81,7 +81,7 @@ def hires_fields(body: Txt2ImgBody, library: Any, width: int, height: int) -> tu
                 schedule=schedule,
                 prompt=body.hr_prompt or "",
                 negative_prompt=body.hr_negative_prompt or "",
-                cfg_scale=body.hr_cfg,
+                cfg_scale=body.hr_cfg or None,  # 0 or null: the first pass's
             )
         except (ValueError, LookupError) as error:
             field = str(error).split(":", 1)[0]

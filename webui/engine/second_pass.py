@@ -224,7 +224,7 @@ def hires_from_fields(values: Any) -> HiresFix | None:
     kwargs = {}
     for name, attribute in HIRES_FIELDS.items():
         value = values.get(name)
-        if value in _USE_FIRST_PASS:
+        if value in _USE_FIRST_PASS or (name == "hr_cfg" and value == 0):  # 0: the first pass's CFG, as Forge's
             continue
         if attribute in ("scale", "denoising_strength", "cfg_scale"):
             value = _number(name, value, float)

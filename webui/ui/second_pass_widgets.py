@@ -76,7 +76,7 @@ def build_hires(ctx: UiContext, bar: ModelBar, checkpoint: str | None) -> dict[s
                 [SAME_SCHEDULE, *SCHEDULE_TYPES], value=SAME_SCHEDULE, label="Hires schedule type",
                 elem_id="txt2img-hr-schedule",
             )  # fmt: skip
-            w["hr_cfg"] = gr.Number(value=None, label="Hires CFG scale (empty: as the first pass)",
+            w["hr_cfg"] = gr.Slider(0, 30, value=0, step=0.5, label="Hires CFG scale (0: as the first pass)",
                                     elem_id="txt2img-hr-cfg")  # fmt: skip
         w["hr_prompt"] = gr.Textbox(label="Hires prompt (empty: the prompt)", lines=2, elem_id="txt2img-hr-prompt")
         w["hr_negative_prompt"] = gr.Textbox(
