@@ -36,6 +36,7 @@ def test_bench_tiny_json_reports_every_figure_with_raw_numbers_and_writes_files(
     assert _number(raw["engine_vs_diffusers_speed"]["engine_it_s"]["median"])
     assert _number(raw["engine_vs_diffusers_speed"]["diffusers_it_s"]["median"])
     assert raw["engine_vs_diffusers_speed"]["latents_max_abs_difference"] < 1e-3  # the same computation
+    assert raw["hires_pass_vs_diffusers_img2img"]["latents_max_abs_difference"] < 1e-3
     assert len(raw["request_overhead"]["engine_request_s"]["runs"]) == 2
     assert raw["cold_load_vs_file_read"]["file_bytes"] > 0
     assert raw["cached_switch_vs_cold_load"]["components_loaded_while_switching"] == 0

@@ -40,6 +40,7 @@ TARGETS: Mapping[str, Target] = {
     "memory_vs_unique_components": Target("<=", 1.1),
     "ui_roundtrip_vs_engine": Target("<=", 1.1, "at 512×512 on a GPU"),
     "merge_vs_file_read": Target(">=", 0.25),
+    "hires_pass_vs_diffusers_img2img": Target("<=", 1.05),
 }
 FIGURES = tuple(TARGETS)
 
@@ -79,6 +80,10 @@ SUMMARIES: Mapping[str, Callable[[Mapping[str, Any]], str]] = {
     "merge_vs_file_read": lambda r: (
         f"{_mb(_median(r, 'merge_bytes_per_s'))}/s vs {_mb(_median(r, 'file_read_bytes_per_s'))}/s for "
         f"{_mb(r['input_bytes'])}; peak +{_mb(r['peak_rss'].get('peak_rss_growth_bytes', 0))} RSS"
+    ),
+    "hires_pass_vs_diffusers_img2img": lambda r: (
+        f"{_s(_median(r, 'engine_hires_pass_s'))} vs {_s(_median(r, 'diffusers_img2img_s'))} at "
+        f"{r['target'][0]}×{r['target'][1]}"
     ),
 }
 

@@ -23,6 +23,7 @@ from webui.bench.machine import machine_info, versions
 from webui.bench.memory_probe import memory_figure
 from webui.bench.merge_figures import merge_figure
 from webui.bench.report import family_block
+from webui.bench.second_pass_figures import hires_overhead
 from webui.bench.session import Figure, Session, release
 from webui.bench.ui_roundtrip import UiServer, start_ui
 from webui.engine.device import DevicePolicy
@@ -135,6 +136,7 @@ def _measure(session: Session) -> tuple[dict[str, Figure], dict[str, Any]]:
         figures["request_overhead"], figures["ui_roundtrip_vs_engine"] = request_and_ui(session, ui, problem)
     figures["lora_weight_change_vs_step"], figures["lora_first_load_vs_file_read"] = lora_figures(session, step)
     figures["merge_vs_file_read"] = merge_figure(session)
+    figures["hires_pass_vs_diffusers_img2img"] = hires_overhead(session)
     extra: dict[str, Any] = {"unet_step": unet_step(session)}
     cuda = session.manager.device.type == "cuda"
     extra["cuda"] = cuda_figures(session) if cuda else None
