@@ -19,6 +19,9 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
 ROOT = Path(__file__).resolve().parents[1]
+# Installed beside the project with `--no-deps` (README): pinned as installed, their own requirements not followed
+# (spandrel asks for torchvision, which PyPI cannot give beside a CPU torch and which upscaling does not need).
+NO_DEPS = ("spandrel",)
 
 
 def _wanted(requirement: Requirement, extras: set[str]) -> bool:
@@ -62,7 +65,13 @@ def main() -> int:
     roots = [Requirement(text) for text in [*project["dependencies"], *extras]]
     print(f"# Exact versions CI ran: pip install -c constraints.txt -e \".[test,cluster]\". Written by {Path(__file__).name}")
     print("# (see its docstring or the README to refresh); pyproject.toml keeps the open ranges.")
-    for name, version in sorted(closure(roots).items()):
+    pins = closure(roots)
+    for name in NO_DEPS:
+        try:
+            pins[canonicalize_name(name)] = metadata.version(name).split("+")[0]
+        except metadata.PackageNotFoundError:
+            sys.exit(f"{name} is not installed; run pip install -c constraints.txt --no-deps {name} first")
+    for name, version in sorted(pins.items()):
         print(f"{name}=={version}")
     return 0
 
