@@ -187,3 +187,92 @@ def test_a_hires_image_is_reproduced_from_its_infotext(engine, library, tiny_mod
     (again,) = json.loads(capsys.readouterr().out)["images"]
     assert again["infotext"] == original.infotext
     assert np.array_equal(pixels(again["path"]), pixels(original.path))
+
+
+def test_each_family_says_how_its_second_pass_runs_and_the_pipelines_agree():
+    import inspect
+
+    from webui.families import DESCRIPTIONS
+
+    for description in DESCRIPTIONS:
+        second = description.second_pass
+        if description.supported:
+            assert second.img2img is not None, description.id
+        if second.img2img is not None:
+            takes = inspect.signature(second.img2img.pipeline_class().__call__).parameters
+            assert {"image", "strength"} <= set(takes), description.id
+            assert ("denoising_start" in takes) == second.handoff, description.id
+        if second.handoff and description.txt2img and description.pipeline is not None:
+            assert "denoising_end" in inspect.signature(description.pipeline.pipeline_class().__call__).parameters
+
+
+def test_a1111_hires_infotext_is_read_as_a1111_reads_it(library):
+    text = (
+        "a castle\nSteps: 20, Sampler: DPM++ 2M, Schedule type: Karras, CFG scale: 7, Seed: 5, Size: 512x768, "
+        "Model: tiny-sd1, Denoising strength: 0.45, Hires upscale: 1.5, Hires steps: 12, "
+        "Hires upscaler: Latent (bicubic antialiased), Hires sampler: Euler a, Hires schedule type: Exponential, "
+        'Hires prompt: "a castle, detailed", Version: v1.10.1'
+    )
+    request = request_from_infotext(text, library).request
+    assert request.hires == HiresFix(
+        upscaler="Latent (bicubic antialiased)", scale=1.5, steps=12, denoising_strength=0.45, sampler="Euler a",
+        schedule="Exponential", prompt="a castle, detailed",
+    )  # fmt: skip
+    assert (request.width, request.height) == (512, 768)
+    # img2img's infotext has a denoising strength but no Hires keys: no Hires. fix.
+    plain = request_from_infotext("x\nSteps: 3, Seed: 1, Size: 32x32, Model: tiny-sd1, Denoising strength: 0.5",
+                                  library)  # fmt: skip
+    assert plain.request.hires is None and plain.values["denoising_strength"] == 0.5
+
+
+@pytest.mark.parametrize(
+    ("pass_size", "final", "first", "resize"),
+    [("512x512", "1024x1024", (512, 512), (1024, 1024)), ("0x0", "1024x768", (640, 448), (1024, 768))],
+)
+def test_old_first_pass_size_becomes_size_and_hires_resize_as_a1111_derives_it(library, pass_size, final, first,
+                                                                             resize):  # fmt: skip
+    text = f"x\nSteps: 3, Seed: 1, Size: {final}, Model: tiny-sd1, Denoising strength: 0.6, "
+    text += f"First pass size: {pass_size}"
+    reproduction = request_from_infotext(text, library)
+    request = reproduction.request
+    assert (request.width, request.height) == first
+    assert (request.hires.resize_x, request.hires.resize_y) == resize and request.hires.denoising_strength == 0.6
+    assert any("First pass size" in note for note in reproduction.notes)
+
+
+def test_refiner_keys_name_the_checkpoint_by_its_a1111_title(library):
+    entry = library.find("tiny-sdxl-refiner", None)
+    title = f"tiny-sdxl-refiner [{library.model_hash(entry.path)}]"
+    text = f"x\nSteps: 4, Seed: 1, Size: 32x32, Model: tiny-sdxl, Refiner: {title}, Refiner switch at: 0.6"
+    request = request_from_infotext(text, library).request
+    assert request.refiner == Refiner(entry.path, 0.6)
+    missing = request_from_infotext(text.replace(title, "gone [0123456789]"), library)
+    assert missing.request is None and "refiner gone [0123456789]" in missing.missing
+
+
+def test_bad_second_pass_values_name_their_field(tiny_models_dir):
+    for kwargs, field in (({"scale": 9}, "hr_scale"), ({"denoising_strength": 1.2}, "denoising_strength"),
+                          ({"sampler": "Eulr"}, "hr_sampler_name"), ({"upscaler": " "}, "hr_upscaler")):  # fmt: skip
+        with pytest.raises(ValueError, match=field):
+            HiresFix(**kwargs)
+    with pytest.raises(ValueError, match="refiner_switch_at"):
+        Refiner(tiny_models_dir, 0.0)
+    with pytest.raises(ValueError, match="resize_mode"):
+        Img2Img((Image.new("RGB", (8, 8)),), resize_mode="Zoom")
+    with pytest.raises(ValueError, match="enable_hr"):
+        GenerationRequest(model=sd1(tiny_models_dir), hires=HiresFix(), img2img=Img2Img((Image.new("RGB", (8, 8)),)))
+
+
+def test_the_refiner_is_refused_clearly_where_it_cannot_hand_off(engine, tiny_models_dir):
+    refiner = Refiner(tiny_models_dir / "checkpoints/tiny-sdxl-refiner.safetensors", 0.5)
+    with pytest.raises(ValueError, match="refiner_checkpoint: .* cannot stop part-way"):
+        engine.generate(GenerationRequest(model=sd1(tiny_models_dir), steps=2, width=16, height=16, refiner=refiner))
+    xl = ModelChoice(tiny_models_dir / "checkpoints/tiny-sdxl.safetensors")
+    wrong = Refiner(tiny_models_dir / "checkpoints/tiny-sd1.safetensors", 0.5)
+    with pytest.raises(ValueError, match="refiner_checkpoint: .* cannot finish"):
+        engine.generate(GenerationRequest(model=xl, steps=2, width=16, height=16, refiner=wrong))
+    # The refiner itself runs img2img (it refines an existing image).
+    source = Image.new("RGB", (32, 32), (90, 120, 200))
+    refine = GenerationRequest(model=ModelChoice(refiner.checkpoint), prompt="x", steps=2, width=32, height=32,
+                               img2img=Img2Img((source,), denoising_strength=0.5))  # fmt: skip
+    assert len(engine.generate(refine).images) == 1

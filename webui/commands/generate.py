@@ -59,7 +59,7 @@ def add_request_arguments(parser: argparse.ArgumentParser) -> None:
     hires.add_argument("--hr-negative", dest="hr_negative_prompt", help="hires negative prompt")
     hires.add_argument("--hr-cfg", type=float, help="hires CFG scale (default: the first pass's)")
     second = parser.add_argument_group("refiner and img2img")
-    second.add_argument("--refiner", help="refiner checkpoint (name or path): finishes the denoising (SDXL)")
+    second.add_argument("--refiner", help="refiner checkpoint (name or path): finishes the denoising")
     second.add_argument("--refiner-switch-at", type=float, help="share of the steps before the refiner (0.8)")
     second.add_argument("--init-image", action="append", metavar="IMAGE", help="img2img input (repeat: one per image)")
     second.add_argument("--resize-mode", help="img2img: Just resize, Crop and resize, Resize and fill, or 0-3")

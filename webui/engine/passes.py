@@ -113,7 +113,7 @@ def _load_refiner(engine: Engine, loaded: LoadedModel, request: GenerationReques
     if not base.second_pass.handoff:
         raise ValueError(
             f"refiner_checkpoint: {base.label} pipelines cannot stop part-way for a refiner (no denoising_end); "
-            "the hand-off needs a family whose pipelines take it, such as SDXL"
+            f"the hand-off needs a family whose pipelines take it: {', '.join(_handoff_families())}"
         )
     refiner = engine.manager.load_companion(ModelChoice(request.refiner.checkpoint))
     finish = refiner.family.description
@@ -299,3 +299,9 @@ def second_pass_params(request: GenerationRequest, work: BatchWork, hasher: Call
         if hires is not None:
             params["Hires refiner"] = "first pass"  # the hand-off is in the first pass; the hires pass is the base's
     return params
+
+
+def _handoff_families() -> list[str]:
+    from webui.families import DESCRIPTIONS
+
+    return [d.label for d in DESCRIPTIONS if d.supported and d.txt2img and d.second_pass.handoff]

@@ -133,7 +133,7 @@ def request_from_infotext(text: str, library: Any) -> Reproduction:
     _drop_invalid(values, notes)
     request = None
     model_found = checkpoint is not None or components.get("unet") is not None
-    if model_found and not any(m.startswith(("model", "unet", "text", "vae")) for m in missing):
+    if model_found and not any(m.startswith(("model", "unet", "text", "vae", "refiner")) for m in missing):
         choice = ModelChoice(checkpoint, **{k: v for k, v in components.items() if v is not None})
         request = build_request(choice, values)
     return Reproduction(request, values, missing, notes)

@@ -14,7 +14,6 @@ from webui.engine.request import MAX_STEPS
 from webui.engine.samplers import SAMPLER_NAMES, SCHEDULE_TYPES
 from webui.engine.second_pass import DEFAULT_HR_UPSCALER
 from webui.engine.upscalers import upscaler_names
-from webui.families import Family
 from webui.models.kinds import Kind
 from webui.ui import adapter, choices
 from webui.ui.context import UiContext
@@ -28,10 +27,10 @@ NO_REFINER = "None"
 def hires_choices(ctx: UiContext, checkpoint: str | None) -> tuple[list[str], str]:
     """The upscalers the checkpoint's family can use, and the note saying why the latent modes are missing."""
     family = choices.family_of(ctx.library, checkpoint)
-    description = (family or Family.SD1).description
-    latent = description.second_pass.latent_upscale
+    second = family.description.second_pass if family is not None else None
+    latent = second is None or second.latent_upscale  # no checkpoint yet: everything, checked when it runs
     models = [e.name for e in ctx.library.entries(Kind.UPSCALER) if e.usable]
-    note = "" if latent else description.second_pass.why_no_latent_upscale(description.label)
+    note = "" if second is None or latent else second.why_no_latent_upscale(family.label)
     return upscaler_names(latent, models), note
 
 
@@ -98,7 +97,7 @@ def build_refiner(ctx: UiContext, bar: ModelBar) -> dict[str, Any]:
     with gr.Accordion("Refiner", open=False, elem_id="txt2img-refiner"):
         with gr.Row():
             w["refiner_checkpoint"] = gr.Dropdown(
-                refiner_choices(ctx), value=NO_REFINER, label="Refiner checkpoint (SDXL)",
+                refiner_choices(ctx), value=NO_REFINER, label="Refiner checkpoint",
                 elem_id="txt2img-refiner-checkpoint",
             )  # fmt: skip
             w["refiner_switch_at"] = gr.Slider(
