@@ -147,3 +147,60 @@ def test_png_info_of_a_modular_flux_image_restores_the_transformer_its_encoders_
     assert values["text_encoder_2"] == "tiny-flux-t5xxl-fp16.safetensors"
     request = adapter.build_request(values, library)
     assert request.model.checkpoint is None and request.distilled_guidance == 2.5 and request.cfg_scale == 1.0
+
+
+HIRES_WIDGETS = {
+    "enable_hr": True,
+    "hr_upscaler": "tiny-4x-realesrgan",
+    "hr_scale": 1.5,
+    "hr_resize_x": 0.0,
+    "hr_resize_y": 0.0,
+    "hr_second_pass_steps": 6.0,
+    "denoising_strength": 0.4,
+    "hr_sampler_name": "Use same sampler",
+    "hr_scheduler": "Use same scheduler",
+    "hr_cfg": 0,  # the slider's 0: the first pass's
+    "hr_prompt": "",
+    "hr_negative_prompt": "",
+    "refiner_checkpoint": "None",
+    "refiner_switch_at": 0.8,
+}
+
+
+def test_hires_and_refiner_widgets_build_the_second_pass_and_come_back_from_infotext(library):
+    from webui.engine.second_pass import HiresFix, Refiner
+
+    request = adapter.build_request({**VALUES, **HIRES_WIDGETS}, library)
+    assert request.hires == HiresFix(upscaler="tiny-4x-realesrgan", scale=1.5, steps=6, denoising_strength=0.4)
+    assert request.refiner is None and request.img2img is None
+    off = adapter.build_request({**VALUES, **HIRES_WIDGETS, "enable_hr": False}, library)
+    assert off.hires is None
+    refiner = library.find("tiny-sdxl-refiner", None)
+    chosen = {**VALUES, **HIRES_WIDGETS, "refiner_checkpoint": "tiny-sdxl-refiner.safetensors"}
+    chosen["refiner_switch_at"] = 0.7
+    assert adapter.build_request(chosen, library).refiner == Refiner(refiner.path, 0.7)
+    text = (
+        "a cat\nSteps: 3, Seed: 1, Size: 32x32, Model: tiny-sd1, Denoising strength: 0.4, Hires upscale: 1.5, "
+        "Hires steps: 6, Hires upscaler: tiny-4x-realesrgan, Version: x"
+    )
+    values = adapter.values_from_reproduction(request_from_infotext(text, library), text, library)
+    assert {k: values[k] for k in ("enable_hr", "hr_upscaler", "hr_scale", "hr_second_pass_steps")} == {
+        "enable_hr": True, "hr_upscaler": "tiny-4x-realesrgan", "hr_scale": 1.5, "hr_second_pass_steps": 6,
+    }  # fmt: skip
+    assert values["hr_sampler_name"] == "Use same sampler" and values["refiner_checkpoint"] == "None"
+
+
+def test_img2img_values_carry_the_input_image_and_name_a_missing_one(library):
+    from PIL import Image
+
+    from webui.ui.img2img_tab import request_values
+
+    tab = {"img2img_prompt": "a dog", "img2img_negative_prompt": "", "img2img_width": 24, "img2img_height": 16,
+           "init_image": Image.new("RGB", (10, 10)), "resize_mode": "Resize and fill",
+           "img2img_denoising_strength": 0.3}  # fmt: skip
+    request = adapter.build_request(request_values({**VALUES, **HIRES_WIDGETS, **tab}), library)
+    assert request.prompt == "a dog" and (request.width, request.height) == (24, 16)
+    assert request.hires is None and request.refiner is None  # img2img takes neither
+    assert request.img2img.resize_mode == "Resize and fill" and request.img2img.denoising_strength == 0.3
+    with pytest.raises(ValueError, match="init_image"):
+        adapter.build_request(request_values({**VALUES, **tab, "init_image": None}), library)
