@@ -92,6 +92,7 @@ def _unload() -> JobCall:
             engine.loras.unfuse()
             engine.manager.current = None
             engine.manager.cache.clear()  # drops every component and frees the memory (measured in test_memory)
+            engine.upscaler_models.clear()
 
     return run
 

@@ -68,7 +68,7 @@ class Engine:
         self.prompt_cache = EmbeddingCache()  # per-prompt T5/CLIP embeddings of PipelineEncoding families
         self.gpu_lock = threading.Lock()  # the one lock: one generation per device at a time
         self.upscaler_path = upscaler_resolver or _no_upscaler_models
-        self.upscaler_models = UpscalerModels(manager.device)
+        self.upscaler_models = UpscalerModels(lambda: self.manager.device)
 
     def seeds_for(self, request: GenerationRequest) -> list[int]:
         """One seed per image: seed, seed + 1, ...; with a variation seed every image keeps the seed (as A1111)."""

@@ -84,18 +84,27 @@ def to_image(tensor: torch.Tensor) -> Image.Image:
 class UpscalerModels:
     """Upscaler files run on `device` (fp16 on CUDA where the architecture allows it, else fp32)."""
 
-    def __init__(self, device: torch.device, tile: int = TILE, overlap: int = OVERLAP) -> None:
-        self.device, self.tile, self.overlap = torch.device(device), tile, overlap
-        self._key: tuple[str, int, int] | None = None
+    def __init__(
+        self, device: torch.device | Callable[[], torch.device], tile: int = TILE, overlap: int = OVERLAP
+    ) -> None:
+        # A callable follows the engine's current device (Settings can move it without a restart).
+        fixed = None if callable(device) else torch.device(device)
+        self._device = device if fixed is None else (lambda: fixed)
+        self.tile, self.overlap = tile, overlap
+        self._key: tuple[str, int, int, str] | None = None
         self._model: Any = None
         self._lock = threading.Lock()
+
+    @property
+    def device(self) -> torch.device:
+        return torch.device(self._device())
 
     def model(self, path: Path) -> Any:
         """The spandrel descriptor of `path`, loaded (safely: see webui.models.upscaler_files) or kept."""
         from webui.models.upscaler_files import load_upscaler
 
         stat = Path(path).stat()
-        key = (str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns)
+        key = (str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns, str(self.device))
         with self._lock:
             if key != self._key:
                 self.clear()
