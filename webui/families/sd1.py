@@ -63,7 +63,7 @@ SD_VARIANTS = (
         8,
         PipelineSpec("StableDiffusionInstructPix2PixPipeline", SD_PIPELINE.absent, SD_PIPELINE.flags),
         refusal="an instruct-pix2pix model edits an input image by an instruction, so txt2img cannot run it "
-        "(it needs img2img, which is not here yet); use it there, or pick a txt2img checkpoint",
+        "(with its own image conditioning, which img2img here does not give it yet); pick a regular checkpoint",
     ),
 )
 # What a no-VAE SD1/SD2 checkpoint gets: stabilityai/sd-vae-ft-mse-original's files, the peers' usual choice.

@@ -76,7 +76,7 @@ XL_VARIANTS = (
         8,
         PipelineSpec("StableDiffusionXLInstructPix2PixPipeline"),
         refusal="an instruct-pix2pix model edits an input image by an instruction, so txt2img cannot run it "
-        "(it needs img2img, which is not here yet); use it there, or pick a txt2img checkpoint",
+        "(with its own image conditioning, which img2img here does not give it yet); pick a regular checkpoint",
     ),
 )
 
