@@ -329,6 +329,7 @@ def build_api_router(
         return entry.path if entry is not None else None
 
     add_info_routes(router, queue, library, styles, cmd_flags or {}, run_job, option_checkpoint, Owner)
+
     async def run_extras(call: JobCall, owner: str, request: Request) -> Job | None:
         """The extras job, finished; None when the client left first (the job is then cancelled)."""
         job = _submit(queue, call, owner, "extras")

@@ -20,6 +20,7 @@ from PIL import Image
 
 from webui.engine.decode import check_finite, encode_pixels
 from webui.engine.img2img import ImagePass, run_pass
+from webui.engine.limits import RequestError
 from webui.engine.pipelines import LoadedModel, ModelChoice
 from webui.engine.progress import CancelToken, interruptible
 from webui.engine.prompt_plan import PromptPlan, plan_prompt
@@ -73,27 +74,29 @@ def prepare(engine: Engine, loaded: LoadedModel, request: GenerationRequest, pla
     work = BatchWork(loaded, request, plan)
     variant = getattr(loaded, "variant", None)
     if variant is not None and (request.img2img or request.hires or request.refiner):
-        raise ValueError(
-            f"model: {loaded.choice.name} is an {variant.name} {description.label} model; img2img, Hires. fix and "
-            "the refiner run on ordinary UNets here: pick a regular checkpoint for them"
+        raise RequestError(
+            "model",
+            f"{loaded.choice.name} is an {variant.name} {description.label} model; img2img, Hires. fix and "
+            "the refiner run on ordinary UNets here: pick a regular checkpoint for them",
         )
     if request.img2img is not None:
         if description.second_pass.img2img is None:
-            raise ValueError(f"init_images: {description.label} models have no image-to-image pipeline here yet")
+            raise RequestError("init_images", f"{description.label} models have no image-to-image pipeline here yet")
         work.img2img_upscaler = resolve_upscaler(request.img2img.upscaler, engine.upscaler_path, "upscaler")
         if request.img2img.resize_mode == RESIZE_MODES[3] and not description.second_pass.latent_upscale:
-            raise ValueError(f"resize_mode: {description.second_pass.why_no_latent_upscale(description.label)}")
+            raise RequestError("resize_mode", f"{description.second_pass.why_no_latent_upscale(description.label)}")
     elif not description.txt2img:
-        raise ValueError(
-            f"model: {loaded.choice.name} is an {description.label}, which refines an existing image; "
-            "use it in img2img or as the refiner"
+        raise RequestError(
+            "model",
+            f"{loaded.choice.name} is an {description.label}, which refines an existing image; "
+            "use it in img2img or as the refiner",
         )
     if request.hires is not None:
         work.hires_upscaler = resolve_upscaler(request.hires.upscaler, engine.upscaler_path)
         if work.hires_upscaler.latent and not description.second_pass.latent_upscale:
-            raise ValueError(f"hr_upscaler: {description.second_pass.why_no_latent_upscale(description.label)}")
+            raise RequestError("hr_upscaler", f"{description.second_pass.why_no_latent_upscale(description.label)}")
         if description.second_pass.img2img is None:
-            raise ValueError(f"enable_hr: {description.label} models have no image-to-image pipeline here yet")
+            raise RequestError("enable_hr", f"{description.label} models have no image-to-image pipeline here yet")
         hires = request.hires
         hires_steps = hires.steps or request.steps
         work.hires_plan = plan_prompt(
@@ -109,18 +112,20 @@ def prepare(engine: Engine, loaded: LoadedModel, request: GenerationRequest, pla
 def _load_refiner(engine: Engine, loaded: LoadedModel, request: GenerationRequest) -> LoadedModel:
     base = loaded.family.description
     if request.img2img is not None:
-        raise ValueError("refiner_checkpoint: img2img does not hand off to a refiner here; use it in txt2img")
+        raise RequestError("refiner_checkpoint", "img2img does not hand off to a refiner here; use it in txt2img")
     if not base.second_pass.handoff:
-        raise ValueError(
-            f"refiner_checkpoint: {base.label} pipelines cannot stop part-way for a refiner (no denoising_end); "
-            f"the hand-off needs a family whose pipelines take it: {', '.join(_handoff_families())}"
+        raise RequestError(
+            "refiner_checkpoint",
+            f"{base.label} pipelines cannot stop part-way for a refiner (no denoising_end); "
+            f"the hand-off needs a family whose pipelines take it: {', '.join(_handoff_families())}",
         )
     refiner = engine.manager.load_companion(ModelChoice(request.refiner.checkpoint))
     finish = refiner.family.description
     if not finish.second_pass.handoff or finish.second_pass.img2img is None or finish.latent != base.latent:
-        raise ValueError(
-            f"refiner_checkpoint: a {finish.label} model cannot finish {base.label} latents; choose a refiner of "
-            f"the same latent space ({base.label} or its refiner)"
+        raise RequestError(
+            "refiner_checkpoint",
+            f"a {finish.label} model cannot finish {base.label} latents; choose a refiner of "
+            f"the same latent space ({base.label} or its refiner)",
         )
     return refiner
 
@@ -172,13 +177,10 @@ def _img2img(
         return None, fitted  # nothing is denoised: the input, fitted to the size, unchanged
     factor = work.loaded.pipeline.vae_scale_factor
     size = (height // factor, width // factor)
+    encoded = [encode_images(engine, work.loaded, [image], reporter.cancel) for image in fitted]
     if latent_mode:  # A1111's "Just resize (latent upscale)": each input's own latents, resampled bilinearly
-        latents = torch.cat([
-            torch.nn.functional.interpolate(encode_images(engine, work.loaded, [image]), size=size, mode="bilinear")
-            for image in fitted
-        ])  # fmt: skip
-    else:
-        latents = torch.cat([encode_images(engine, work.loaded, [image]) for image in fitted])
+        encoded = [torch.nn.functional.interpolate(each, size=size, mode="bilinear") for each in encoded]
+    latents = torch.cat(encoded)
     if source.denoising_strength == 0:
         return latents, None
     pass_ = ImagePass(
@@ -209,10 +211,10 @@ def hires_pass(
     if work.hires_upscaler.latent:
         start = upscale_latents(latents.float(), work.hires_upscaler, target)
     else:
-        images = decode_images(engine, work.finisher, latents)
+        images = decode_images(engine, work.finisher, latents, reporter.cancel)
         upscaled = [enlarge(image, target.width, target.height, work.hires_upscaler, engine.upscaler_models.run)
                     for image in images]  # fmt: skip
-        start = crop_latents(encode_images(engine, work.loaded, upscaled), target)
+        start = crop_latents(encode_images(engine, work.loaded, upscaled, reporter.cancel), target)
     if hires.denoising_strength == 0:
         return start
     reporter.start_pass()
