@@ -1,11 +1,13 @@
 """One image-to-image denoising pass (img2img, the hires pass, the refiner's part) on a loaded model.
 
 The pass runs the family's diffusers img2img pipeline (its description's `second_pass.img2img`) over the loaded
-model's own components, given the starting latents as its `image`. So with the same seeds it is exactly what
-plain diffusers' img2img pipeline does on those latents: the pipeline draws the noise from each image's CPU
-generator at the pass's latent size (as A1111's hires pass draws it from each image's seed), noises to the
-strength's timestep and denoises the rest. A variation seed replaces that noise by A1111's blend. Prompt
-editing and AND work through the same `ConditioningHook` as txt2img.
+model's own components, given the starting latents as its `image` (unpacked: batch, C, h, w). So with the same
+seeds it is exactly what plain diffusers' img2img pipeline does on those latents: the pipeline draws the noise
+from each image's CPU generator at the pass's latent size (as A1111's hires pass draws it from each image's seed),
+noises to the strength's timestep and denoises the rest. A variation seed replaces that noise by A1111's blend.
+Prompt editing and AND work through the same `ConditioningHook` as txt2img. Families that encode with the pipeline
+itself (FLUX.1) run `run_encoded_pass`: the engine's embedding cache, true CFG and distilled guidance as in
+txt2img, and their packed latents unpacked at the pass's own size.
 """
 
 from __future__ import annotations
@@ -17,7 +19,9 @@ from typing import Any
 import torch
 
 from webui.engine.conditioning import PromptEncoder
+from webui.engine.conditioning_pipeline import EmbeddingCache, encode_with_pipeline
 from webui.engine.embeddings import EmbeddingSet, EmbeddingUse
+from webui.engine.extra_networks import parse_extra_networks
 from webui.engine.noise import initial_noise
 from webui.engine.pipelines import LoadedModel
 from webui.engine.prompt_conditioning import ConditioningHook, encode_plan
@@ -134,3 +138,76 @@ def run_pass(
         return run()
     with ConditioningHook(conditioning, work.cfg_scale).installed(unet):
         return run()
+
+
+def run_encoded_pass(
+    loaded: LoadedModel,
+    work: ImagePass,
+    seeds: list[int],
+    *,
+    reporter: Any = None,
+    cache: EmbeddingCache | None = None,
+    te_state: tuple[Any, ...] = (),
+    guidance: float | None = None,
+) -> torch.Tensor:
+    """The pass for a family conditioned by its pipeline's own `encode_prompt` (FLUX.1), as `Engine.denoise_encoded`
+    runs its txt2img: the prompt text without tags, embeddings from `cache` (`te_state`: the LoRAs on the text
+    encoders), true CFG at `work.cfg_scale`, distilled `guidance` where the model takes it. Returns (batch, C, h, w)
+    latents: packed ones are unpacked at the pass's size (h and w rounded down to even, as the pipeline packs)."""
+    description = loaded.family.description
+    spec = description.second_pass.img2img
+    if spec is None:
+        raise ValueError(f"img2img: {description.label} models have no image-to-image pipeline here yet")
+    if work.sampler is not None and sampler_entry(work.sampler).own is not None:
+        raise ValueError(f"sampler: {work.sampler} cannot start from an image here; choose another sampler")
+    latents = work.latents
+    if spec.packed_latents:  # 2x2 patches: an odd latent row or column is dropped, as the pipeline's txt2img does
+        latents = latents[..., : latents.shape[-2] // 2 * 2, : latents.shape[-1] // 2 * 2]
+    if executed_steps(work.steps, work.strength) == 0:
+        return latents
+    pipeline = img2img_pipeline(loaded)
+    pipeline.scheduler = make_scheduler(loaded.scheduler_config, work.sampler, work.schedule, seeds=seeds)
+    variant = description.variant(loaded.model_variant)
+    max_length = variant.max_sequence_length if variant and variant.max_sequence_length else 512
+    conditioning = encode_with_pipeline(
+        pipeline,
+        work.plan.networks.prompt,
+        parse_extra_networks(work.plan.negative_prompt).prompt,
+        use_negative=work.cfg_scale > 1 or not description.conditioning.negative_needs_cfg,
+        max_length=max_length,
+        batch=len(seeds),
+        cache=cache,
+        identity=(tuple(loaded.keys[encoder.role] for encoder in description.text_encoders), te_state),
+    )
+    kwargs: dict[str, Any] = {spec.cfg_argument: work.cfg_scale}
+    if guidance is not None and spec.guidance_argument:
+        kwargs[spec.guidance_argument] = guidance
+    if reporter is not None:
+        kwargs.update(callback_on_step_end=reporter, callback_on_step_end_tensor_inputs=["latents"])
+    factor = pipeline.vae_scale_factor
+    height, width = latents.shape[-2] * factor, latents.shape[-1] * factor
+    pipeline._interrupt = False
+    result = pipeline(
+        **conditioning.as_pipeline_kwargs(),
+        image=latents.to(loaded.dtype),
+        strength=work.strength,
+        num_inference_steps=work.steps,
+        height=height,
+        width=width,
+        generator=[torch.Generator("cpu").manual_seed(seed) for seed in seeds],
+        max_sequence_length=max_length,
+        output_type="latent",
+        **kwargs,
+    ).images
+    return pipeline._unpack_latents(result, height, width, factor) if spec.packed_latents else result
+
+
+def unpacker(loaded: LoadedModel, latents: torch.Tensor) -> Any:
+    """For the step previews of a pass from (batch, C, h, w) `latents`: the pipeline's packed step latents at that
+    size unpacked (None where the family's latents are not packed)."""
+    spec = loaded.family.description.second_pass.img2img
+    if spec is None or not spec.packed_latents:
+        return None
+    factor = loaded.pipeline.vae_scale_factor
+    height, width = latents.shape[-2] // 2 * 2 * factor, latents.shape[-1] // 2 * 2 * factor
+    return lambda packed: packed if packed.ndim == 4 else loaded.pipeline._unpack_latents(packed, height, width, factor)

@@ -19,7 +19,7 @@ import torch
 from PIL import Image
 
 from webui.engine.decode import check_finite, encode_pixels
-from webui.engine.img2img import ImagePass, run_pass
+from webui.engine.img2img import ImagePass, run_encoded_pass, run_pass, unpacker
 from webui.engine.limits import RequestError
 from webui.engine.pipelines import LoadedModel, ModelChoice
 from webui.engine.progress import CancelToken, interruptible
@@ -27,6 +27,7 @@ from webui.engine.prompt_plan import PromptPlan, plan_prompt
 from webui.engine.request import GenerationRequest
 from webui.engine.second_pass import RESIZE_MODES, executed_steps, scheduled_steps
 from webui.engine.upscalers import Upscaler, crop_latents, enlarge, resize_image, resolve_upscaler, upscale_latents
+from webui.families.base import PipelineEncoding
 
 if TYPE_CHECKING:
     from webui.engine.txt2img import Engine
@@ -187,11 +188,7 @@ def _img2img(
         latents, work.plan, request.steps, source.denoising_strength, request.cfg_scale, request.sampler,
         request.schedule, request.clip_skip, request.eta,
     )  # fmt: skip
-    result = run_pass(
-        work.loaded, pass_, seeds, reporter=reporter, embeddings=engine.embeddings, use=use,
-        subseeds=subseeds, subseed_strength=request.subseed_strength,
-    )  # fmt: skip
-    return result, None
+    return _run(engine, work, pass_, seeds, subseeds, reporter, use), None
 
 
 def hires_pass(
@@ -208,6 +205,7 @@ def hires_pass(
     assert hires is not None and work.hires_upscaler is not None and work.hires_plan is not None
     width, height = request.latent_size
     target = hires.target(width, height, work.loaded.pipeline.vae_scale_factor)
+    latents = engine.unpacked(work.finisher, request, latents)  # a transformer's packed first-pass latents
     if work.hires_upscaler.latent:
         start = upscale_latents(latents.float(), work.hires_upscaler, target)
     else:
@@ -226,9 +224,31 @@ def hires_pass(
         request.schedule if hires.schedule is None else hires.schedule,
         request.clip_skip, request.eta,
     )  # fmt: skip
-    return run_pass(
-        work.loaded, pass_, seeds, reporter=reporter, embeddings=engine.embeddings, use=use,
-        subseeds=subseeds, subseed_strength=request.subseed_strength,
+    return _run(engine, work, pass_, seeds, subseeds, reporter, use)
+
+
+def _run(
+    engine: Engine,
+    work: BatchWork,
+    pass_: ImagePass,
+    seeds: list[int],
+    subseeds: list[int] | None,
+    reporter: Any,
+    use: Any,
+) -> torch.Tensor:
+    """An img2img pass on the request's model (img2img itself, the hires pass): (batch, C, h, w) latents."""
+    loaded, request = work.loaded, work.request
+    if not isinstance(loaded.family.description.conditioning, PipelineEncoding):
+        return run_pass(
+            loaded, pass_, seeds, reporter=reporter, embeddings=engine.embeddings, use=use,
+            subseeds=subseeds, subseed_strength=request.subseed_strength,
+        )  # fmt: skip
+    unpack = unpacker(loaded, pass_.latents)
+    if unpack is not None:  # previews of this pass unpack at its own size
+        reporter.unpack = unpack
+    return run_encoded_pass(
+        loaded, pass_, seeds, reporter=reporter, cache=engine.prompt_cache, te_state=work.te_state,
+        guidance=engine.distilled_guidance(loaded, request),
     )  # fmt: skip
 
 

@@ -183,7 +183,17 @@ DESCRIPTION = FamilyDescription(
         base_model_version="flux1",
         convert="webui.families.flux_lora:to_diffusers",
     ),
-    second_pass=SecondPass(latent_upscale=False),
+    # Hires. fix and img2img: pixel-space upscalers only (flow latents do not survive resampling); no refiner.
+    second_pass=SecondPass(
+        latent_upscale=False,
+        img2img=PipelineSpec(
+            "FluxImg2ImgPipeline",
+            absent=("image_encoder", "feature_extractor"),
+            cfg_argument="true_cfg_scale",
+            guidance_argument="guidance_scale",
+            packed_latents=True,
+        ),
+    ),
     merge_blocks=MERGE_BLOCKS,
     fixtures=FixtureSpec(writer="webui.families.flux_fixtures:write_flux_family", loras=True),
     bench=BenchSpec(),  # transformer figures (webui.bench.dit_figures): tiny fixtures, real-shape steps on CUDA
