@@ -150,3 +150,20 @@ def test_flux_refuses_the_refiner_naming_the_field(engine, tiny_models_dir):
     with pytest.raises(RequestError, match="denoising_end") as raised:
         engine.generate(request(tiny_models_dir, refiner=refiner))
     assert raised.value.field == "refiner_checkpoint"
+
+
+def test_hires_offers_a_flux_transformer_pixel_space_upscalers_only_and_says_why(tiny_models_dir):
+    from types import SimpleNamespace
+
+    from webui.models.library import open_library
+    from webui.ui.choices import NO_CHECKPOINT
+    from webui.ui.second_pass_widgets import hires_choices
+
+    library = open_library(tiny_models_dir)
+    library.scan()
+    ctx = SimpleNamespace(library=library)
+    names, note = hires_choices(ctx, NO_CHECKPOINT, "tiny-flux-dev.safetensors")
+    assert {"None", "Lanczos", "Nearest"} <= set(names) and not [n for n in names if n.startswith("Latent")]
+    assert "latent upscaling" in note and "FLUX" in note
+    sd_names, sd_note = hires_choices(ctx, "tiny-sd1.safetensors", None)
+    assert "Latent" in sd_names and "Lanczos" in sd_names and sd_note == ""

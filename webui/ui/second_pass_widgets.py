@@ -24,9 +24,11 @@ SAME_SCHEDULE = "Use same scheduler"
 NO_REFINER = "None"
 
 
-def hires_choices(ctx: UiContext, checkpoint: str | None) -> tuple[list[str], str]:
-    """The upscalers the checkpoint's family can use, and the note saying why the latent modes are missing."""
-    family = choices.family_of(ctx.library, checkpoint)
+def hires_choices(ctx: UiContext, checkpoint: str | None, unet: str | None = None) -> tuple[list[str], str]:
+    """The upscalers the model's family can use (its UNet / transformer file's when one is picked, else the
+    checkpoint's), and the note saying why the latent modes are missing."""
+    entry = choices.model_entry(ctx.library, checkpoint, unet)
+    family = entry.family if entry is not None else None
     second = family.description.second_pass if family is not None else None
     latent = second is None or second.latent_upscale  # no checkpoint yet: everything, checked when it runs
     models = [e.name for e in ctx.library.entries(Kind.UPSCALER) if e.usable]
@@ -83,11 +85,13 @@ def build_hires(ctx: UiContext, bar: ModelBar, checkpoint: str | None) -> dict[s
         )
 
     def follow(values: dict[str, Any], _request: Any) -> tuple[Any, Any]:
-        names, note = hires_choices(ctx, values["checkpoint"])
+        names, note = hires_choices(ctx, values["checkpoint"], values["unet"])
         return gr.update(choices=names), gr.update(value=note, visible=bool(note))
 
-    bar.on_models_changed(adapter.by_name(["checkpoint"], follow), inputs=[bar.checkpoint],
-                          outputs=[w["hr_upscaler"], note_box])  # fmt: skip
+    inputs, outputs = [bar.checkpoint, bar.overrides["unet"]], [w["hr_upscaler"], note_box]
+    follow_models = adapter.by_name(["checkpoint", "unet"], follow)
+    bar.on_models_changed(follow_models, inputs=inputs, outputs=outputs)
+    bar.overrides["unet"].change(follow_models, inputs=inputs, outputs=outputs, api_visibility="private", queue=False)
     return w
 
 
