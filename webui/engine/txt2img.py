@@ -346,7 +346,7 @@ class Engine:
             from webui.engine import own_sampling
 
             if denoising_end is not None:
-                raise ValueError(f"sampler: {request.sampler} cannot hand off to a refiner; choose another sampler")
+                raise RequestError("sampler", f"{request.sampler} cannot hand off to a refiner; choose another sampler")
 
             return own_sampling.sample(
                 entry.own, pipeline, loaded.family, loaded.scheduler_config, conditioning, noise, generators,
