@@ -184,7 +184,26 @@ def test_png_info_of_hostile_images_is_a_422(api, data):
     assert response.status_code == 422 and response.json()["detail"][0]["loc"] == ["body", "image"]
 
 
-def test_a_client_that_disconnects_has_its_job_cancelled(server, queue):
+def _png_base64(size: tuple[int, int] = (16, 16)) -> str:
+    import base64
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", size, (200, 40, 40)).save(buffer, format="PNG")
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
+@pytest.mark.parametrize(
+    ("route", "user", "body"),
+    [
+        ("txt2img", "carol", lambda: CAT),
+        ("img2img", "dave", lambda: {**CAT, "init_images": [_png_base64()], "denoising_strength": 0.5}),
+        ("extra-single-image", "erin", lambda: {"image": _png_base64(), "upscaler_1": "Lanczos"}),
+    ],
+)
+def test_a_client_that_disconnects_has_its_job_cancelled(server, queue, route, user, body):
     release = threading.Event()
 
     def hold(_engine, _progress, cancel):  # noqa: ANN001, ANN202
@@ -195,21 +214,21 @@ def test_a_client_that_disconnects_has_its_job_cancelled(server, queue):
     blocker = queue.submit_call(hold, "someone", "test")
     try:
         host, port = server.removeprefix("http://").split(":")
-        body = json.dumps(CAT).encode()
+        content = json.dumps(body()).encode()
         request = (
-            f"POST /sdapi/v1/txt2img HTTP/1.1\r\nHost: {host}:{port}\r\nx-user: carol\r\n"
-            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
-        ).encode() + body
+            f"POST /sdapi/v1/{route} HTTP/1.1\r\nHost: {host}:{port}\r\nx-user: {user}\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(content)}\r\n\r\n"
+        ).encode() + content
         with socket.create_connection((host, int(port))) as client:
             client.sendall(request)
             deadline = time.monotonic() + WAIT
-            while not queue.jobs("carol") and time.monotonic() < deadline:
+            while not queue.jobs(user) and time.monotonic() < deadline:
                 time.sleep(0.01)
-            (job,) = queue.jobs("carol")  # waiting behind the blocker
+            (job,) = queue.jobs(user)  # waiting behind the blocker
         deadline = time.monotonic() + WAIT
         while job.state is JobState.QUEUED and time.monotonic() < deadline:
             time.sleep(0.01)
-        assert job.state is JobState.CANCELLED and queue.jobs("carol") == []
+        assert job.state is JobState.CANCELLED and queue.jobs(user) == []
     finally:
         release.set()
     assert blocker.wait(WAIT)
