@@ -5,7 +5,8 @@ distribution's own requirements (markers evaluated here, extras followed). Local
 dropped (`torch==2.13.0`, not `2.13.0+cpu`), so on Linux pip takes PyPI's CUDA build of the same release.
 Refresh after upgrading on purpose (README, "Reproducible installs"):
 
-    pip install -U -e ".[test,cluster]" && python -m pytest && python .ci/pin_constraints.py > constraints.txt
+    pip install -U -e ".[test,cluster]" && pip install -U --no-deps spandrel && python -m pytest \
+        && python .ci/pin_constraints.py > constraints.txt
 """
 
 from __future__ import annotations
