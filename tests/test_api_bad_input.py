@@ -184,6 +184,22 @@ def test_png_info_of_hostile_images_is_a_422(api, data):
     assert response.status_code == 422 and response.json()["detail"][0]["loc"] == ["body", "image"]
 
 
+@pytest.mark.parametrize(
+    ("route", "field", "body"),
+    [
+        ("/sdapi/v1/img2img", "init_images", lambda image: {**CAT, "init_images": [image]}),
+        ("/sdapi/v1/extra-single-image", "image", lambda image: {"image": image, "upscaling_resize": 2}),
+    ],
+)
+@pytest.mark.parametrize("data", [_png_claiming(60_000, 60_000), b"\x89PNG\r\n\x1a\n" + b"\0" * 40])
+def test_input_images_beyond_pils_limits_or_broken_are_422s_naming_the_field(api, route, field, body, data):
+    import base64
+
+    response = api.post(route, json=body(base64.b64encode(data).decode()))
+    assert response.status_code == 422, response.text[:300]
+    assert field in response.json()["detail"][0]["loc"]
+
+
 def _png_base64(size: tuple[int, int] = (16, 16)) -> str:
     import base64
     import io

@@ -101,3 +101,28 @@ def test_generate_with_an_unknown_checkpoint_names_it(tiny_models_dir, tmp_path,
     code = main(["generate", "--models-dir", str(tiny_models_dir), "--checkpoint", "no-such-model", "--json"])
     assert code == 2
     assert "no-such-model" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs FIFOs")
+def test_init_images_that_are_fifos_bombs_or_not_images_are_errors_naming_the_flag(tiny_models_dir, tmp_path, capsys):
+    import struct
+    import zlib
+
+    fifo = tmp_path / "pipe.png"
+    os.mkfifo(fifo)  # opened normally, this would wait forever for a writer
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    bomb = tmp_path / "bomb.png"  # a few bytes whose header claims 60000x60000 pixels
+    header = struct.pack(">IIBBBBB", 60_000, 60_000, 8, 2, 0, 0, 0)
+    bomb.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"")))
+    text = tmp_path / "notes.png"
+    text.write_text("not an image")
+    for path, words in ((fifo, "FIFO"), (bomb, "too many pixels"), (text, "not an image file")):
+        argv = ["generate", "--models-dir", str(tiny_models_dir), "--outputs-dir", str(tmp_path / "out"),
+                "--checkpoint", "tiny-sd1", "--init-image", str(path), "--steps", "1"]  # fmt: skip
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert "--init-image" in err and words in err and "Traceback" not in err
+    assert not (tmp_path / "out").exists()

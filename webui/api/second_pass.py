@@ -113,7 +113,10 @@ def decode_image(encoded: str, field: str) -> Image.Image:
         with Image.open(io.BytesIO(data)) as image:
             image.load()
             return image.convert("RGB")
-    except (UnidentifiedImageError, OSError):
+    except Image.DecompressionBombError:
+        raise SecondPassError(field, f"{field}: too many pixels for an input image (PIL's decompression-bomb "
+                              "limit); resize it first", encoded[:40]) from None  # fmt: skip
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError):  # PIL's ways to say "broken"
         raise SecondPassError(field, f"{field}: the decoded bytes are not an image file PIL can read",
                               encoded[:40]) from None  # fmt: skip
 

@@ -231,11 +231,22 @@ def family_defaults(choice: Any) -> dict[str, Any]:
 
 
 def _open_image(path: str) -> Any:
-    from PIL import Image
+    """An --init-image file as RGB; ValueError naming the flag for anything PIL cannot read (a FIFO or device is
+    refused without blocking, an image beyond PIL's decompression-bomb limit is refused before decoding)."""
+    from PIL import Image, UnidentifiedImageError
 
-    with Image.open(path) as image:
-        image.load()
-        return image.convert("RGB")
+    from webui.models.files import ModelFileError, open_regular
+
+    try:
+        with open_regular(path) as handle, Image.open(handle) as image:
+            image.load()
+            return image.convert("RGB")
+    except ModelFileError as error:
+        raise ValueError(f"--init-image {path}: {error.problem}") from None
+    except Image.DecompressionBombError:
+        raise ValueError(f"--init-image {path}: too many pixels for an input image; resize it first") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError):  # PIL's ways to say "broken"
+        raise ValueError(f"--init-image {path}: not an image file PIL can read") from None
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
