@@ -148,6 +148,22 @@ def test_a_lora_tag_with_a_nan_weight_is_skipped_with_a_message_not_a_500(api):
     assert "<lora:tiny-sd1-kohya:nan>" in said and "not a finite number" in said
 
 
+def test_a_model_that_cannot_be_loaded_is_a_422_naming_the_model_not_a_500(api, queue, monkeypatch):
+    from webui.engine.pipeline_fit import ModelLoadError
+
+    def broken(*_args, **_kwargs):  # what a truncated .ckpt, a FIFO or a missing FLUX component raise on loading
+        raise ModelLoadError("x.ckpt: truncated file: the pickle ends early; download it again")
+
+    monkeypatch.setattr(queue.engine.manager, "load", broken)
+    body = {**CAT, "override_settings": {"sd_model_checkpoint": "tiny-sd1"}}
+    response = api.post("/sdapi/v1/txt2img", json=body)
+    assert response.status_code == 422, response.text[:300]
+    detail = response.json()["detail"][0]
+    assert detail["loc"] == ["body", "override_settings", "sd_model_checkpoint"] and "truncated" in detail["msg"]
+    monkeypatch.undo()
+    assert api.post("/sdapi/v1/txt2img", json=CAT).status_code == 200  # the next request is served
+
+
 def test_a_lone_surrogate_is_a_422_that_renders(api):
     response = post_raw(api, "/sdapi/v1/txt2img", body_with('"negative_prompt": "bad \\ud800 text"'))
     detail = refused(response)

@@ -23,6 +23,7 @@ import torch
 
 from webui.engine import memory
 from webui.engine.limits import RequestError
+from webui.engine.pipeline_fit import ModelLoadError
 from webui.engine.progress import CancelToken
 
 if TYPE_CHECKING:
@@ -327,7 +328,7 @@ class JobQueue:
         except Exception as error:  # any job's failure is that job's, never the worker's
             failure = describe_failure(error)
             job.error, job.error_type = failure, type(error).__name__
-            job.error_field = error.field if isinstance(error, RequestError) else None
+            job.error_field = _field_of(error)
             if not isinstance(error, (ValueError, LookupError, OSError, MemoryError)):
                 log.error("job %s (%s) failed", job.id, job.kind, exc_info=error)
         if failure is not None:
@@ -355,3 +356,11 @@ class JobQueue:
                 callback(job)
             except Exception:  # a listener's bug must not stop the worker
                 log.exception("a done-callback of job %s failed", job.id)
+
+
+def _field_of(error: Exception) -> str | None:
+    """The request field a failure blames: a RequestError's own; `model` for a model that cannot be loaded (a broken
+    or missing file, a missing component: the client's choice, answered 422, not a server fault); else None."""
+    if isinstance(error, RequestError):
+        return error.field
+    return "model" if isinstance(error, ModelLoadError) else None
