@@ -40,6 +40,19 @@ def test_merge_by_library_names_lands_in_checkpoints_with_a1111s_name(models, ca
     assert library.find("0.7(tiny-sd1) + 0.3(other)").family is Family.SD1
 
 
+def test_a_merge_named_as_a1111_names_it_can_be_merged_again_and_converted(models, capsys):
+    assert main(["merge", "--models-dir", str(models), "tiny-sd1", "other", "--alpha", "0.3"]) == 0
+    first = models / "checkpoints" / "0.7(tiny-sd1) + 0.3(other).safetensors"  # ' + ' inside the name
+    capsys.readouterr()
+    by_name = ["merge", "--models-dir", str(models), "0.7(tiny-sd1) + 0.3(other)", "tiny-sd1", "--name", "again"]
+    assert main(by_name) == 0, capsys.readouterr().err
+    by_path = ["merge", "--models-dir", str(models), str(first), "other", "--alpha", "1", "--name", "by-path"]
+    assert main(by_path) == 0, capsys.readouterr().err
+    assert load_file(models / "checkpoints/by-path.safetensors").keys() == load_file(first).keys()
+    assert main(["convert", "--models-dir", str(models), str(first), "--name", "converted"]) == 0
+    assert (models / "checkpoints/again.safetensors").is_file() and (models / "checkpoints/converted.safetensors").is_file()
+
+
 def test_merge_json_carries_the_recipe_and_refuses_to_overwrite(models, capsys):
     args = ["merge", "--models-dir", str(models), "tiny-sd1", "other", "tiny-sd1.ckpt", "--name", "mix", "--json"]
     assert main(args) == 0

@@ -51,8 +51,19 @@ def output_path(models_dir: Path, name: str, kind: Kind) -> Path:
 
 
 def resolve_model(library: ModelLibrary, text: str) -> ModelInput:
-    """A model as the user wrote it: a path or a library name, or several joined by ` + ` (component files)."""
-    parts = [part.strip() for part in SPLIT_FILES.split(text.strip()) if part.strip()]
+    """A model as the user wrote it: a path or a library name, or several joined by ` + ` (component files).
+
+    The whole text is tried as one model first: A1111's merge names (`0.7(A) + 0.3(B)`) contain ` + ` themselves,
+    and a merge of a merge must still find its input. LookupError (from the library) when nothing matches."""
+    whole = text.strip()
+    if whole and Path(whole).expanduser().exists():
+        return ModelInput((Path(whole).expanduser(),))
+    if whole:
+        try:
+            return ModelInput((library.find(whole).path,))
+        except LookupError:
+            pass  # component files joined by ' + ', or a name that matches nothing (reported per part below)
+    parts = [part.strip() for part in SPLIT_FILES.split(whole) if part.strip()]
     if not parts:
         raise ValueError("model: empty; name a checkpoint, or component files joined by ' + '")
     paths = []
