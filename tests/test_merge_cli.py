@@ -50,7 +50,7 @@ def test_a_merge_named_as_a1111_names_it_can_be_merged_again_and_converted(model
     assert main(by_path) == 0, capsys.readouterr().err
     assert load_file(models / "checkpoints/by-path.safetensors").keys() == load_file(first).keys()
     assert main(["convert", "--models-dir", str(models), str(first), "--name", "converted"]) == 0
-    assert (models / "checkpoints/again.safetensors").is_file() and (models / "checkpoints/converted.safetensors").is_file()
+    assert all((models / "checkpoints" / f"{name}.safetensors").is_file() for name in ("again", "converted"))
 
 
 def test_merge_json_carries_the_recipe_and_refuses_to_overwrite(models, capsys):
@@ -84,3 +84,18 @@ def test_convert_a_diffusers_folder_to_one_file_beside_it(models, capsys):
     assert converted.keys() == original.keys() and all(torch.equal(converted[k], original[k]) for k in original)
     assert main(["convert", "--models-dir", str(models), "tiny-sd1.ckpt", "--name", "from-ckpt", "--prune"]) == 0
     assert load_file(models / "checkpoints/from-ckpt.safetensors").keys() == original.keys()
+
+
+def test_merged_and_converted_files_get_a_new_files_mode_not_mkstemps_0600(models, capsys):
+    import os
+    import stat
+
+    old = os.umask(0o022)
+    try:
+        assert main(["merge", "--models-dir", str(models), "tiny-sd1", "other", "--name", "shared"]) == 0
+        assert main(["convert", "--models-dir", str(models), "tiny-sd1.ckpt", "--name", "converted"]) == 0
+    finally:
+        os.umask(old)
+    for name in ("shared", "converted"):
+        mode = stat.S_IMODE((models / "checkpoints" / f"{name}.safetensors").stat().st_mode)
+        assert mode == 0o644, (name, oct(mode))  # as every other file in a shared models/ folder

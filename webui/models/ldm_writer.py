@@ -24,6 +24,7 @@ from webui.models.ldm_plan import (
     unet_plan,
     vae_plan,
 )
+from webui.models.safetensors_stream import give_new_file_mode
 
 __all__ = [
     "UNET_PREFIX",
@@ -130,6 +131,7 @@ def save_single_file(
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    give_new_file_mode(handle)
     os.close(handle)
     try:
         save_file(tensors, tmp, metadata=dict(metadata) if metadata else None)

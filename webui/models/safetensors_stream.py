@@ -136,6 +136,7 @@ class StreamingWriter:
             raise DiskFullError(self.path, self.total_bytes, free)
         handle, name = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.", suffix=".partial")
         self._temp = Path(name)
+        give_new_file_mode(handle)
         self._handle = os.fdopen(handle, "wb")
         try:
             self._put(self._header)
@@ -217,3 +218,17 @@ def _free(folder: Path) -> int | None:
         return shutil.disk_usage(folder).free
     except OSError:
         return None
+
+
+def give_new_file_mode(descriptor: int) -> None:
+    """Give a file made by `tempfile.mkstemp` (always 0600) the mode `open()` would give a new file under this
+    process's umask (0644 under the usual 022), so a model written into a shared models/ folder reads like the
+    files beside it. Where the umask cannot be read without changing it (no /proc), 022 is assumed."""
+    umask = 0o022
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            umask = next((int(line.split()[1], 8) for line in status if line.startswith("Umask:")), umask)
+    except (OSError, ValueError):
+        pass
+    if hasattr(os, "fchmod"):
+        os.fchmod(descriptor, 0o666 & ~umask)
