@@ -126,3 +126,12 @@ def test_init_images_that_are_fifos_bombs_or_not_images_are_errors_naming_the_fl
         err = capsys.readouterr().err
         assert "--init-image" in err and words in err and "Traceback" not in err
     assert not (tmp_path / "out").exists()
+
+
+def test_a_mistyped_infotext_image_path_is_an_error_not_the_prompt(tiny_models_dir, tmp_path, capsys):
+    argv = ["generate", "--models-dir", str(tiny_models_dir), "--outputs-dir", str(tmp_path / "out"),
+            "--checkpoint", "tiny-sd1", "--infotext", str(tmp_path / "no-such-image.png")]  # fmt: skip
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "--infotext" in err or "infotext:" in err
+    assert "no such image file" in err and not (tmp_path / "out").exists()

@@ -146,17 +146,31 @@ def parse_lora_flag(value: str, library: Any) -> Any:
     return LoraSpec(_resolve(library, ":".join(parts), Kind.LORA), unet_weight=unet_weight, te_weight=te_weight)
 
 
-def _infotext_of(value: str) -> str:
-    path = Path(value)
-    if path.suffix.lower() == ".png" and path.is_file():
-        from PIL import Image
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")  # the formats this studio (and A1111) write infotext into
 
-        with Image.open(path) as image:
-            text = image.text.get("parameters") if hasattr(image, "text") else None
-        if not text:
-            raise ValueError(f"infotext: {path} has no A1111 'parameters' text")
-        return text
-    return value
+
+def _infotext_of(value: str) -> str:
+    """--infotext's value: an image's infotext (PNG `parameters`, JPEG/WebP EXIF) or infotext text itself.
+    ValueError naming the flag for an image path that is not there or carries none, so a mistyped path never
+    becomes the prompt."""
+    path = Path(value).expanduser()
+    if "\n" in value or path.suffix.lower() not in IMAGE_SUFFIXES:
+        return value
+    if not path.is_file():
+        raise ValueError(f"infotext: {value}: no such image file; give an image's path, or the infotext text itself")
+    from webui.engine.image_metadata import read_image_metadata
+    from webui.models.files import ModelFileError, open_regular
+
+    try:
+        with open_regular(path) as handle:
+            text = read_image_metadata(handle).parameters
+    except ModelFileError as error:
+        raise ValueError(f"infotext: {error.problem}") from None
+    except (OSError, SyntaxError, ValueError, EOFError):  # PIL's ways to say "broken"
+        raise ValueError(f"infotext: {path} is not an image file PIL can read") from None
+    if not text:
+        raise ValueError(f"infotext: {path} has no A1111 'parameters' text")
+    return text
 
 
 def request_from_args(args: argparse.Namespace, library: Any) -> Any:

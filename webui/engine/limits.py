@@ -4,8 +4,8 @@ The limits are generous for real prompts and stop the ones that take a server do
 conditioning length (each 75-token chunk adds a 77-token block that every cross-attention layer attends to),
 and every LoRA is a file to read and an adapter to apply.
 
-- MAX_PROMPT_CHARS: 32,768 characters per prompt (about 8,000 tokens of English; A1111 users write 300+ tokens,
-  about 1,500 characters).
+- MAX_PROMPT_CHARS: 32,768 characters per prompt (A1111 users write 300+ tokens, about 1,500 characters); the
+  chunk limit below usually stops a CLIP-encoded prompt first.
 - MAX_PROMPT_CHUNKS: 32 chunks of 75 tokens (2,400 tokens) per prompt after tokenizing, BREAK counted.
 - MAX_LORAS: 32 LoRAs per request, the stack and the prompt's `<lora:…>` tags together.
 """
@@ -34,7 +34,7 @@ def check_text(field: str, text: str) -> None:
         raise RequestError(field, f"{type(text).__name__} is not text")
     if len(text) > MAX_PROMPT_CHARS:
         raise RequestError(
-            field, f"{len(text):,} characters; the limit is {MAX_PROMPT_CHARS:,} (about 8,000 tokens); shorten it"
+            field, f"{len(text):,} characters; the limit is {MAX_PROMPT_CHARS:,} characters; shorten it"
         )
     try:
         text.encode("utf-8")
