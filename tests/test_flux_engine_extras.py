@@ -51,3 +51,18 @@ def test_compare_grid_across_sd1_and_flux_checkpoints(tiny_models_dir, tmp_path,
     with Image.open(cells[0]["path"]) as sd1, Image.open(cells[1]["path"]) as flux:
         assert "Distilled CFG Scale" not in sd1.text["parameters"]
         assert "Distilled CFG Scale: 2, " in flux.text["parameters"] and "Sampler: Euler," in flux.text["parameters"]
+
+
+def test_a_prompt_longer_than_t5_reads_is_said_not_silently_cut(tiny_models_dir, tmp_path):
+    import dataclasses
+
+    engine = Engine(PipelineManager(tiny_models_dir, DevicePolicy(device="cpu")), tmp_path)
+    short = engine.generate(request(tiny_models_dir, 1))
+    assert not [w for w in short.info["warnings"] if "tokens" in w]
+    loaded = engine.manager.load(request(tiny_models_dir, 1).model)
+    limit = Engine.sequence_length(loaded)
+    long_prompt = "a cat " * (limit + 10)
+    assert Engine.sequence_tokens(loaded, long_prompt) > limit
+    result = engine.generate(dataclasses.replace(request(tiny_models_dir, 1), prompt=long_prompt))
+    said = [w for w in result.info["warnings"] if w.startswith("prompt:")]
+    assert len(said) == 1 and f"reads the first {limit}" in said[0] and len(result.images) == 1

@@ -405,8 +405,7 @@ class Engine:
         pipeline = loaded.pipeline
         description = loaded.family.description
         pipeline.scheduler = make_scheduler(loaded.scheduler_config, request.sampler, request.schedule, seeds=seeds)
-        variant = description.variant(loaded.model_variant)
-        max_length = variant.max_sequence_length if variant and variant.max_sequence_length else 512
+        max_length = self.sequence_length(loaded)
         negative_text = parse_extra_networks(plan.negative_prompt).prompt
         conditioning = encode_with_pipeline(
             pipeline,
@@ -449,7 +448,32 @@ class Engine:
             warnings.append(f"subseed_strength: variation seeds are not applied to {label} models")
         if request.clip_skip > 1:
             warnings.append(f"clip_skip: {label} uses CLIP's pooled output only; clip skip has no effect")
+        limit = Engine.sequence_length(loaded)
+        for field, text in (("prompt", plan.networks.prompt), ("negative_prompt", plan.negative_prompt)):
+            tokens = Engine.sequence_tokens(loaded, text)
+            if tokens > limit:
+                warnings.append(
+                    f"{field}: {tokens:,} tokens; {label} reads the first {limit} (its text encoder's sequence "
+                    "length), the rest is not used"
+                )
         return warnings
+
+    @staticmethod
+    def sequence_length(loaded: LoadedModel) -> int:
+        """Tokens the sequence encoder (T5) reads for this model: its variant's max_sequence_length, else 512."""
+        variant = loaded.family.description.variant(loaded.model_variant)
+        return variant.max_sequence_length if variant and variant.max_sequence_length else 512
+
+    @staticmethod
+    def sequence_tokens(loaded: LoadedModel, text: str) -> int:
+        """Tokens `text` makes for the pipeline's sequence encoder: diffusers' pipelines name it last among
+        tokenizer, tokenizer_2, tokenizer_3 (FluxPipeline: T5 is tokenizer_2). 0 when there is none."""
+        pipeline = loaded.pipeline
+        tokenizers = [getattr(pipeline, n, None) for n in ("tokenizer", "tokenizer_2", "tokenizer_3")]
+        present = [t for t in tokenizers if t is not None]
+        if not text or not present:
+            return 0
+        return len(present[-1](text, truncation=False, add_special_tokens=True).input_ids)
 
     @staticmethod
     def distilled_guidance(loaded: LoadedModel, request: GenerationRequest) -> float | None:
