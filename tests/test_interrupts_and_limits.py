@@ -185,5 +185,6 @@ def test_a_nan_checkpoint_fails_naming_the_model_and_writes_no_png(tiny_models_d
     with pytest.raises(NonFiniteOutputError) as failed:
         engine.generate(request)
     message = str(failed.value)
-    assert "nan-model" in message and "NaN/inf" in message and "fp32" in message
+    assert "nan-model" in message and "NaN/inf" in message and "LoRA" in message
+    assert "--precision fp32" not in message  # it ran in fp32 (the CPU's precision): no advice to switch to fp32
     assert list((tmp_path / "outputs").rglob("*.png")) == []

@@ -25,10 +25,14 @@ class NonFiniteOutputError(ValueError):
 def check_finite(tensor: torch.Tensor, model: str, what: str) -> None:
     """Raise NonFiniteOutputError naming `model` when `tensor` holds NaN or inf (an all-black PNG otherwise)."""
     if not torch.isfinite(tensor).all().item():
+        overflow = (
+            f", or it overflows in {tensor.dtype} and needs fp32 (--precision fp32, or Settings → precision)"
+            if tensor.dtype != torch.float32
+            else ""
+        )
         raise NonFiniteOutputError(
-            f"the model {model} produced NaN/inf values in the {what}: its weights are broken (a damaged or "
-            f"NaN-filled file) or it overflows in {tensor.dtype} and needs fp32 (--precision fp32, or Settings → "
-            "precision); no image was saved"
+            f"the model {model} produced NaN/inf values in the {what}: its weights, or those of a LoRA applied to "
+            f"it, are broken (a damaged or NaN-filled file: try without the LoRAs){overflow}; no image was saved"
         )
 
 
