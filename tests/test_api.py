@@ -368,3 +368,20 @@ def test_txt2img_runs_a_modular_flux_model_as_forge_clients_send_it(api):
     assert field_of(api.post("/sdapi/v1/txt2img", json=bad)) == [
         ["body", "override_settings", "forge_additional_modules"]
     ]
+
+
+def test_a_flux_model_starts_from_its_familys_cfg_when_the_body_sends_none(api):
+    """A1111 clients leave cfg_scale out and mean 'the default': for FLUX.1 dev that is CFG 1 (distilled guidance
+    does the work; true CFG at A1111's 7 would double each step), as the UI and the CLI start it."""
+    flux = {"sd_model_checkpoint": "tiny-flux-dev-aio"}
+    euler_a = api.post("/sdapi/v1/txt2img", json={**CAT, "override_settings": flux})  # CAT asks for Euler a
+    assert euler_a.status_code == 422 and field_of(euler_a) == [["body", "sampler_name"]]  # a bad field, not a 500
+    assert "flow-matching" in euler_a.json()["detail"][0]["msg"]
+    euler = {**CAT, "sampler_name": "Euler"}
+    unsent = api.post("/sdapi/v1/txt2img", json={**euler, "override_settings": flux})
+    assert unsent.status_code == 200, unsent.text
+    assert "CFG scale: 1," in png(unsent.json()["images"][0]).info["parameters"]
+    sent = api.post("/sdapi/v1/txt2img", json={**euler, "cfg_scale": 3, "override_settings": flux})
+    assert "CFG scale: 3," in png(sent.json()["images"][0]).info["parameters"]  # what the body sends wins
+    sd1 = api.post("/sdapi/v1/txt2img", json=CAT)
+    assert "CFG scale: 7," in png(sd1.json()["images"][0]).info["parameters"]  # A1111's default elsewhere

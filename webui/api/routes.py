@@ -97,11 +97,19 @@ async def _disconnected(request: Request) -> None:
         pass
 
 
+# The engine's request fields under the names A1111's bodies give them.
+_BODY_NAMES = {
+    "sampler": ("body", "sampler_name"),
+    "schedule": ("body", "scheduler"),
+    "batch_count": ("body", "n_iter"),
+}
+
+
 def _failure(job: Job, field_loc: dict[str, tuple[str, ...]] | None = None) -> Response:
     """A job that raised: a request the engine refused (RequestError, with the field) is a 422 naming the field;
     anything else (out of memory, a broken model file, ...) is A1111's 500 error body."""
     if job.error_field is not None:
-        loc = (field_loc or {}).get(job.error_field, ("body", job.error_field))
+        loc = {**_BODY_NAMES, **(field_loc or {})}.get(job.error_field, ("body", job.error_field))
         message = job.error or ""
         if message.startswith(f"{job.error_field}:"):  # the engine's field name, as the API calls it
             message = f"{loc[-1]}{message[len(job.error_field) :]}"
@@ -221,7 +229,8 @@ def build_api_router(
         if not await _finished(job, request):
             return Response(status_code=499)  # nobody is listening; the job was cancelled
         if job.state is JobState.FAILED:
-            return _failure(job)
+            where = ("override_settings",) if "sd_model_checkpoint" in (body.override_settings or {}) else ()
+            return _failure(job, {"model": ("body", *where, "sd_model_checkpoint")})
         if img2img_plan.keep_settings:
             options.update(img2img_plan.keep_settings)
         result, pngs = job.result or (GenerationResult((), info={"interrupted": True}), [])

@@ -20,7 +20,7 @@ from webui.api.second_pass import SecondPassError, hires_fields, img2img_part
 from webui.engine.image_metadata import read_image_metadata
 from webui.engine.infotext import parse_infotext
 from webui.engine.pipelines import ModelChoice
-from webui.engine.reproduce import request_from_infotext
+from webui.engine.reproduce import family_defaults, request_from_infotext
 from webui.engine.request import GenerationRequest, GenerationResult
 from webui.engine.samplers import split_legacy_name
 from webui.engine.second_pass import SECOND_PASS_FIELDS
@@ -237,6 +237,8 @@ def plan_txt2img(
         "distilled_guidance": body.distilled_cfg_scale,
     }
     choice = model_choice(library, options, overrides)
+    unsent = {n for n in ("steps", "cfg_scale") if n not in body.model_fields_set or getattr(body, n) is None}
+    fields.update({n: v for n, v in family_defaults(choice).items() if n in unsent})  # FLUX.1: CFG 1, its steps
     try:
         second, second_warnings = hires_fields(body, library, fields["width"], fields["height"])
     except SecondPassError as error:

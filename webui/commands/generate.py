@@ -176,7 +176,7 @@ def _infotext_of(value: str) -> str:
 def request_from_args(args: argparse.Namespace, library: Any) -> Any:
     """Defaults, then the infotext (if any), then the flags actually given, then the distilled preset."""
     from webui.engine.pipelines import ModelChoice
-    from webui.engine.reproduce import build_request, request_from_infotext
+    from webui.engine.reproduce import build_request, family_defaults, request_from_infotext
     from webui.engine.request import GenerationRequest
     from webui.engine.samplers import DISTILLED_PRESET
     from webui.engine.second_pass import RESIZE_MODES, SECOND_PASS_FIELDS, Img2Img
@@ -219,29 +219,6 @@ def request_from_args(args: argparse.Namespace, library: Any) -> Any:
         img2img = Img2Img(images, resize_mode=args.resize_mode or RESIZE_MODES[0], denoising_strength=strength)
         request = dataclasses.replace(request, img2img=img2img, hires=None)
     return request
-
-
-def family_defaults(choice: Any) -> dict[str, Any]:
-    """Request fields from the defaults of the chosen model's family and variant (steps, CFG, sampler) where
-    the family sets them; {} for a model that cannot be identified here (the request's defaults apply)."""
-    from webui.models.files import ModelFileError, read_header
-    from webui.models.identify import identify
-
-    path = choice.unet or choice.checkpoint
-    if path is None or path.is_dir():
-        return {}
-    try:
-        identity = identify(read_header(path))
-    except ModelFileError:
-        return {}
-    description = identity.family.description
-    defaults = description.defaults_for(identity.variant)
-    values: dict[str, Any] = {}
-    if defaults.steps is not None:
-        values["steps"] = defaults.steps
-    if defaults.cfg_scale is not None:
-        values["cfg_scale"] = defaults.cfg_scale
-    return values
 
 
 def _open_image(path: str) -> Any:

@@ -163,3 +163,26 @@ def _drop_invalid(values: dict[str, Any], notes: list[str]) -> None:
                 raise
             del values[field_name]
             notes.append(f"{error}; left at its default")
+
+
+def family_defaults(choice: Any) -> dict[str, Any]:
+    """Request fields from the defaults of the chosen model's family and variant (steps, CFG, sampler) where
+    the family sets them; {} for a model that cannot be identified here (the request's defaults apply)."""
+    from webui.models.files import ModelFileError, read_header
+    from webui.models.identify import identify
+
+    path = choice.unet or choice.checkpoint
+    if path is None or path.is_dir():
+        return {}
+    try:
+        identity = identify(read_header(path))
+    except ModelFileError:
+        return {}
+    description = identity.family.description
+    defaults = description.defaults_for(identity.variant)
+    values: dict[str, Any] = {}
+    if defaults.steps is not None:
+        values["steps"] = defaults.steps
+    if defaults.cfg_scale is not None:
+        values["cfg_scale"] = defaults.cfg_scale
+    return values

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
+from webui.engine.limits import RequestError
 from webui.engine.schedules import SCHEDULES
 
 if TYPE_CHECKING:
@@ -278,7 +279,7 @@ def make_scheduler(
     seed the Brownian-tree noise of DPM++ SDE, whose noise does not come from the pipeline's generator.
     """
     if schedule not in SCHEDULE_TYPES:
-        raise ValueError(f"schedule: unknown schedule type {schedule!r} (allowed: {_choices(SCHEDULE_TYPES)})")
+        raise RequestError("schedule", f"unknown schedule type {schedule!r} (allowed: {_choices(SCHEDULE_TYPES)})")
     if sampler is None:
         cls = scheduler_class(_class_name(model_scheduler_config))
         label = sampler_label(model_scheduler_config)
@@ -288,7 +289,7 @@ def make_scheduler(
     elif is_flow_matching(model_scheduler_config):
         if sampler not in FLOW_SAMPLERS:
             allowed = _choices(tuple(FLOW_SAMPLERS))
-            raise ValueError(f"sampler: {sampler!r} does not apply to a flow-matching model; allowed: {allowed}")
+            raise RequestError("sampler", f"{sampler!r} does not apply to a flow-matching model; allowed: {allowed}")
         entry = FLOW_SAMPLERS[sampler]
         cls = scheduler_class(entry.scheduler)
         name, options, allowed = repr(sampler), dict(entry.options), (AUTOMATIC, *entry.schedules)
@@ -299,13 +300,14 @@ def make_scheduler(
         cls = scheduler_class(entry.scheduler)
         name, options, allowed = repr(sampler), dict(entry.options), (AUTOMATIC, *entry.schedules)
     if schedule not in allowed:
-        raise ValueError(f"schedule: {name} cannot use {schedule!r}; it supports {_choices(allowed)}")
+        raise RequestError("schedule", f"{name} cannot use {schedule!r}; it supports {_choices(allowed)}")
     accepted = set(_init_params(cls.__name__))
     if model_scheduler_config.get(_ZERO_SNR) and _ZERO_SNR not in accepted:
         able = [s.name for s in SAMPLERS.values() if s.own is None and _ZERO_SNR in _init_params(s.scheduler)]
-        raise ValueError(
-            f"sampler: {name} cannot sample this zero-terminal-SNR model (rescale_betas_zero_snr); "
-            f"choose one of {_choices(able)}"
+        raise RequestError(
+            "sampler",
+            f"{name} cannot sample this zero-terminal-SNR model (rescale_betas_zero_snr); "
+            f"choose one of {_choices(able)}",
         )
     flow = is_flow_matching(model_scheduler_config)
     if flow and schedule == "Simple":
