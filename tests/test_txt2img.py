@@ -131,7 +131,7 @@ def test_progress_reports_every_step_with_previews(engine, tiny_models_dir):
     assert [(p.batch, p.step) for p in seen] == [(b, s) for b in range(2) for s in range(1, 5)]
     assert seen[-1].fraction == 1.0 and seen[-1].eta_seconds == 0
     previews = [p.preview for p in seen if p.preview is not None]
-    assert len(previews) == 4 and previews[0].size == (16, 16)
+    assert len(previews) == 4 and previews[0].size == (32 // 8, 32 // 8)  # one preview pixel per latent pixel
 
 
 def test_interrupt_stops_within_one_step_keeps_finished_and_partial_images_and_the_engine_goes_on(

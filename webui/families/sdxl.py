@@ -55,11 +55,13 @@ XL_SECOND_PASS = SecondPass(
 )
 XL_CONDITIONING = ClipChunks(clip_skip_offset=1, pooled=True, zero_empty_negative=True)
 TIME_EMBED = 256  # addition_time_embed_dim: each size/crop/score number is embedded 256 wide
-# The tiny XL UNet (TINY_SPEC.md): attention on the second level only, two transformer layers there.
+# The tiny XL UNet (TINY_SPEC.md): three levels, attention (two transformer layers) on the deepest only, so that
+# the native 1024x1024 (a 128x128 latent) attends over 32x32 positions and runs in seconds.
 TINY_XL_BLOCKS = frozen(
-    down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-    up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-    transformer_layers_per_block=(1, 2),
+    block_out_channels=(32, 64, 64),
+    down_block_types=("DownBlock2D", "DownBlock2D", "CrossAttnDownBlock2D"),
+    up_block_types=("CrossAttnUpBlock2D", "UpBlock2D", "UpBlock2D"),
+    transformer_layers_per_block=(1, 1, 2),
     addition_embed_type="text_time",
     addition_time_embed_dim=TIME_EMBED,
     use_linear_projection=True,

@@ -26,6 +26,9 @@ TINY_FAMILIES: tuple[Family, ...] = tuple(family_of(d) for d in DESCRIPTIONS if 
 # Those written by the shared UNet-family writer here (the others bring their own writer and builders).
 UNET_FAMILIES: tuple[Family, ...] = tuple(f for f in TINY_FAMILIES if f.description.unet is not None)
 _CHANNELS = (32, 64)
+# The VAE keeps the real 8x latent factor (three downsamplings, as every SD-family VAE): a 512x512 image has a
+# 64x64 latent, so the fixtures run at the UI's default size in seconds, and sizes mean what they mean for real.
+_VAE_CHANNELS = (32, 32, 64, 64)
 _EMBEDDING_STD = 0.02
 _NORM_STD = 0.05
 _BIAS_STD = 0.02
@@ -58,7 +61,7 @@ def unet_config(family: Family) -> dict[str, Any]:
     }
     facts = family.description.unet
     if facts is not None and facts.head_channels is not None and "attention_head_dim" not in config:
-        config["attention_head_dim"] = tuple(max(1, c // facts.head_channels) for c in _CHANNELS)
+        config["attention_head_dim"] = tuple(max(1, c // facts.head_channels) for c in config["block_out_channels"])
     return config
 
 
@@ -68,9 +71,9 @@ def vae_config(family: Family) -> dict[str, Any]:
         "in_channels": 3,
         "out_channels": 3,
         "latent_channels": latent.channels,
-        "down_block_types": ("DownEncoderBlock2D",) * len(_CHANNELS),
-        "up_block_types": ("UpDecoderBlock2D",) * len(_CHANNELS),
-        "block_out_channels": _CHANNELS,
+        "down_block_types": ("DownEncoderBlock2D",) * len(_VAE_CHANNELS),
+        "up_block_types": ("UpDecoderBlock2D",) * len(_VAE_CHANNELS),
+        "block_out_channels": _VAE_CHANNELS,
         "layers_per_block": 1,
         "norm_num_groups": 32,
         "sample_size": 32,
