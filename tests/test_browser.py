@@ -217,7 +217,8 @@ def test_sizes_follow_the_family_and_the_distilled_preset_toggles(page):
     expect(page.locator("#txt2img-steps input[type=number]")).to_have_value("4")
     expect(page.locator("#txt2img-cfg input[type=number]")).to_have_value("1")
     page.locator("#txt2img-distilled input").uncheck()
-    expect(page.locator("#txt2img-sampler input")).to_have_value("Model default")
+    expect(page.locator("#txt2img-sampler input")).to_have_value("DPM++ 2M")  # A1111's default, the family's
+    expect(page.locator("#txt2img-schedule input")).to_have_value("Karras")
     expect(page.locator("#txt2img-steps input[type=number]")).to_have_value("20")
 
 

@@ -13,7 +13,6 @@ from webui.engine.request import GenerationRequest
 from webui.models.library import ModelNotFoundError, open_library
 from webui.ui import adapter
 from webui.ui.choices import FROM_CHECKPOINT, NO_CHECKPOINT
-from webui.ui.preferences import MODEL_SAMPLER
 
 VALUES = {
     "prompt": "a cat",
@@ -76,8 +75,8 @@ def test_values_map_by_name_in_any_order(library, tiny_models_dir):
     assert (lora.unet_weight, lora.te_weight, lora.enabled) == (0.5, 0.25, False)
 
 
-def test_model_default_sampler_is_none_and_bad_values_name_their_field(library):
-    assert adapter.build_request({**VALUES, "sampler": MODEL_SAMPLER, "schedule": "Automatic"}, library).sampler is None
+def test_no_sampler_is_the_models_own_and_bad_values_name_their_field(library):
+    assert adapter.build_request({**VALUES, "sampler": None, "schedule": "Automatic"}, library).sampler is None
     with pytest.raises(ValueError, match="steps: 2.5 is not a whole number"):
         adapter.build_request({**VALUES, "steps": 2.5}, library)
     with pytest.raises(ValueError, match="width: 8 is out of range"):

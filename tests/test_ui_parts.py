@@ -20,7 +20,7 @@ from webui.models.kinds import FileFormat, Kind
 from webui.models.library import open_library
 from webui.ui import families, model_info
 from webui.ui.convert import convert_to_safetensors
-from webui.ui.preferences import Preferences, PreferencesStore, preferences_from_widgets
+from webui.ui.preferences import FAMILY_SAMPLER, Preferences, PreferencesStore, preferences_from_widgets
 
 
 def test_launch_flags_become_settings(tmp_path):
@@ -65,7 +65,7 @@ def test_settings_file_with_bad_values_keeps_the_good_ones(tmp_path):
     path = tmp_path / "settings.json"
     path.write_text(json.dumps({"steps": 999, "cfg_scale": 4, "sampler": 3, "colour": "red"}))
     store = PreferencesStore(path)
-    assert store.current.steps == 20 and store.current.cfg_scale == 4.0 and store.current.sampler == "Model default"
+    assert store.current.steps == 20 and store.current.cfg_scale == 4.0 and store.current.sampler == FAMILY_SAMPLER
     assert any("steps" in n for n in store.notes) and any("colour" in n for n in store.notes)
     path.write_text("{not json")
     assert PreferencesStore(path).current == Preferences()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -128,6 +129,7 @@ class StepReporter:
         self.skipped = False
         self.per_batch: int | None = None  # the batch's steps over all its passes (None: this pipeline's)
         self._offset = self._done_in_batch = 0
+        self._previewed: tuple[int, int] | None = None  # (batch, step) last previewed: a step may span calls
 
     def start_batch(self, batch: int) -> None:
         self.batch = batch
@@ -139,22 +141,27 @@ class StepReporter:
         self._offset = self._done_in_batch
 
     def __call__(self, pipeline, step: int, _timestep, tensors: dict) -> dict:  # noqa: ANN001 (diffusers' signature)
-        # Some samplers run more model calls than requested steps (PLMS's warm-up, Heun's two per step).
+        calls = getattr(pipeline, "num_timesteps", None) or self.steps
         if self.per_batch is None:
-            self.steps = getattr(pipeline, "num_timesteps", None) or self.steps
-        else:
-            self.steps = max(self.per_batch, self._offset + step + 1)
-        self._done_in_batch = self._offset + step + 1
-        done = self.batch * self.steps + self._done_in_batch
+            # Some samplers make more model calls than the steps asked for (PLMS's warm-up call, Heun's two per
+            # step): the count shown is the user's steps, each reached once its share of the calls is done (A1111's).
+            shown = min(self.steps, math.ceil((step + 1) * self.steps / calls))
+        else:  # several passes (the hires pass, the refiner's part): counted on across them out of their total
+            shown = self._offset + step + 1
+            self.steps = max(self.per_batch, shown)
+        self._done_in_batch = shown
+        done = self.batch * self.steps + shown
         elapsed = time.perf_counter() - self.started
         remaining = self.steps * self.batches - done
         preview = None
-        if self.preview_every and (step + 1) % self.preview_every == 0 and "latents" in tensors:
+        due = self.preview_every and shown % self.preview_every == 0 and (self.batch, shown) != self._previewed
+        if due and "latents" in tensors:
             latents = tensors["latents"] if self.unpack is None else self.unpack(tensors["latents"])
             preview = preview_image(latents, self.family)
+            self._previewed = (self.batch, shown)
         if self.callback is not None:
             eta = elapsed / done * remaining if done else None
-            self.callback(Progress(self._done_in_batch, self.steps, self.batch, self.batches, eta, preview))
+            self.callback(Progress(shown, self.steps, self.batch, self.batches, eta, preview))
         if self.cancel is not None and (self.cancel.cancelled or self.cancel.take_skip()):
             self.interrupted = True
             self.skipped = not self.cancel.cancelled

@@ -22,6 +22,8 @@ from webui.engine.schedules import SCHEDULES
 if TYPE_CHECKING:
     from diffusers import SchedulerMixin
 
+    from webui.families import Family
+
 AUTOMATIC = "Automatic"
 ALL_SCHEDULES = tuple(SCHEDULES)  # every A1111 schedule type besides Automatic
 TIMESTEP_SCHEDULERS = ("DDIMScheduler", "PNDMScheduler")  # walk their own timesteps (A1111's DDIM, PLMS)
@@ -147,6 +149,17 @@ TURBO_PRESET = DistilledPreset("Euler a", "SGM Uniform", steps=4, min_steps=1, m
 LCM_PRESET = DistilledPreset("LCM", AUTOMATIC, steps=4, min_steps=1, max_steps=8, cfg_scale=1.0)
 # For a distilled model of unknown kind, what Turbo models ship; LCM checkpoints and LoRAs want LCM_PRESET.
 DISTILLED_PRESET = TURBO_PRESET
+
+
+def default_sampling(family: Family | None) -> tuple[str, str]:
+    """(sampler, schedule) a user of `family` starts from: its description's default (A1111's "DPM++ 2M" with
+    Karras for the SD families); a family without one, or none, gets the first registered family's."""
+    from webui.families import DESCRIPTIONS
+
+    spec = family.description.scheduler if family is not None else DESCRIPTIONS[0].scheduler
+    if spec.default_sampler is None:
+        spec = DESCRIPTIONS[0].scheduler
+    return spec.default_sampler or "DPM++ 2M", spec.default_schedule
 
 
 def _choices(values: Sequence[str]) -> str:

@@ -118,11 +118,15 @@ class SchedulerKind(str, Enum):
 @dataclass(frozen=True)
 class SchedulerSpec:
     """The family's scheduler: its kind, and the sampler names that apply (None: every noise-prediction
-    sampler in webui.engine.samplers). The config itself is bundled (`configs/<id>/scheduler/`)."""
+    sampler in webui.engine.samplers). The config itself is bundled (`configs/<id>/scheduler/`).
+
+    `default_sampler` / `default_schedule`: what a user of the family starts from, as A1111 (or, for families
+    A1111 does not run, Forge/ComfyUI) names it; None: no default of its own (the model's own scheduler)."""
 
     kind: SchedulerKind = SchedulerKind.NOISE_PREDICTION
     samplers: tuple[str, ...] | None = None
-    default_sampler: str | None = None  # None: the user's preference
+    default_sampler: str | None = None
+    default_schedule: str = "Automatic"
     # The "Align Your Steps" noise levels published for this family's models (NVIDIA's how-to page, 10 steps);
     # None: the ones for SD 1.5, which A1111 uses for every model it has no levels of its own for.
     align_your_steps: tuple[float, ...] | None = None

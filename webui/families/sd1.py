@@ -20,6 +20,7 @@ from webui.families.base import (
     PipelineSpec,
     Recognition,
     RoleSpec,
+    SchedulerSpec,
     SecondPass,
     UnetFacts,
     UnetVariant,
@@ -82,6 +83,8 @@ UNET_BLOCKS = (
     BlockGroup("M", "middle_block.", numbered=False),
     BlockGroup("OUT", "output_blocks."),
 )
+# A1111's default sampler and schedule since 1.9 ("DPM++ 2M", whose Automatic schedule is Karras), for every SD family.
+A1111_SAMPLING = SchedulerSpec(default_sampler="DPM++ 2M", default_schedule="Karras")
 SD1_SIZES = ((512, 512), (512, 768), (768, 512), (640, 512), (512, 640))
 # The tiny UNet's blocks (TINY_SPEC.md): attention on the second level only. With the VAE's real 8x factor a
 # 512x512 image has a 64x64 latent; self-attention over its 4096 positions would cost 6x the whole rest of a step.
@@ -118,6 +121,7 @@ DESCRIPTION = FamilyDescription(
     latent=SD_LATENT,
     unet=UnetFacts(context_dim=768, linear_proj=False, add_embedding_in=None, head_channels=None),
     recognition=Recognition(metadata_hints=("v1",)),
+    scheduler=A1111_SAMPLING,
     conditioning=ClipChunks(),
     defaults=Defaults(sizes=SD1_SIZES, vae_names=SD_VAE_NAMES),
     pipeline=SD_PIPELINE,

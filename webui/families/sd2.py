@@ -21,6 +21,7 @@ from webui.families.base import (
     frozen,
 )
 from webui.families.sd1 import (
+    A1111_SAMPLING,
     SD1_SIZES,
     SD_LATENT,
     SD_PIPELINE,
@@ -120,6 +121,7 @@ DESCRIPTION = FamilyDescription(
     unet=UnetFacts(context_dim=1024, linear_proj=True, add_embedding_in=None, head_channels=64),
     recognition=Recognition(metadata_hints=("v2",), metadata_flags=(("ss_v2", "true"),)),
     # SD2's diffusers text encoder already lacks OpenCLIP's last layer: clip skip 1 reads the last hidden state.
+    scheduler=A1111_SAMPLING,
     conditioning=ClipChunks(),
     defaults=Defaults(
         sizes=SD1_SIZES,

@@ -7,6 +7,8 @@ Latent-to-RGB factors are ComfyUI's `SDXL` latent format's.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from webui.families.base import (
     BenchSpec,
     CheckpointLayout,
@@ -21,14 +23,13 @@ from webui.families.base import (
     PipelineSpec,
     Recognition,
     RoleSpec,
-    SchedulerSpec,
     SecondPass,
     UnetFacts,
     UnetVariant,
     VariantInput,
     frozen,
 )
-from webui.families.sd1 import SD_VAE, TINY_WRITER, UNET_BLOCKS, UNET_ROLE, VAE_ROLE
+from webui.families.sd1 import A1111_SAMPLING, SD_VAE, TINY_WRITER, UNET_BLOCKS, UNET_ROLE, VAE_ROLE
 from webui.models.kinds import Role, TextEncoderType
 
 XL_LATENT = LatentFormat(
@@ -44,8 +45,8 @@ XL_LATENT = LatentFormat(
 )
 XL_SIZES = ((1024, 1024), (896, 1152), (1152, 896), (832, 1216), (1216, 832), (768, 1344), (1344, 768))
 # NVIDIA's "Align Your Steps" how-to page: the 10-step noise levels for SDXL (A1111 uses them as its table).
-XL_SCHEDULER = SchedulerSpec(
-    align_your_steps=(14.615, 6.315, 3.771, 2.181, 1.342, 0.862, 0.555, 0.380, 0.234, 0.113, 0.029)
+XL_SCHEDULER = replace(
+    A1111_SAMPLING, align_your_steps=(14.615, 6.315, 3.771, 2.181, 1.342, 0.862, 0.555, 0.380, 0.234, 0.113, 0.029)
 )
 # diffusers reads hidden_states[-2] without the final norm (its clip_skip=None); clip skip shifts from there.
 # The base's img2img pipeline (hires fix, img2img); its pipelines take denoising_end / denoising_start.

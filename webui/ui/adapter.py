@@ -24,7 +24,7 @@ from webui.engine.lora import LoraSpec
 from webui.engine.pipelines import ModelChoice
 from webui.engine.reproduce import Reproduction
 from webui.engine.request import LATENT_FACTOR, MAX_CFG, MAX_STEPS, MIN_SIDE, GenerationRequest
-from webui.engine.samplers import AUTOMATIC
+from webui.engine.samplers import AUTOMATIC, default_sampling
 from webui.engine.second_pass import (
     RESIZE_MODES,
     SECOND_PASS_FIELDS,
@@ -38,7 +38,6 @@ from webui.models.files import ModelFileError
 from webui.models.kinds import Kind
 from webui.models.library import ModelLibrary
 from webui.ui import choices, empty_state
-from webui.ui.preferences import MODEL_SAMPLER
 from webui.ui.runner import JobFailed
 
 log = logging.getLogger(__name__)
@@ -114,7 +113,7 @@ def request_fields(values: Mapping[str, Any]) -> dict[str, Any]:
         elif name in INTEGER_FIELDS or name in FLOAT_FIELDS:
             value = _number(name, value, name in INTEGER_FIELDS)
         elif name == "sampler":
-            value = None if value in (None, "", MODEL_SAMPLER) else str(value)
+            value = None if value in (None, "") else str(value)  # None: the model's own scheduler
         elif name == "schedule":
             value = value or AUTOMATIC
         else:
@@ -215,8 +214,12 @@ def values_from_reproduction(reproduction: Reproduction, text: str, library: Mod
         out.setdefault("hr_scheduler", "Use same scheduler")
     refiner = found.get("refiner_checkpoint")
     out["refiner_checkpoint"] = choices.title_for_path(library, refiner) if refiner is not None else "None"
-    out["sampler"] = found.get("sampler") or MODEL_SAMPLER
-    out["schedule"] = found.get("schedule") or AUTOMATIC
+    if found.get("sampler"):
+        out["sampler"], out["schedule"] = found["sampler"], found.get("schedule") or AUTOMATIC
+    else:  # an infotext without a sampler: the family's default, as a fresh page would start
+        checkpoint = found.get("checkpoint") or found.get("unet")
+        family = library.find(checkpoint).family if checkpoint is not None and _known(library, checkpoint) else None
+        out["sampler"], out["schedule"] = default_sampling(family)
     if found.get("checkpoint") is not None:
         out["checkpoint"] = choices.title_for_path(library, found["checkpoint"])
     elif found.get("unet") is not None:  # a modular model (a FLUX.1 transformer and its encoders): no checkpoint
@@ -260,6 +263,14 @@ def fit_to_widgets(values: dict[str, Any]) -> list[str]:
             values[name] = type(value)(fitted)
             notes.append(f"{name}: {value} is outside what the slider takes; set to {values[name]}")
     return notes
+
+
+def _known(library: ModelLibrary, path: Any) -> bool:
+    try:
+        library.find(path)
+    except LookupError:
+        return False
+    return True
 
 
 @contextmanager

@@ -16,10 +16,13 @@ from webui.config import DEVICES, FP8_MODES, PRECISIONS, SLICING_MODES, Settings
 from webui.engine.outputs import check_format
 from webui.engine.pipelines import ModelChoice
 from webui.engine.request import MAX_CFG, MAX_STEPS, GenerationRequest
-from webui.engine.samplers import AUTOMATIC
+from webui.engine.samplers import AUTOMATIC, default_sampling
+from webui.families import Family
 
 log = logging.getLogger(__name__)
-MODEL_SAMPLER = "Model default"  # the sampler dropdown's entry for the model's own scheduler (sampler=None)
+# The Settings entry for "start from the model family's own default" (A1111's DPM++ 2M Karras for SD families).
+FAMILY_SAMPLER = "Family default"
+_LEGACY_SAMPLERS = ("Model default",)  # what files saved before FAMILY_SAMPLER hold for the same choice
 FILE_VERSION = 1
 
 
@@ -30,7 +33,7 @@ class Preferences:
     checkpoint: str = ""  # "": the first checkpoint the library lists
     prompt: str = ""
     negative_prompt: str = ""
-    sampler: str = MODEL_SAMPLER
+    sampler: str = FAMILY_SAMPLER  # with it, `schedule` is the family's too
     schedule: str = AUTOMATIC
     steps: int = 20
     cfg_scale: float = 7.0
@@ -53,7 +56,7 @@ class Preferences:
         sides = {k: getattr(self, k) for k in ("width", "height") if getattr(self, k)}
         GenerationRequest(
             model=ModelChoice(Path("defaults")),
-            sampler=None if self.sampler == MODEL_SAMPLER else self.sampler,
+            sampler=None if self.sampler == FAMILY_SAMPLER else self.sampler,
             **{k: getattr(self, k) for k in REQUEST_DEFAULTS if k not in ("sampler", "width", "height")},
             **sides,
         )
@@ -75,6 +78,10 @@ class Preferences:
                 raise ValueError(f"{name}: {getattr(self, name)} is out of range for the slider; allowed up to {high}")
         if not 0 <= self.preview_every <= 150:
             raise ValueError(f"preview_every: {self.preview_every} is out of range; allowed 0..150")
+
+    def sampling_for(self, family: Family | None) -> tuple[str, str]:
+        """(sampler, schedule) a txt2img page starts from for a model of `family`."""
+        return default_sampling(family) if self.sampler == FAMILY_SAMPLER else (self.sampler, self.schedule)
 
     def with_cli(self, settings: Settings) -> Preferences:
         """These preferences with the device options the command line gave (flags win over the file)."""
@@ -107,6 +114,8 @@ def preferences_from_json(data: dict[str, Any]) -> tuple[Preferences, list[str]]
     """Preferences from a saved dict; unknown keys and bad values are dropped, each with a note why."""
     notes: list[str] = []
     known = {k: v for k, v in data.items() if k in PREFERENCE_NAMES}
+    if known.get("sampler") in _LEGACY_SAMPLERS:
+        known["sampler"] = FAMILY_SAMPLER
     notes += [f"{k}: not a setting (ignored)" for k in data if k not in PREFERENCE_NAMES and k != "version"]
     defaults = Preferences()
     for name, value in list(known.items()):

@@ -14,7 +14,7 @@ from webui.engine.request import MAX_STEPS
 from webui.engine.samplers import SCHEDULE_TYPES
 from webui.ui import adapter, choices, runner
 from webui.ui.context import GPU, UiContext, apply_engine_preferences, owner_of
-from webui.ui.preferences import PREFERENCE_NAMES, preferences_from_widgets
+from webui.ui.preferences import FAMILY_SAMPLER, PREFERENCE_NAMES, preferences_from_widgets
 from webui.ui.txt2img_tab import MAX_SIDE_UI, SAMPLER_CHOICES
 
 CLI_OPTIONS = ("device", "precision", "attention_slicing", "ram_budget_gb", "vram_budget_gb")
@@ -33,8 +33,15 @@ def _widgets(ctx: UiContext) -> dict[str, Any]:
         w["prompt"] = gr.Textbox(value=current.prompt, label="Prompt", lines=2, elem_id="settings-prompt")
         w["negative_prompt"] = gr.Textbox(value=current.negative_prompt, label="Negative prompt", lines=2)
         with gr.Row():
-            w["sampler"] = gr.Dropdown(SAMPLER_CHOICES, value=current.sampler, label="Sampler")
-            w["schedule"] = gr.Dropdown(list(SCHEDULE_TYPES), value=current.schedule, label="Schedule type")
+            w["sampler"] = gr.Dropdown(
+                [FAMILY_SAMPLER, *SAMPLER_CHOICES],
+                value=current.sampler,
+                label="Sampler (Family default: A1111's DPM++ 2M Karras for SD models)",
+                elem_id="settings-sampler",
+            )
+            w["schedule"] = gr.Dropdown(
+                list(SCHEDULE_TYPES), value=current.schedule, label="Schedule type (with a sampler chosen here)"
+            )
         with gr.Row():
             w["steps"] = gr.Slider(1, MAX_STEPS, step=1, value=current.steps, label="Steps", elem_id="settings-steps")
             w["cfg_scale"] = gr.Slider(0, 30, step=0.5, value=current.cfg_scale, label="CFG scale")

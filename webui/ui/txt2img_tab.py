@@ -12,15 +12,15 @@ import gradio as gr
 from webui.engine.progress import Progress
 from webui.engine.prompt_plan import count_prompt_tokens
 from webui.engine.request import MAX_STEPS, MIN_SIDE, GenerationResult
-from webui.engine.samplers import DISTILLED_PRESET, SAMPLER_NAMES, SCHEDULE_TYPES, supported_schedules
+from webui.engine.samplers import DISTILLED_PRESET, SAMPLER_NAMES, SAMPLERS, SCHEDULE_TYPES, supported_schedules
 from webui.ui import adapter, choices, families, lora_stack, runner, second_pass_widgets
 from webui.ui.context import GPU, UiContext, owner_of
 from webui.ui.lora_stack import LoraStack
 from webui.ui.model_bar import ModelBar, initial_checkpoint, status_html
-from webui.ui.preferences import MODEL_SAMPLER, REQUEST_DEFAULTS, Preferences
+from webui.ui.preferences import FAMILY_SAMPLER, REQUEST_DEFAULTS, Preferences
 
 MAX_SIDE_UI = adapter.MAX_SIDE_UI
-SAMPLER_CHOICES = [MODEL_SAMPLER, *SAMPLER_NAMES]
+SAMPLER_CHOICES = list(SAMPLER_NAMES)  # A1111's list; a page starts from the family's default (see field_defaults)
 DISTILLED_FIELDS = ("sampler", "schedule", "steps", "cfg_scale")
 
 
@@ -66,7 +66,7 @@ def style_names(ctx: UiContext) -> list[str]:
 def schedule_update(sampler: str | None, schedule: str | None, *, set_value: bool = True) -> Any:
     """The schedule types `sampler` can use, and `schedule` if among them (else Automatic). With
     set_value=False the value is sent only when it must change (after a pick by hand, at page load)."""
-    allowed = list(supported_schedules(sampler)) if sampler and sampler != MODEL_SAMPLER else ["Automatic"]
+    allowed = list(supported_schedules(sampler)) if sampler in SAMPLERS else ["Automatic"]
     if schedule not in allowed:
         return gr.update(choices=allowed, value="Automatic")
     return gr.update(choices=allowed, value=schedule) if set_value else gr.update(choices=allowed)
@@ -86,12 +86,19 @@ def default_size(ctx: UiContext, prefs: Preferences) -> tuple[int, int]:
     return prefs.width or native[0], prefs.height or native[1]
 
 
+def sampling_for(ctx: UiContext, checkpoint: str | None) -> tuple[str, str]:
+    """(sampler, schedule) a page starts from with `checkpoint`: the preference, or its family's default."""
+    return ctx.prefs.sampling_for(choices.family_of(ctx.library, checkpoint))
+
+
 def field_defaults(ctx: UiContext) -> dict[str, Any]:
-    """The txt2img fields' values on a fresh page: the saved preferences (read again at every page load)."""
+    """The txt2img fields' values on a fresh page: the saved preferences (read again at every page load), the
+    family's sampler and schedule when the preference is the family default."""
     prefs = ctx.prefs
     width, height = default_size(ctx, prefs)
     values = {name: getattr(prefs, name) for name in REQUEST_DEFAULTS}
-    return {**values, "width": width, "height": height}
+    sampler, schedule = sampling_for(ctx, initial_checkpoint(ctx))
+    return {**values, "sampler": sampler, "schedule": schedule, "width": width, "height": height}
 
 
 def _request_widgets(d: dict[str, Any]) -> dict[str, Any]:
@@ -422,9 +429,12 @@ def _wire_helpers(
         outputs=[preset],
     )
 
-    def on_checkpoint_picked(checkpoint: str | None, w: int, h: int, distilled_on: bool) -> list[Any]:
-        """A checkpoint picked by hand: the family's native size unless the size already fits it, and the
-        distilled preset switched on or off to match the model."""
+    def on_checkpoint_picked(
+        checkpoint: str | None, w: int, h: int, distilled_on: bool, sampler: str | None, schedule: str | None
+    ) -> list[Any]:
+        """A checkpoint picked by hand: the family's native size unless the size already fits it, the distilled
+        preset switched on or off to match the model, and the family's default sampler when the page still shows
+        a family default (the user's own pick stays)."""
         entry = choices.checkpoint_entry(ctx.library, checkpoint)
         sizes = families.size_presets(entry)
         # Only what changes is sent: a late answer must not undo a size typed meanwhile.
@@ -436,10 +446,15 @@ def _wire_helpers(
             return updates + sampling_values(
                 values["sampler"], values["schedule"], values["steps"], values["cfg_scale"]
             )
+        prefs = ctx.prefs
+        wanted = sampling_for(ctx, checkpoint)
         if distilled_on:
-            prefs = ctx.prefs
             updates[2] = False
-            return updates + sampling_values(prefs.sampler, prefs.schedule, prefs.steps, prefs.cfg_scale)
+            return updates + sampling_values(*wanted, prefs.steps, prefs.cfg_scale)
+        if prefs.sampler == FAMILY_SAMPLER and (sampler, schedule) != wanted and families.is_family_default(
+            sampler, schedule
+        ):
+            return updates + [*sampling_values(*wanted, 0, 0)[:2], gr.skip(), gr.skip()]
         return updates + [gr.skip()] * 4
 
     guidance = fields["distilled_guidance"]
@@ -471,7 +486,7 @@ def _wire_helpers(
     preset_outputs = [fields[name] for name in DISTILLED_FIELDS]
     bar.checkpoint.input(
         on_checkpoint_picked,
-        inputs=[bar.checkpoint, width, height, distilled],
+        inputs=[bar.checkpoint, width, height, distilled, sampler, schedule],
         outputs=[width, height, distilled, *preset_outputs],
         **quiet,
     )
@@ -482,7 +497,7 @@ def _wire_helpers(
             values = chosen.request_fields()
             return sampling_values(values["sampler"], values["schedule"], values["steps"], values["cfg_scale"])
         prefs = ctx.prefs
-        return sampling_values(prefs.sampler, prefs.schedule, prefs.steps, prefs.cfg_scale)
+        return sampling_values(*sampling_for(ctx, checkpoint), prefs.steps, prefs.cfg_scale)
 
     distilled.input(on_distilled, inputs=[distilled, bar.checkpoint], outputs=preset_outputs, **quiet)
     bar.app.load(schedule_choices, inputs=[sampler, schedule], outputs=schedule, **quiet)
