@@ -20,9 +20,20 @@ def _human_size(size: int) -> str:
     return f"{value:.1f} GB"
 
 
+def require_models_dir(path: Path) -> None:
+    """FileNotFoundError naming `path` when the models folder is missing (rather than "no models found")."""
+    if not Path(path).is_dir():
+        kind = "is not a folder" if Path(path).exists() else "does not exist"
+        raise FileNotFoundError(
+            f"--models-dir: {path} {kind}; give the folder holding checkpoints/, loras/, vae/ ... "
+            "(python -m webui make-tiny-models DIR writes a small one to try)"
+        )
+
+
 def cmd_models(args: argparse.Namespace) -> int:
     from webui.models.library import open_library
 
+    require_models_dir(args.models_dir)
     library = open_library(args.models_dir, args.extra_model_paths)
     entries = library.scan()
     if args.hash:

@@ -19,6 +19,7 @@ from webui.api.options import NO_VAE, OVERRIDE_KEYS, check_option
 from webui.api.second_pass import SecondPassError, hires_fields, img2img_part
 from webui.engine.image_metadata import read_image_metadata
 from webui.engine.infotext import parse_infotext
+from webui.engine.lora import lora_warnings
 from webui.engine.pipelines import ModelChoice
 from webui.engine.reproduce import family_defaults, request_from_infotext
 from webui.engine.request import GenerationRequest, GenerationResult
@@ -349,7 +350,7 @@ def txt2img_info(plan: Txt2ImgPlan, result: GenerationResult, started_at: float)
         "interrupted": bool(result.info.get("interrupted")),
         "version": params.get("Version", f"webui {__version__}"),
         "loras": [report.to_json() for report in result.loras],
-        "warnings": list(plan.warnings) + list(result.info.get("warnings", [])),
+        "warnings": [*plan.warnings, *result.info.get("warnings", []), *lora_warnings(result.loras)],
     }
 
 

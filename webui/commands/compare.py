@@ -79,8 +79,13 @@ def _with_model_from_axes(args: argparse.Namespace, axes: list[Axis]) -> argpars
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
+    from webui.cli import require_models_dir
+    from webui.commands.generate import check_request_flags
+
+    check_request_flags(args)  # before the libraries load: a typo is answered at once
+    require_models_dir(args.models_dir)
     from webui.cli import quiet_libraries
-    from webui.commands.generate import engine_from_args, request_from_args
+    from webui.commands.generate import engine_from_args, lora_problems, resolve_request
     from webui.engine.compare import CellStatus, cell_label, run_compare
     from webui.engine.compare_axes import parse_axis
     from webui.engine.compare_plan import CompareJob, library_resolver
@@ -92,8 +97,12 @@ def cmd_compare(args: argparse.Namespace) -> int:
     quiet_libraries()
     library = open_library(args.models_dir, args.extra_model_paths)
     library.scan()
-    base = request_from_args(_with_model_from_axes(args, [a for a in (x, y, z) if a is not None]), library)
-    job = CompareJob(base, x, y, z)
+    resolved = resolve_request(_with_model_from_axes(args, [a for a in (x, y, z) if a is not None]), library)
+    for line in resolved.notes:
+        print(f"note: {line}", file=sys.stderr)
+    for problem in lora_problems(resolved.missing):
+        print(f"warning: {problem}", file=sys.stderr)
+    job = CompareJob(resolved.request, x, y, z)
     engine = engine_from_args(args, library)
     cancel = CancelToken()
     with _ctrl_c_cancels(cancel):

@@ -6,10 +6,12 @@ import argparse
 import dataclasses
 import json
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from webui.config import add_path_arguments
+from webui.engine.limits import check_fields, check_lora_weights
 
 
 def add_request_arguments(parser: argparse.ArgumentParser) -> None:
@@ -32,7 +34,9 @@ def add_request_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int)
     parser.add_argument("--width", type=int)
     parser.add_argument("--height", type=int)
-    parser.add_argument("--sampler", help="A1111 sampler name, e.g. 'DPM++ 2M'; default: the model's own")
+    parser.add_argument(
+        "--sampler", help="A1111 sampler name, e.g. 'Euler a'; default: the model family's (A1111's DPM++ 2M Karras)"
+    )
     parser.add_argument("--schedule", help="Automatic, Karras, Exponential, Beta or SGM Uniform")
     parser.add_argument("--batch-size", type=int)
     parser.add_argument("--batch-count", type=int)
@@ -121,18 +125,9 @@ _FLAG_FIELDS = {
 }
 
 
-def _resolve(library: Any, value: str | None, kind: Any = None) -> Path | None:
-    """A path as given, or a name the library knows (file name without extension, or its relative path)."""
-    if value is None:
-        return None
-    path = Path(value)
-    return path if path.exists() else library.find(value, kind).path
-
-
-def parse_lora_flag(value: str, library: Any) -> Any:
-    from webui.engine.lora import LoraSpec
-    from webui.models.kinds import Kind
-
+def split_lora_flag(value: str) -> tuple[str, float, float]:
+    """`NAME_OR_PATH[:UNET_W[:TE_W]]` -> (name, UNet weight, text-encoder weight); the TE weight defaults to the
+    UNet's. Checked without the library (before torch loads); weights out of range name the flag."""
     parts = value.split(":")
     weights: list[float] = []
     while len(parts) > 1 and len(weights) < 2:
@@ -143,7 +138,62 @@ def parse_lora_flag(value: str, library: Any) -> Any:
         parts.pop()
     unet_weight = weights[0] if weights else 1.0
     te_weight = weights[1] if len(weights) > 1 else unet_weight
-    return LoraSpec(_resolve(library, ":".join(parts), Kind.LORA), unet_weight=unet_weight, te_weight=te_weight)
+    name = ":".join(parts)
+    if not name:
+        raise ValueError(f"--lora {value!r}: no LoRA named; use NAME_OR_PATH:UNET_W[:TE_W]")
+    check_lora_weights(f"--lora {name}", unet_weight, te_weight)
+    return name, unet_weight, te_weight
+
+
+def check_request_flags(args: argparse.Namespace) -> None:
+    """The request flags' values, checked before torch and diffusers are imported (ValueError names the flag)."""
+    given = {name: getattr(args, flag) for flag, name in _FLAG_FIELDS.items() if getattr(args, flag, None) is not None}
+    try:
+        check_fields(given)
+    except ValueError as error:
+        field, _, rest = str(error).partition(":")
+        flag = next((f for f, name in _FLAG_FIELDS.items() if name == field), field)
+        raise ValueError(f"--{flag.replace('_', '-')}:{rest}") from None
+    for value in getattr(args, "lora", None) or []:
+        split_lora_flag(value)
+
+
+@dataclass
+class ResolvedRequest:
+    """A request built from the flags, with what the user should hear about it: `notes` (which of several files
+    a name picked) and `missing` (LoRAs named by --lora that the library does not have: not applied)."""
+
+    request: Any
+    notes: list[str] = dataclasses.field(default_factory=list)
+    missing: list[Any] = dataclasses.field(default_factory=list)
+
+
+def _resolve(library: Any, value: str | None, kind: Any, notes: list[str]) -> Path | None:
+    """A path as given, or a name the library knows (file name without extension, or its relative path); a name
+    several files hold picks the .safetensors one, and a note says which."""
+    if value is None:
+        return None
+    path = Path(value)
+    if path.exists():
+        return path
+    found = library.matches(value, kind)
+    if len(found) > 1:
+        names = ", ".join(entry.path.name for entry in found)
+        notes.append(
+            f"{value!r} names {len(found)} files ({names}); using {found[0].path.name} "
+            "(give the file name with its extension to choose)"
+        )
+    return found[0].path
+
+
+def parse_lora_flag(value: str, library: Any, notes: list[str] | None = None) -> Any:
+    """The LoraSpec `--lora VALUE` names; ModelNotFoundError if the library has no such LoRA."""
+    from webui.engine.lora import LoraSpec
+    from webui.models.kinds import Kind
+
+    name, unet_weight, te_weight = split_lora_flag(value)
+    path = _resolve(library, name, Kind.LORA, notes if notes is not None else [])
+    return LoraSpec(path, unet_weight=unet_weight, te_weight=te_weight)
 
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")  # the formats this studio (and A1111) write infotext into
@@ -174,14 +224,31 @@ def _infotext_of(value: str) -> str:
 
 
 def request_from_args(args: argparse.Namespace, library: Any) -> Any:
-    """Defaults, then the infotext (if any), then the flags actually given, then the distilled preset."""
+    """The GenerationRequest the flags describe (see `resolve_request`)."""
+    return resolve_request(args, library).request
+
+
+def _family_of(library: Any, path: Path | None) -> Any:
+    try:
+        return library.find(path).family if path is not None else None
+    except LookupError:
+        return None  # a file outside the library: the first family's defaults
+
+
+def resolve_request(args: argparse.Namespace, library: Any) -> ResolvedRequest:
+    """Defaults (the model family's sampler and schedule), then the infotext (if any), then the flags actually
+    given, then the distilled preset. A --lora the library lacks is not applied and is reported, as a missing
+    `<lora:…>` tag is."""
+    from webui.engine.lora import LoraReport
     from webui.engine.pipelines import ModelChoice
     from webui.engine.reproduce import build_request, family_defaults, request_from_infotext
     from webui.engine.request import GenerationRequest
-    from webui.engine.samplers import DISTILLED_PRESET
+    from webui.engine.samplers import DISTILLED_PRESET, default_sampling
     from webui.engine.second_pass import RESIZE_MODES, SECOND_PASS_FIELDS, Img2Img
     from webui.models.kinds import Kind
 
+    resolved = ResolvedRequest(None)
+    notes = resolved.notes
     values: dict[str, Any] = {}
     model: dict[str, Any] = {}
     if args.infotext:
@@ -197,28 +264,38 @@ def request_from_args(args: argparse.Namespace, library: Any) -> Any:
     flags |= {name: getattr(args, name, None) for name in SECOND_PASS_FIELDS if name not in ("refiner_checkpoint",)}
     values.update({field: value for field, value in flags.items() if value is not None})
     if args.refiner:
-        values["refiner_checkpoint"] = _resolve(library, args.refiner, Kind.CHECKPOINT)
-    te = [_resolve(library, v) for v in args.text_encoder or []]
+        values["refiner_checkpoint"] = _resolve(library, args.refiner, Kind.CHECKPOINT, notes)
+    te = [_resolve(library, v, Kind.TEXT_ENCODER, notes) for v in args.text_encoder or []]
     given = {
-        "checkpoint": _resolve(library, args.checkpoint),
-        "unet": _resolve(library, args.unet),
-        "vae": _resolve(library, args.vae),
+        "checkpoint": _resolve(library, args.checkpoint, Kind.CHECKPOINT, notes),
+        "unet": _resolve(library, args.unet, None, notes),
+        "vae": _resolve(library, args.vae, None, notes),
         "text_encoder": te[0] if te else None,
         "text_encoder_2": te[1] if len(te) > 1 else None,
     }
     model.update({k: v for k, v in given.items() if v is not None})
-    loras = tuple(values.pop("loras", ())) + tuple(parse_lora_flag(v, library) for v in args.lora or [])
+    loras = list(values.pop("loras", ()))
+    for value in args.lora or []:
+        try:
+            loras.append(parse_lora_flag(value, library, notes))
+        except LookupError as error:
+            resolved.missing.append(LoraReport(split_lora_flag(value)[0], error=str(error)))
     choice = ModelChoice(**{k: model.get(k) for k in given})
     if not args.infotext:  # what the model's family starts from (FLUX.1: CFG 1, its steps), under the flags
         values = {**family_defaults(choice), **values}
-    values["loras"] = loras
+    if "sampler" not in values:
+        family = _family_of(library, model.get("unet") or model.get("checkpoint"))
+        values["sampler"], default_schedule = default_sampling(family)
+        values.setdefault("schedule", default_schedule)
+    values["loras"] = tuple(loras)
     request = build_request(choice, values)
     if args.init_image:
         images = tuple(_open_image(path) for path in args.init_image)
         strength = 0.75 if args.denoising_strength is None else args.denoising_strength
         img2img = Img2Img(images, resize_mode=args.resize_mode or RESIZE_MODES[0], denoising_strength=strength)
         request = dataclasses.replace(request, img2img=img2img, hires=None)
-    return request
+    resolved.request = request
+    return resolved
 
 
 def _open_image(path: str) -> Any:
@@ -240,24 +317,72 @@ def _open_image(path: str) -> Any:
         raise ValueError(f"--init-image {path}: not an image file PIL can read") from None
 
 
+def lora_problems(reports: Any) -> list[str]:
+    """One line per LoRA that was not applied, or applied only in part (what the user must hear about)."""
+    from webui.engine.lora import lora_warnings
+
+    return lora_warnings(reports)
+
+
+class StepBar:
+    """The progress bar on stderr (tqdm): steps of every batch, with the time left; off when `enabled` is False."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+        self._bar: Any = None
+
+    def __call__(self, progress: Any) -> None:
+        if not self.enabled:
+            return
+        done = progress.batch * progress.steps + progress.step
+        if self._bar is None:  # at the first step: loading the model is not a step (its time would skew the rate)
+            from tqdm import tqdm
+
+            total = progress.steps * progress.batches
+            self._bar = tqdm(total=total, initial=done, desc="txt2img", unit="step", file=sys.stderr)
+        self._bar.n = done
+        if progress.batches > 1:
+            self._bar.set_postfix_str(f"batch {progress.batch + 1}/{progress.batches}", refresh=False)
+        self._bar.refresh()
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+
+
 def cmd_generate(args: argparse.Namespace) -> int:
-    from webui.cli import quiet_libraries
+    from webui.cli import quiet_libraries, require_models_dir
+
+    check_request_flags(args)  # before the libraries load: a typo is answered at once
+    require_models_dir(args.models_dir)
     from webui.models.library import open_library
 
     quiet_libraries()
     library = open_library(args.models_dir, args.extra_model_paths)
     library.scan()
-    request = request_from_args(args, library)
+    resolved = resolve_request(args, library)
+    for note in resolved.notes:
+        print(f"note: {note}", file=sys.stderr)
     engine = engine_from_args(args, library)
-    result = engine.generate(request)
+    bar = StepBar(enabled=not args.json)
+    try:
+        result = engine.generate(resolved.request, progress=bar)
+    finally:
+        bar.close()
+    reports = (*resolved.missing, *result.loras)
+    for problem in lora_problems(reports):
+        print(f"warning: {problem}", file=sys.stderr)
     if args.json:
-        json.dump(result.to_json(), sys.stdout, indent=2)
+        data = result.to_json()
+        data["loras"] = [report.to_json() for report in reports]
+        json.dump(data, sys.stdout, indent=2)
         sys.stdout.write("\n")
     else:
         for image in result.images:
             print(image.path)
-        for report in result.loras:
-            print(f"LoRA {report.name}: " + (report.error or f"{report.applied} applied, {report.unapplied} not"))
+        for report in reports:
+            if not report.error:
+                print(f"LoRA {report.name}: {report.applied} modules patched, {report.unapplied} matched nothing")
         print(f"{result.timings['total']:.2f} s")
     return 0
 

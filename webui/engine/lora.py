@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 
+from webui.engine.limits import check_lora_weights
 from webui.engine.lora_modules import is_kohya_named
 from webui.families import Family
 from webui.families.base import LoraConversion
@@ -46,10 +47,7 @@ class LoraSpec:
     enabled: bool = True
 
     def __post_init__(self) -> None:
-        for name in ("unet_weight", "te_weight"):
-            value = getattr(self, name)
-            if not -10.0 <= value <= 10.0:
-                raise ValueError(f"lora {self.path.name}: {name} {value} is out of range; allowed -10..10")
+        check_lora_weights(f"lora {self.path.name}", self.unet_weight, self.te_weight)
 
     @property
     def active(self) -> bool:
@@ -75,6 +73,22 @@ class LoraReport:
             "examples": list(self.examples),
             "error": self.error,
         }
+
+
+def lora_warnings(reports: Sequence[LoraReport]) -> list[str]:
+    """One sentence per LoRA that was not applied, or only in part: what every front end tells the user (a UI
+    toast, a line on the CLI's stderr, the API's `warnings`), the generation itself going ahead without it."""
+    lines = []
+    for report in reports:
+        if report.error:
+            lines.append(f"LoRA {report.name} was not applied: {report.error}")
+        elif report.unapplied:
+            examples = f" (e.g. {', '.join(report.examples)})" if report.examples else ""
+            lines.append(
+                f"LoRA {report.name}: {report.unapplied} of its modules matched nothing in this model and were "
+                f"not applied{examples}; {report.applied} were"
+            )
+    return lines
 
 
 def adapter_name(path: Path) -> str:

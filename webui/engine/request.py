@@ -7,27 +7,36 @@ from pathlib import Path
 from typing import Any
 
 from webui.engine.extra_networks import parse_extra_networks
-from webui.engine.limits import MAX_LORAS, RequestError, check_finite, check_text
+from webui.engine.limits import (
+    CFG_LIMIT,
+    LATENT_FACTOR,
+    MAX_CFG,
+    MAX_LORAS,
+    MAX_SIDE,
+    MAX_STEPS,
+    MIN_SIDE,
+    RANGES,
+    STEPS_LIMIT,
+    RequestError,
+    check_fields,
+    check_text,
+)
 from webui.engine.lora import LoraReport, LoraSpec
 from webui.engine.pipelines import ModelChoice
-from webui.engine.samplers import SCHEDULE_TYPES, supported_schedules
 from webui.engine.second_pass import HiresFix, Img2Img, Refiner
 
-MIN_SIDE = 16
-MAX_SIDE = 4096
-MAX_STEPS = 150  # the UI's slider, as A1111's
-MAX_CFG = 30.0  # the UI's slider, as A1111's
-# What a request may ask for (A1111's API has no limits; these keep a request finite). Sides that are not a
-# multiple of 8 are accepted as A1111 accepts them: the latent is side // 8, the image side // 8 * 8.
-STEPS_LIMIT = 1000
-CFG_LIMIT = 100.0
-LATENT_FACTOR = 8
-
-
-def _check_range(name: str, value: float, low: float, high: float) -> None:
-    check_finite(name, value)
-    if not low <= value <= high:
-        raise ValueError(f"{name}: {value} is out of range; allowed {low}..{high}")
+__all__ = [
+    "CFG_LIMIT",
+    "LATENT_FACTOR",
+    "MAX_CFG",
+    "MAX_SIDE",
+    "MAX_STEPS",
+    "MIN_SIDE",
+    "STEPS_LIMIT",
+    "GeneratedImage",
+    "GenerationRequest",
+    "GenerationResult",
+]
 
 
 @dataclass(frozen=True)
@@ -63,25 +72,7 @@ class GenerationRequest:
         loras = len(parse_extra_networks(self.prompt).loras) + len(self.loras)
         if loras > MAX_LORAS:  # a tag that cannot apply is only reported (A1111's way), but each that can is a file
             raise RequestError("prompt", f"{loras} LoRAs (<lora:…> tags and the stack); the limit is {MAX_LORAS}")
-        _check_range("steps", self.steps, 1, STEPS_LIMIT)
-        _check_range("cfg_scale", self.cfg_scale, 0.0, CFG_LIMIT)
-        for name in ("width", "height"):
-            _check_range(name, getattr(self, name), MIN_SIDE, MAX_SIDE)
-        _check_range("seed", self.seed, -1, 2**32 - 1)
-        _check_range("subseed", self.subseed, -1, 2**32 - 1)
-        _check_range("subseed_strength", self.subseed_strength, 0.0, 1.0)
-        if self.eta is not None:
-            _check_range("eta", self.eta, 0.0, 10.0)
-        _check_range("batch_size", self.batch_size, 1, 8)
-        _check_range("batch_count", self.batch_count, 1, 100)
-        _check_range("clip_skip", self.clip_skip, 1, 12)
-        if self.distilled_guidance is not None:
-            _check_range("distilled_guidance", self.distilled_guidance, 0.0, 30.0)
-        if self.schedule not in SCHEDULE_TYPES:
-            raise ValueError(f"schedule: unknown {self.schedule!r}; allowed: {', '.join(SCHEDULE_TYPES)}")
-        if self.sampler is not None and self.schedule not in supported_schedules(self.sampler):
-            allowed = ", ".join(supported_schedules(self.sampler))
-            raise ValueError(f"schedule: {self.sampler!r} cannot use {self.schedule!r}; it supports {allowed}")
+        check_fields({name: getattr(self, name) for name in (*RANGES, "sampler", "schedule")})
         if self.hires is not None and self.img2img is not None:
             raise ValueError("enable_hr: Hires. fix is a txt2img option; img2img sets the output size itself")
         if self.img2img is not None and len(self.img2img.images) > 1 and len(self.img2img.images) != self.batch_size:

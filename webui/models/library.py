@@ -17,7 +17,7 @@ from webui.models.files import ModelFileError, extension_problem, open_regular, 
 from webui.models.hashing import BackgroundHasher, FileHashes, HashCache, HashJob
 from webui.models.identify import Identity, identify
 from webui.models.kinds import FileFormat, Kind, Prediction, Role
-from webui.models.names import match_entry, name_stem
+from webui.models.names import match_entries, name_stem
 from webui.models.roots import (
     EXTRA_ROOTS_FILE,
     ExtraRootsError,
@@ -264,6 +264,11 @@ class ModelLibrary:
 
         A name held by several files (`foo.ckpt` and `foo.safetensors`, or the same name in two
         roots) gives the .safetensors one, then the first in scan order (our folders first)."""
+        return self.matches(name_or_path, kind)[0]
+
+    def matches(self, name_or_path: str | Path, kind: Kind | None = None) -> list[ModelEntry]:
+        """Every entry `name_or_path` names (see `find`), the one `find` picks first: more than one when a
+        name is held by several files. Raises ModelNotFoundError, listing close names of that kind, when none."""
         candidates = self.entries(kind=kind)
         query = str(name_or_path).strip()
         if len(query) > MAX_NAME_CHARS:  # no file is named so; and close-name matching is quadratic in the length
@@ -274,20 +279,18 @@ class ModelLibrary:
         path = Path(query).expanduser().absolute()
         for entry in candidates:
             if entry.path == path:
-                return entry
-        hit = match_entry(candidates, query)
-        if hit is not None:
-            return hit
+                return [entry]
+        hits = match_entries(candidates, query)
+        if hits:
+            return hits
         stem = name_stem(query.lower())
-        names = [e.name for e in candidates]
+        names = list(dict.fromkeys(e.name for e in candidates))  # foo.ckpt and foo.safetensors: one name
         close = difflib.get_close_matches(stem, names, n=5, cutoff=0.4)
         what = f"{kind.value} " if kind else ""
-        known = (
-            f"; close names: {', '.join(close)}" if close else f"; known: {', '.join(names[:10]) or 'none'}"
-        )
+        known = f"; close names: {', '.join(close)}" if close else f"; known: {', '.join(names[:10]) or 'none'}"
         raise ModelNotFoundError(
             f"no {what}model named {query!r} under {self.models_dir} or its extra roots{known}. "
-            "Refresh the list after adding files, or give the file's path."
+            "Give a name from the model list, or the file's path."
         )
 
     def default_part(self, family: Family, role: Role, checkpoint: Path) -> Path | None:

@@ -23,9 +23,10 @@ def name_stem(name: str) -> str:
     return name[: -len(Path(name).suffix)] if Path(name).suffix in MODEL_SUFFIXES else name
 
 
-def _by_name(candidates: list[Any], name: str) -> Any | None:
-    """The entry a (lower-case) name means: `foo.ckpt` that file, then `sub/foo` or `foo`, then `foo` without
-    its subfolder, each also among the names of links to the file; several: the .safetensors one, then the first."""
+def _by_name(candidates: list[Any], name: str) -> list[Any]:
+    """The entries a (lower-case) name means: `foo.ckpt` that file, then `sub/foo` or `foo`, then `foo` without
+    its subfolder, each also among the names of links to the file; several: the .safetensors one first, then in
+    scan order."""
     stem = name_stem(name)
     for same in (
         lambda e: any(f"{n}{e.path.suffix}".lower() == name for n in (e.name, *e.aliases)),  # foo.ckpt: that file
@@ -34,20 +35,27 @@ def _by_name(candidates: list[Any], name: str) -> Any | None:
     ):
         hits = [e for e in candidates if same(e)]
         if hits:
-            return min(hits, key=lambda e: e.format is not FileFormat.SAFETENSORS)
-    return None
+            return sorted(hits, key=lambda e: e.format is not FileFormat.SAFETENSORS)  # stable: scan order kept
+    return []
 
 
-def match_entry(candidates: list[Any], query: str) -> Any | None:
-    """The ModelEntry of `candidates` that `query` names (see the module docstring), or None."""
+def match_entries(candidates: list[Any], query: str) -> list[Any]:
+    """Every ModelEntry of `candidates` that `query` names (see the module docstring), the one to use first;
+    more than one when a name is held by several files (`foo.ckpt` and `foo.safetensors`); [] for none."""
     title = A1111_TITLE.match(query)
     for name in (query, title.group("name")) if title else (query,):
-        hit = _by_name(candidates, name.lower())
-        if hit is not None:
-            return hit
+        hits = _by_name(candidates, name.lower())
+        if hits:
+            return hits
     wanted = (title.group("hash") if title else query).lower()
     if re.fullmatch(r"[0-9a-f]{8,64}", wanted):
         for entry in candidates:
             if entry.hash and (entry.hash.startswith(wanted) or wanted.startswith(entry.hash)):
-                return entry
-    return None
+                return [entry]
+    return []
+
+
+def match_entry(candidates: list[Any], query: str) -> Any | None:
+    """The ModelEntry of `candidates` that `query` names (see the module docstring), or None."""
+    hits = match_entries(candidates, query)
+    return hits[0] if hits else None
