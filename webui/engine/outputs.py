@@ -10,7 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import os
 import re
-import tempfile
+import secrets
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -52,6 +52,19 @@ def check_format(image_format: str) -> str:
     return key
 
 
+def _create_temp(folder: Path, suffix: str) -> tuple[int, str]:
+    """A new hidden file in `folder` created with the user's normal file mode (0666 less the umask, as any file
+    they make), not mkstemp's 0600: the image keeps it when it is linked to its final name."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
+    for _attempt in range(100):
+        name = folder / f".saving-{secrets.token_hex(8)}{suffix}"
+        try:
+            return os.open(name, flags, 0o666), str(name)
+        except FileExistsError:
+            continue
+    raise SaveError(f"could not create a temporary file in {folder}")
+
+
 def save_png(
     image: Image.Image,
     folder: Path,
@@ -90,7 +103,7 @@ def save_image(
         exif.get_ifd(EXIF_IFD)[USER_COMMENT] = user_comment(infotext)
         options.update(exif=exif.tobytes(), quality=QUALITY)
         image = image.convert("RGB") if pil_format == "JPEG" and image.mode != "RGB" else image
-    handle, temp_name = tempfile.mkstemp(prefix=".saving-", suffix=f".{extension}", dir=folder)
+    handle, temp_name = _create_temp(folder, f".{extension}")
     temp = Path(temp_name)
     try:
         with os.fdopen(handle, "wb") as stream:
