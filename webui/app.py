@@ -62,6 +62,7 @@ def build_app(settings: Settings, context: UiContext | None = None) -> gr.Blocks
         model_bar,
         models_tab,
         pnginfo_tab,
+        queue_status,
         settings_tab,
         txt2img_tab,
     )
@@ -69,6 +70,7 @@ def build_app(settings: Settings, context: UiContext | None = None) -> gr.Blocks
     ctx = context or open_context(settings)
     with gr.Blocks(title="webui — local Stable Diffusion studio", fill_width=True) as app:
         bar = model_bar.build(ctx, app)
+        queue_status.build(ctx, app)
         with gr.Tabs(elem_id="tabs", overflow_behavior="wrap") as tabs:  # every tab in sight on a phone
             txt2img = txt2img_tab.build_tab(ctx, bar)
             img2img = img2img_tab.build_tab(ctx, bar, txt2img, tabs)  # adds "Send to img2img" under txt2img's
@@ -114,7 +116,7 @@ def launch_options(settings: Settings, context: UiContext) -> dict[str, Any]:
         "show_error": True,
         "ssr_mode": False,
         "share": False,
-        "footer_links": ["api", "settings"],
+        "footer_links": ["api"],  # the Settings tab is ours; Gradio's own "Settings" link would be a second one
     }
 
 

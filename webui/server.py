@@ -36,6 +36,7 @@ if TYPE_CHECKING:
     from webui.ui.context import UiContext
 
 log = logging.getLogger(__name__)
+HEARTBEAT_SECONDS = 3
 
 
 def api_user_dependency(credentials: dict[str, str]) -> Any:
@@ -147,6 +148,8 @@ def create_app(settings: Settings, context: UiContext, credentials: dict[str, st
 
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     os.environ.setdefault("GRADIO_TEMP_DIR", str(private_temp_dir()))  # read by Gradio when it builds the app
+    # How soon Gradio notices a closed page (its heartbeat; 15 s by default): the page's jobs are then cancelled.
+    os.environ.setdefault("GRADIO_HEARTBEAT_INTERVAL", str(HEARTBEAT_SECONDS))
     blocks = build_app(settings, context)
     blocks.queue(default_concurrency_limit=None, api_open=False, max_size=settings.queue_size)
     outer = FastAPI(openapi_url=None, docs_url=None, redoc_url=None)  # no schema endpoints beside the API's own

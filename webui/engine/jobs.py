@@ -80,9 +80,11 @@ class Job:
         request: Any = None,
         model: ModelChoice | None = None,
         placement: Placement = Placement.ANY,
+        session: str | None = None,
     ) -> None:
         self.id = uuid.uuid4().hex
         self.owner = owner
+        self.session = session  # the browser page that submitted it (None: API, CLI): its job ends with the page
         self.kind = kind
         self.request = request  # the GenerationRequest of a `submit`ted job; None for a call
         self.model = model  # the model the job needs (routing: the replica holding it); None when it needs none
@@ -96,6 +98,7 @@ class Job:
         self.error: str | None = None
         self.error_type: str | None = None  # the exception's class name, for API error bodies
         self.error_field: str | None = None  # the request field a RequestError named: a bad request, not a fault
+        self.error_role: Any = None  # the component a refused model load blames (ModelLoadError.role), if any
         self.submitted_at = time.time()
         self.started_at: float | None = None
         self.finished_at: float | None = None
@@ -206,9 +209,18 @@ class JobQueue:
             thread.join(timeout)
 
     # -- submitting ------------------------------------------------------------------------------
-    def submit(self, request: GenerationRequest, owner: str, kind: str = "txt2img", preview_every: int = 0) -> Job:
-        """Queue one generation; the job's result is the engine's GenerationResult. Raises QueueFullError."""
-        return self._enqueue(Job(self, _generate(request, preview_every), owner, kind, request, request.model))
+    def submit(
+        self,
+        request: GenerationRequest,
+        owner: str,
+        kind: str = "txt2img",
+        preview_every: int = 0,
+        session: str | None = None,
+    ) -> Job:
+        """Queue one generation; the job's result is the engine's GenerationResult. Raises QueueFullError.
+        `session`: the browser page it comes from (see `cancel_session`)."""
+        job = Job(self, _generate(request, preview_every), owner, kind, request, request.model, session=session)
+        return self._enqueue(job)
 
     def submit_call(
         self,
@@ -217,11 +229,13 @@ class JobQueue:
         kind: str,
         model: ModelChoice | None = None,
         placement: Placement = Placement.ANY,
+        session: str | None = None,
     ) -> Job:
         """Queue `fn(engine, progress, cancel)` (a compare grid, a model load); its return value is the result.
         `model` is the model it will load (so a spread-out engine sends it where that model is held); `placement`
-        says where it runs there (`Placement`). A call that runs on a replica must pickle (no open files, locks)."""
-        return self._enqueue(Job(self, fn, owner, kind, model=model, placement=placement))
+        says where it runs there (`Placement`). A call that runs on a replica must pickle (no open files, locks).
+        `session`: the browser page it comes from (see `cancel_session`)."""
+        return self._enqueue(Job(self, fn, owner, kind, model=model, placement=placement, session=session))
 
     def _enqueue(self, job: Job) -> Job:
         with self._cond:
@@ -244,6 +258,16 @@ class JobQueue:
             self._waiting.remove(job)
             self._mark_finished(job, JobState.CANCELLED)
         self._run_callbacks(job)
+
+    def cancel_session(self, session: str) -> list[Job]:
+        """Cancel every unfinished job a browser page submitted: the page is gone (closed, reloaded), so nobody
+        waits for them, and a long one would hold the one queue. Returns those jobs."""
+        jobs = [job for job in self.jobs() if session is not None and job.session == session]
+        for job in jobs:
+            job.cancel(job.owner)
+        if jobs:
+            log.info("a page closed: cancelled %d job(s) it left: %s", len(jobs), ", ".join(map(repr, jobs)))
+        return jobs
 
     def interrupt(self, owner: str) -> list[Job]:
         """Cancel every job of `owner`, running or waiting (the A1111 Interrupt button); others' jobs go on."""
@@ -329,6 +353,7 @@ class JobQueue:
             failure = describe_failure(error)
             job.error, job.error_type = failure, type(error).__name__
             job.error_field = _field_of(error)
+            job.error_role = getattr(error, "role", None)
             if not isinstance(error, (ValueError, LookupError, OSError, MemoryError)):
                 log.error("job %s (%s) failed", job.id, job.kind, exc_info=error)
         if failure is not None:

@@ -45,6 +45,7 @@ from webui.models.tokenizers import CLIPPromptTokenizer, load_clip_tokenizer, lo
 
 log = logging.getLogger(__name__)
 
+
 @dataclass(frozen=True)
 class ModelChoice:
     """A checkpoint and optional replacements for its components (paths to files or checkpoints)."""
@@ -159,19 +160,24 @@ class PipelineManager:
         """A file holding just this component, or a checkpoint (or diffusers folder) to take it from."""
         if path.is_dir():
             return ComponentSource(path)
-        identity = _identify(path)
+        try:
+            identity = _identify(path)
+        except ModelLoadError as error:
+            raise ModelLoadError(str(error), role) from error
         if identity.kind is Kind.CHECKPOINT:
             try:
                 return ComponentSource(path, checkpoint_prefix(identity.family, role))
             except ComponentLoadError:
                 raise ModelLoadError(
-                    f"{path}: a {identity.family.label} checkpoint has no {role.value} to take"
+                    f"{path}: a {identity.family.label} checkpoint has no {role.label} to take", role
                 ) from None
         expected = {Role.UNET: Kind.UNET, Role.TRANSFORMER: Kind.UNET, Role.VAE: Kind.VAE}.get(role, Kind.TEXT_ENCODER)
         if identity.kind is not expected:
-            raise ModelLoadError(f"{path}: this is a {identity.kind.value} file, not a {role.value}")
+            raise ModelLoadError(f"{path}: this is a {identity.kind.label} file, not a {role.label}", role)
         if expected is Kind.UNET and identity.family is not family:
-            raise ModelLoadError(f"{path}: {identity.family.label} UNet does not fit a {family.label} pipeline")
+            raise ModelLoadError(
+                f"{path}: {identity.family.label} {role.label} does not fit a {family.label} model", role
+            )
         return ComponentSource(path)
 
     def _plan(
@@ -184,7 +190,7 @@ class PipelineManager:
         if choice.checkpoint is not None:
             base = _identify(choice.checkpoint)
             if base.kind is not Kind.CHECKPOINT:
-                raise ModelLoadError(f"{choice.checkpoint}: this is a {base.kind.value} file, not a checkpoint")
+                raise ModelLoadError(f"{choice.checkpoint}: this is a {base.kind.label} file, not a checkpoint")
         if choice.unet is not None and not choice.unet.is_dir():
             family = _identify(choice.unet).family
         elif base is not None:
@@ -208,13 +214,14 @@ class PipelineManager:
             if override is not None:
                 sources[role] = self._source_for(role, override, family)
             elif base is None or choice.checkpoint is None:
-                raise ModelLoadError(f"{role.value}: no checkpoint to take it from; choose a {family.label} one")
+                raise ModelLoadError(f"{role.label}: no checkpoint to take it from; choose a {family.label} one", role)
             elif choice.checkpoint.is_dir():
                 sources[role] = ComponentSource(choice.checkpoint)
             elif base.family is not family:
                 raise ModelLoadError(
-                    f"{choice.checkpoint}: its {base.family.label} {role.value} does not fit the "
-                    f"{family.label} UNet {choice.unet}; choose a {family.label} {role.value} too"
+                    f"{choice.checkpoint}: its {base.family.label} {role.label} does not fit the "
+                    f"{family.label} UNet {choice.unet}; choose a {family.label} {role.label} too",
+                    Role.UNET,
                 )
             else:
                 sources[role] = ComponentSource(choice.checkpoint, checkpoint_prefix(family, role))
@@ -305,9 +312,9 @@ class PipelineManager:
                     keys[role], lambda s=source, r=role, f=in_fp8: self._load_one(s, r, family, dtype, f)
                 )
             except ComponentLoadError as error:
-                raise ModelLoadError(str(error)) from error
+                raise ModelLoadError(str(error), role if choice.override(role) is not None else None) from error
             modules[role] = item.module
-        variant = check_fit(family, modules, sources)
+        variant = check_fit(family, modules, sources, choice)
         description = family.description
         named = description.variant_of(dict.fromkeys(modules[description.denoiser.role].state_dict()))
         model_variant = named.name if named is not None else None

@@ -20,6 +20,11 @@ class Kind(str, Enum):
     UPSCALER = "upscaler"  # an image upscaler model (ESRGAN, SwinIR, DAT, HAT, ...), run through spandrel
     UNKNOWN = "unknown"
 
+    @property
+    def label(self) -> str:
+        """What messages call it (the value is the JSON/API id)."""
+        return _KIND_LABELS[self]
+
 
 class Role(str, Enum):
     """A component's place in a pipeline; the value is its diffusers component (and subfolder) name."""
@@ -30,6 +35,11 @@ class Role(str, Enum):
     TEXT_ENCODER = "text_encoder"
     TEXT_ENCODER_2 = "text_encoder_2"
     TEXT_ENCODER_3 = "text_encoder_3"
+
+    @property
+    def label(self) -> str:
+        """What messages call it, as the UI's component dropdowns do (the value is diffusers' name)."""
+        return _ROLE_LABELS[self]
 
 
 class TextEncoderType(str, Enum):
@@ -54,3 +64,22 @@ class FileFormat(str, Enum):
 class Prediction(str, Enum):
     EPSILON = "epsilon"
     V = "v_prediction"
+
+
+_KIND_LABELS = {
+    Kind.CHECKPOINT: "checkpoint",
+    Kind.UNET: "UNet",
+    Kind.TEXT_ENCODER: "text encoder",
+    Kind.VAE: "VAE",
+    Kind.LORA: "LoRA",
+    Kind.EMBEDDING: "embedding",
+    Kind.UNKNOWN: "unknown file",
+}
+_ROLE_LABELS = {
+    Role.UNET: "UNet",
+    Role.TRANSFORMER: "transformer",
+    Role.VAE: "VAE",
+    Role.TEXT_ENCODER: "text encoder",
+    Role.TEXT_ENCODER_2: "text encoder 2",
+    Role.TEXT_ENCODER_3: "text encoder 3",
+}

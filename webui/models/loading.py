@@ -40,7 +40,7 @@ def checkpoint_prefix(family: Family, role: Role) -> str:
     """Where `role` sits inside the family's original single-file checkpoint (from its description)."""
     description = family.description
     if not description.has(role) or not description.role(role).checkpoint_prefix:
-        raise ComponentLoadError(f"a {family.label} checkpoint has no {role.value}")
+        raise ComponentLoadError(f"a {family.label} checkpoint has no {role.label}")
     return description.role(role).checkpoint_prefix
 
 
@@ -156,7 +156,7 @@ def load_component(
         state = read_tensors(source.path, source.prefix)
         if not state:
             where = f" under {source.prefix!r}" if source.prefix else ""
-            raise ComponentLoadError(f"no {role.value} weights{where}")
+            raise ComponentLoadError(f"no {role.label} weights{where}")
         if not source.prefix:
             state = _without_component_prefix(state, role, family)
         if role is Role.UNET:
@@ -175,7 +175,7 @@ def load_component(
     except ComponentLoadError as error:
         raise ComponentLoadError(f"{source.describe()}: {error}") from error
     except (ValueError, KeyError, RuntimeError, OSError, AssertionError) as error:
-        raise ComponentLoadError(f"{source.describe()}: cannot load the {role.value}: {error}") from error
+        raise ComponentLoadError(f"{source.describe()}: cannot load the {role.label}: {error}") from error
 
 
 def _without_component_prefix(
@@ -236,8 +236,10 @@ def _load_text_encoder(
     state, kind = _normalise_text_encoder(fold_scaled_fp8(state, dtype))
     expected = expected_text_encoder(family, role)
     if kind is not expected:
+        found, wanted = ENCODERS[kind].label, ENCODERS[expected].label
         raise ComponentLoadError(
-            f"this is a {kind.value} text encoder, but the {family.label} {role.value} must be {expected.value}"
+            f"this text encoder is {found}, but {family.label} models take {wanted} as their {role.label}: "
+            f"choose a file that holds {wanted}, or the checkpoint's own"
         )
     spec = family.description.role(role)
     base = bundled_config(family, role.value)
@@ -254,7 +256,7 @@ def expected_text_encoder(family: Family, role: Role) -> TextEncoderType:
     description = family.description
     encoder = description.role(role).encoder if description.has(role) else None
     if encoder is None:
-        raise ComponentLoadError(f"{family.label} has no {role.value}")
+        raise ComponentLoadError(f"{family.label} has no {role.label}")
     return encoder
 
 
@@ -267,7 +269,7 @@ def _load_from_diffusers_folder(folder: Path, role: Role, dtype: torch.dtype) ->
     library_class = index.get(role.value, [None, None])[1]
     classes = {spec.component_class.rpartition(".")[2]: spec for d in DESCRIPTIONS for spec in d.roles}
     if library_class not in classes:
-        raise ComponentLoadError(f"model_index.json has no loadable {role.value} (found {library_class!r})")
+        raise ComponentLoadError(f"model_index.json has no loadable {role.label} (found {library_class!r})")
     return classes[library_class].component_type().from_pretrained(
         folder, subfolder=role.value, torch_dtype=dtype, local_files_only=True
     )

@@ -9,10 +9,12 @@ LoraSpec. A name that is not a field fails at build time, not at the first click
 from __future__ import annotations
 
 import dataclasses
+import html
 import inspect
 import logging
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import gradio as gr
@@ -20,7 +22,7 @@ import gradio as gr
 from webui.engine.extra_networks import extract_lora_tags
 from webui.engine.infotext import parse_infotext
 from webui.engine.jobs import QueueFullError
-from webui.engine.lora import LoraSpec
+from webui.engine.lora import LoraReport, LoraSpec
 from webui.engine.pipelines import ModelChoice
 from webui.engine.reproduce import Reproduction
 from webui.engine.request import LATENT_FACTOR, MAX_CFG, MAX_STEPS, MIN_SIDE, GenerationRequest
@@ -36,7 +38,7 @@ from webui.engine.second_pass import (
 from webui.engine.styles import StyleLibrary, apply_styles
 from webui.models.files import ModelFileError
 from webui.models.kinds import Kind
-from webui.models.library import ModelLibrary
+from webui.models.library import ModelLibrary, ModelNotFoundError
 from webui.ui import choices, empty_state
 from webui.ui.runner import JobFailed
 
@@ -136,14 +138,24 @@ def model_choice(values: Mapping[str, Any], library: ModelLibrary) -> ModelChoic
     return ModelChoice(**paths)
 
 
-def lora_stack(values: Mapping[str, Any], library: ModelLibrary) -> tuple[LoraSpec, ...]:
-    """The stack rows that name a LoRA, top to bottom; a row switched off stays in (its adapter is kept)."""
+def lora_stack(
+    values: Mapping[str, Any], library: ModelLibrary, missing: list[LoraReport] | None = None
+) -> tuple[LoraSpec, ...]:
+    """The stack rows that name a LoRA, top to bottom; a row switched off stays in (its adapter is kept). A row
+    naming a LoRA the library no longer has raises ModelNotFoundError, or, given a `missing` list, is left out
+    and reported there (the image is made without it, as with a `<lora:…>` tag naming no file)."""
     stack = []
     for row in range(1, MAX_LORAS + 1):
         names = lora_names(row)
         if not values.get(names["name"]):
             continue
-        path = choices.resolve(library, values[names["name"]], Kind.LORA)
+        try:
+            path = choices.resolve(library, values[names["name"]], Kind.LORA)
+        except LookupError as error:
+            if missing is None:
+                raise
+            missing.append(LoraReport(Path(str(values[names["name"]])).stem, error=str(error)))
+            continue
         stack.append(
             LoraSpec(
                 path,
@@ -156,10 +168,14 @@ def lora_stack(values: Mapping[str, Any], library: ModelLibrary) -> tuple[LoraSp
 
 
 def build_request(
-    values: Mapping[str, Any], library: ModelLibrary, styles: StyleLibrary | None = None
+    values: Mapping[str, Any],
+    library: ModelLibrary,
+    styles: StyleLibrary | None = None,
+    missing: list[LoraReport] | None = None,
 ) -> GenerationRequest:
     """The request the widgets describe, chosen styles applied to the prompts; ValueError / LookupError
-    (ModelNotFoundError included) name the field that is wrong."""
+    (ModelNotFoundError included) name the field that is wrong. LoRA rows naming no file go to `missing` when it
+    is given (see `lora_stack`)."""
     check_names(list(values))
     fields = request_fields(values)
     chosen = list(values.get(STYLES_FIELD) or [])
@@ -171,7 +187,7 @@ def build_request(
         fields.update(prompt=prompt, negative_prompt=negative)
     return GenerationRequest(
         model=model_choice(values, library),
-        loras=lora_stack(values, library),
+        loras=lora_stack(values, library, missing),
         hires=hires_from_fields(values),
         refiner=_refiner(values, library),
         img2img=_img2img(values),
@@ -275,16 +291,25 @@ def _known(library: ModelLibrary, path: Any) -> bool:
 
 @contextmanager
 def shown_in_ui(action: str) -> Iterator[None]:
-    """Errors become a gr.Error toast with the engine's message; the page and the queue stay usable."""
+    """Errors become one gr.Error toast with the engine's message; the page and the queue stay usable.
+
+    A user's mistake (a value out of range, no model chosen, a refused component: USER_ERRORS) is one log line;
+    only an unexpected error, a bug, logs its traceback."""
     try:
         yield
     except gr.Error:
         raise
     except USER_ERRORS as error:
-        raise gr.Error(str(error), title=f"{action} failed") from error
+        message = str(error)
+        if isinstance(error, ModelNotFoundError):
+            message += " (press ↻ beside the checkpoint list after adding files)"
+        log.warning("%s failed: %s", action, message)  # one line: the user's mistake, not a bug
+        # Toasts render HTML: a `<lora:…>` in a message must show, not vanish as a tag.
+        raise gr.Error(html.escape(message, quote=False), title=f"{action} failed", print_exception=False) from None
     except Exception as error:  # the UI boundary: log the traceback, show the message, keep serving
         log.exception("%s failed", action)
-        raise gr.Error(f"{type(error).__name__}: {error}", title=f"{action} failed") from error
+        text = html.escape(f"{type(error).__name__}: {error}", quote=False)
+        raise gr.Error(text, title=f"{action} failed", print_exception=False) from error
 
 
 def by_name(names: Sequence[str], fn: Callable[..., Any]) -> Callable[..., Any]:

@@ -65,8 +65,14 @@ def resolve(library: ModelLibrary, name: str | None, kind: Kind | None = None) -
     return library.find(name, kind).path
 
 
+def by_name(titles: list[str]) -> list[str]:
+    """Titles in the order a person looks for them: case-insensitive (a capitalised name is not first)."""
+    return sorted(titles, key=lambda t: (t.casefold(), t))
+
+
 def checkpoints(library: ModelLibrary) -> list[str]:
-    return [title(e) for e in library.entries(Kind.CHECKPOINT) if e.usable]
+    """Usable checkpoints, sorted by name whatever the case; the first is a fresh page's default."""
+    return by_name([title(e) for e in library.entries(Kind.CHECKPOINT) if e.usable])
 
 
 def checkpoint_entry(library: ModelLibrary, name: str | None) -> ModelEntry | None:
@@ -120,13 +126,14 @@ def component_files(
 
 
 def component_choices(library: ModelLibrary, role: Role, family: Family | None) -> list[tuple[str, str]]:
-    """(label, value) pairs: "From checkpoint", the files that fit `family`, then the rest labelled with
-    what they are (choosing one is allowed: loading refuses a mismatch and says why)."""
+    """(label, value) pairs: "From checkpoint", the files that fit `family`, then the rest, each sorted by name
+    and labelled with what it is (`vae.safetensors (SD-family VAE: SD1/SD2/SDXL)`, `te.safetensors (CLIP-L)`); a
+    misfit may be chosen: loading refuses it and says why."""
     fitting, others = component_files(library, role, family)
     return [
         (FROM_CHECKPOINT, FROM_CHECKPOINT),
-        *((title(e), title(e)) for e in fitting),
-        *((f"{title(e)} ({_what(e)})", title(e)) for e in others),
+        *((f"{title(e)} ({what(e)})", title(e)) for e in sorted(fitting, key=_name_key)),
+        *((f"{title(e)} ({what(e)})", title(e)) for e in sorted(others, key=_name_key)),
     ]
 
 
@@ -134,16 +141,25 @@ def fitting_components(library: ModelLibrary, role: Role, family: Family | None)
     return [title(e) for e in component_files(library, role, family)[0]]
 
 
-def _what(entry: ModelEntry) -> str:
+def _name_key(entry: ModelEntry) -> tuple[str, str]:
+    return title(entry).casefold(), title(entry)
+
+
+def what(entry: ModelEntry) -> str:
+    """What a component file is, as its tag in the dropdowns: the text-encoder architecture (`CLIP-L`), the VAE's
+    latent space (`SD-family VAE`: a header does not tell which SD family trained it), else the family."""
     identity = entry.identity
     if identity is not None and identity.text_encoders:
         return encoder_label(identity.text_encoders)
+    latent = entry.family.description.latent
+    if entry.kind is Kind.VAE and latent is not None:
+        return latent.vae.label.replace(" (", ": ").removesuffix(")")  # "SD-family VAE: SD1/SD2/SDXL"
     return entry.family.label
 
 
 def loras(library: ModelLibrary, family: Family | None) -> list[str]:
-    """LoRAs usable with `family` (all of them when no checkpoint is chosen)."""
-    return [title(e) for e in library.entries(Kind.LORA, family) if e.usable]
+    """LoRAs usable with `family` (all of them when no checkpoint is chosen), sorted by name."""
+    return by_name([title(e) for e in library.entries(Kind.LORA, family) if e.usable])
 
 
 def values_of(choices: list[Any]) -> list[str]:

@@ -15,7 +15,7 @@ from webui.engine.request import MAX_STEPS, MIN_SIDE
 from webui.merge.compare_merges import CompareMerges
 from webui.ui import adapter, compare_form, compare_pickers, runner
 from webui.ui.compare_form import AXES, BASE_FIELDS
-from webui.ui.context import GPU, UiContext, owner_of
+from webui.ui.context import GPU, UiContext, owner_of, session_of
 from webui.ui.img2img_tab import Img2ImgTab, send_values
 from webui.ui.model_bar import ModelBar, status_html
 from webui.ui.txt2img_tab import (
@@ -155,6 +155,7 @@ def build_tab(
                 lambda engine, report, cancel: run_compare(engine, job, resolve, report, cancel, every, merges),
                 owner_of(request),
                 "compare",
+                session=session_of(request),
                 placement=Placement.FRONT,  # a spread-out engine runs its cells on several replicas at once
             )
         with adapter.shown_in_ui("Comparison"):
@@ -163,7 +164,7 @@ def build_tab(
                 progress,
                 preview,
                 compare_form.progress_html,
-                lambda current: _finished(ctx, job, current, outputs),
+                lambda current: _finished(ctx, job, current, outputs, values),
             )
 
     run_button.click(
@@ -218,8 +219,11 @@ def build_tab(
     return tab
 
 
-def _finished(ctx: UiContext, job: CompareJob, done: Job, outputs: list[Any]) -> dict[Any, Any]:
-    """The outputs once the job has ended; its result is None when it was interrupted before it started."""
+def _finished(
+    ctx: UiContext, job: CompareJob, done: Job, outputs: list[Any], values: dict[str, Any]
+) -> dict[Any, Any]:
+    """The outputs once the job has ended; its result is None when it was interrupted before it started. The model
+    bar shows this tab's model (`values`), and apart from it what the engine holds after the grid's last cell."""
     grid, cells, details, progress, preview, grid_pick, left, right, slider, cell_info, bar_status, items = outputs
     result = done.result
     seconds = (done.finished_at or 0) - (done.started_at or done.finished_at or 0)
@@ -240,7 +244,7 @@ def _finished(ctx: UiContext, job: CompareJob, done: Job, outputs: list[Any]) ->
         right: gr.update(choices=shown, value=pair[1]),
         slider: compare_form.slider_value(cell_list, *pair),
         cell_info: cell_list[pair[0]]["infotext"] if shown else "",
-        bar_status: status_html(ctx),
+        bar_status: status_html(ctx, values),
         items: cell_list,
     }
 
@@ -258,5 +262,5 @@ def _selected_file(cell_list: list[dict[str, Any]], event: gr.SelectData) -> str
 def _send_to_txt2img(ctx: UiContext, txt2img: Txt2ImgTab, tabs: gr.Tabs, text: str) -> dict[Any, Any]:
     """The cell's settings into txt2img, model and LoRAs too (as PNG Info's "Send to txt2img")."""
     if not text:
-        raise gr.Error("No cell with an image chosen: click one in the Cells gallery first.")
+        raise gr.Error("No cell with an image chosen: click one in the Cells gallery first.", print_exception=False)
     return updates_from_infotext(ctx, txt2img, tabs, text, "cell's parameters")

@@ -5,13 +5,10 @@ for an SD1 UNet, a VAE with other latent channels) is refused with the engine's 
 
 from __future__ import annotations
 
-from typing import Any
-
 import gradio as gr
 
-from webui.ui import adapter
-from webui.ui.context import GPU, UiContext
-from webui.ui.model_bar import ModelBar, load_selection
+from webui.ui.context import UiContext
+from webui.ui.model_bar import ModelBar
 
 INTRO = (
     "Use another file for any part of the checkpoint chosen above. Files that fit the checkpoint's family "
@@ -33,20 +30,7 @@ def build_tab(ctx: UiContext, bar: ModelBar) -> gr.Tab:
         with gr.Row():
             apply = gr.Button("Load now", variant="primary", elem_id="components-apply", scale=0, min_width=160)
             reset = gr.Button("Reset", elem_id="components-reset", scale=0, min_width=120)
-    names = list(bar.selection)
-
-    def apply_selection(values: dict[str, Any], request: Any) -> str:
-        return load_selection(ctx, values, request)
-
-    apply.click(
-        adapter.by_name(names, apply_selection),
-        inputs=list(bar.selection.values()),
-        outputs=bar.status,
-        api_name="load_components",
-        concurrency_id=GPU,
-        concurrency_limit=1,
-        show_progress="minimal",
-    )
+    bar.load_events(ctx, apply.click, "load_components")
     reset.click(
         lambda: ["From checkpoint"] * len(bar.overrides),
         outputs=list(bar.overrides.values()),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import threading
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,11 +20,22 @@ from webui.ui.preferences import Preferences, PreferencesStore
 
 GPU = "gpu"  # the concurrency_id every event that touches the device shares (one at a time)
 GB = 2**30
+MAX_REFUSALS_KEPT = 64  # sessions whose refused override waits to be reset (each is taken at once)
 
 
 def owner_of(request: Any) -> str:
-    """Whose job it is: the signed-in user, else the browser session (API clients have one too)."""
-    return getattr(request, "username", None) or getattr(request, "session_hash", None) or "local"
+    """Whose job it is: the signed-in user; without logins, the machine the browser runs on (the local user:
+    every tab of theirs, and their API calls, which are named the same way: see webui.server.api_user_dependency)."""
+    user = getattr(request, "username", None)
+    if user:
+        return user
+    client = getattr(request, "client", None)
+    return getattr(client, "host", None) or "local"
+
+
+def session_of(request: Any) -> str | None:
+    """The browser page a request comes from (Gradio's session hash), None without one."""
+    return getattr(request, "session_hash", None)
 
 
 @dataclass
@@ -40,11 +52,27 @@ class UiContext:
     _tokenizer: Any = None
     _tokenizer_error: str | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
+    # browser session -> the override field ("vae", ...) its last model load was refused for (see model_bar)
+    _refusals: OrderedDict[str, str] = field(default_factory=OrderedDict)
 
     @property
     def prefs(self) -> Preferences:
         """The saved preferences with the command line's device options on top."""
         return self.preferences.current.with_cli(self.settings)
+
+    def note_refusal(self, session: str | None, field_name: str) -> None:
+        """Remember that `session`'s last load was refused for its `field_name` override (kept for a few sessions)."""
+        if session is None:
+            return
+        with self._lock:
+            self._refusals[session] = field_name
+            while len(self._refusals) > MAX_REFUSALS_KEPT:
+                self._refusals.popitem(last=False)
+
+    def take_refusal(self, session: str | None) -> str | None:
+        """The override field `session`'s last load was refused for, once; None if it was not."""
+        with self._lock:
+            return self._refusals.pop(session, None) if session is not None else None
 
     def tokenizer(self) -> Any:
         """The CLIP tokenizer for the token counter (the same BPE for every SD text encoder), or None."""

@@ -17,7 +17,7 @@ from webui.engine.progress import Progress
 from webui.engine.request import MIN_SIDE, GenerationResult
 from webui.engine.second_pass import RESIZE_MODES
 from webui.ui import adapter, runner
-from webui.ui.context import GPU, UiContext, owner_of
+from webui.ui.context import GPU, UiContext, owner_of, session_of
 from webui.ui.model_bar import ModelBar, status_html
 from webui.ui.txt2img_tab import Txt2ImgTab
 
@@ -122,14 +122,20 @@ def build_tab(ctx: UiContext, bar: ModelBar, txt2img: Txt2ImgTab, tabs: gr.Tabs)
     def run(values: dict[str, Any], request: gr.Request | None) -> Any:
         with adapter.shown_in_ui("img2img"):
             generation = adapter.build_request(request_values(values), ctx.library, ctx.styles)
-            job = ctx.queue.submit(generation, owner_of(request), "img2img", preview_every=ctx.prefs.preview_every)
+            job = ctx.queue.submit(
+                generation,
+                owner_of(request),
+                "img2img",
+                preview_every=ctx.prefs.preview_every,
+                session=session_of(request),  # the job ends with its page
+            )
         with adapter.shown_in_ui("img2img"):
             yield from runner.job_updates(
                 job,
                 progress,
                 preview,
                 lambda report: runner.progress_html(report if isinstance(report, Progress) else None),
-                lambda current: _finished(ctx, current.result, outputs),
+                lambda current: _finished(ctx, current.result, outputs, values),
             )
 
     generate.click(
@@ -165,7 +171,9 @@ def _select(items: list[dict[str, Any]], event: gr.SelectData) -> tuple[str, str
     return items[index]["path"], items[index]["infotext"]
 
 
-def _finished(ctx: UiContext, result: GenerationResult | None, outputs: list[Any]) -> dict[Any, Any]:
+def _finished(
+    ctx: UiContext, result: GenerationResult | None, outputs: list[Any], values: dict[str, Any] | None = None
+) -> dict[Any, Any]:
     gallery, saved, infotext, progress, preview, warnings, bar_status, results = outputs
     if result is None:
         return {progress: runner.done_html(None), preview: gr.update(visible=False, value=None)}
@@ -182,7 +190,7 @@ def _finished(ctx: UiContext, result: GenerationResult | None, outputs: list[Any
         progress: runner.done_html(result),
         preview: gr.update(visible=False, value=None),
         warnings: notes,
-        bar_status: status_html(ctx),
+        bar_status: status_html(ctx, values),  # the tab's own model, and apart what the engine holds
         results: items,
     }
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import html
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import gradio as gr
@@ -65,7 +66,10 @@ class LoraStack:
             name = values.get(lora_names(number)["name"])
             report = None
             if name:
-                stem = choices.resolve(library, name, Kind.LORA).stem
+                try:
+                    stem = choices.resolve(library, name, Kind.LORA).stem
+                except LookupError:  # gone from the library: reported under the name the row shows
+                    stem = Path(str(name)).stem
                 report = next((r for r in unused if r.name == stem), None)
                 if report is not None:
                     unused.remove(report)

@@ -25,7 +25,7 @@ from webui.merge.naming import default_name, output_path, resolve_model
 from webui.merge.recipe import MergeMode, MergeRecipe, Precision
 from webui.models.kinds import Kind
 from webui.ui import adapter, choices, runner
-from webui.ui.context import GPU, UiContext, owner_of
+from webui.ui.context import GPU, UiContext, owner_of, session_of
 from webui.ui.model_bar import ModelBar
 
 NONE = "None"
@@ -191,7 +191,10 @@ def build_tab(ctx: UiContext, bar: ModelBar) -> gr.Tab:
                 plan.close()
                 raise FileExistsError(f"{target} already exists; nothing was overwritten: choose another name")
             job = ctx.queue.submit_call(
-                lambda _engine, report, cancel: _run(plan, target, report, cancel), owner_of(request), "merge"
+                lambda _engine, report, cancel: _run(plan, target, report, cancel),
+                owner_of(request),
+                "merge",
+                session=session_of(request),  # the job ends with its page
             )
         with adapter.shown_in_ui("Merge"):
             yield from runner.job_updates(job, progress, result_box, progress_html, lambda done: _finished(done.result))

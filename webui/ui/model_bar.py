@@ -9,17 +9,19 @@ from __future__ import annotations
 
 import html
 import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 import gradio as gr
 
-from webui.cluster.routing import model_label
+from webui.cluster.routing import model_id, model_label
 from webui.families import Family
 from webui.models.kinds import Kind
 from webui.models.loading import Role
 from webui.ui import adapter, choices, empty_state, families, runner
-from webui.ui.context import GPU, UiContext, owner_of
+from webui.ui.context import GPU, UiContext, owner_of, session_of
 
 OVERRIDE_ROLES = (Role.UNET, Role.TEXT_ENCODER, Role.TEXT_ENCODER_2, Role.VAE)
 
@@ -32,6 +34,41 @@ class ModelBar:
     status: gr.HTML
     refreshed: Any  # the Refresh button's event; `.then(...)` runs after the library is re-read
     app: gr.Blocks
+    loaded: Any = None  # the invisible State a model load writes to (see `load_events`)
+
+    def load_events(self, ctx: UiContext, trigger: Any, api_name: str, fit: bool = False) -> Any:
+        """Wire `trigger` (`dropdown.input`, `button.click`) to load the selection now: a "loading" note, the load as
+        a job of the shared queue, then the status and the reset of a refused component. The load's own output is
+        an invisible State, so a refused load leaves its toast and never an "Error" mark over the status. `fit`:
+        first reset the overrides the checkpoint's family cannot take (a checkpoint picked by hand)."""
+        names = list(self.selection)
+        widgets = list(self.selection.values())
+        quiet = {"api_visibility": "private", "queue": False}
+
+        def load(values: dict[str, Any], request: Any) -> None:
+            load_selection(ctx, fitting_overrides(ctx, values) if fit else values, request)
+
+        def loading(values: dict[str, Any], _request: Any) -> str:
+            return status_html(ctx, values, note="loading…")
+
+        return (
+            trigger(adapter.by_name(names, loading), inputs=widgets, outputs=self.status, **quiet)
+            .then(
+                adapter.by_name(names, load),
+                inputs=widgets,
+                outputs=self.loaded,
+                api_name=api_name,
+                concurrency_id=GPU,
+                concurrency_limit=1,
+                show_progress="hidden",
+            )
+            .then(
+                adapter.by_name(names, lambda values, request: after_load(ctx, values, request)),
+                inputs=widgets,
+                outputs=[self.status, *self.overrides.values()],
+                **quiet,
+            )
+        )
 
     def on_models_changed(self, fn: Any, inputs: list[Any], outputs: list[Any]) -> None:
         """Run `fn` when the checkpoint changes, after Refresh, and on every page load (choices go stale)."""
@@ -65,30 +102,62 @@ def _mb(nbytes: int) -> str:
     return f"{nbytes / 2**20:,.1f} MB" if nbytes < 2**30 else f"{nbytes / 2**30:,.2f} GB"
 
 
-def status_html(ctx: UiContext, note: str = "") -> str:
-    """Load state and time, the loaded combination, and what the component cache holds (with memory); with the
-    engine as Ray Serve replicas (`--ray`), the replicas and what each holds instead."""
-    extra = f'<div class="model-note">{html.escape(note)}</div>' if note else ""
+def _choice_text(choice: Any) -> str:
+    """`<b>model</b> · VAE: file`: a ModelChoice as the bar names it."""
+    parts = [f"<b>{html.escape(choice.name)}</b>"]
+    for role in OVERRIDE_ROLES:
+        path = choice.override(role)
+        if path is not None:
+            parts.append(f"{choices.ROLE_LABELS[role]}: {html.escape(path.name)}")
+    return " · ".join(parts)
+
+
+def _loaded_text(loaded: Any) -> str:
+    """The loaded model as the bar names it: its choice, a part chosen by rule, and its UNet variant."""
+    parts = [_choice_text(loaded.choice)]
+    for role, path in loaded.defaults.items():  # a no-VAE checkpoint's VAE, chosen by the library's rule
+        parts.append(f"{choices.ROLE_LABELS[role]}: {html.escape(path.name)} (default: the checkpoint has none)")
+    if loaded.variant is not None:
+        parts.append(f"{html.escape(loaded.variant.name)} UNet")
+    return " · ".join(parts)
+
+
+def tab_choice(ctx: UiContext, values: Mapping[str, Any] | None) -> Any:
+    """The ModelChoice this tab's dropdowns name; None when no checkpoint is chosen. LookupError for a name the
+    library lost since (the caller says so)."""
+    if not values or not values.get("checkpoint"):
+        return None
+    return adapter.model_choice(values, ctx.library)
+
+
+def status_html(ctx: UiContext, values: Mapping[str, Any] | None = None, note: str = "") -> str:
+    """The tab's own model (its dropdowns: `values` by field name) and whether the engine holds it; what the
+    engine holds when that is something else (another tab's or job's last model); the component cache."""
+    try:
+        mine = tab_choice(ctx, values)
+    except (LookupError, ValueError) as error:
+        mine, head = None, f"this tab's model is not usable: {html.escape(str(error))}"
+    else:
+        head = "no checkpoint chosen" if values is not None else ""
     records = ctx.queue.replicas()
-    if records:  # each replica has its own models and memory; the front's engine never loads one
-        return f'<div class="model-status-text">{replicas_html(records)}</div>{extra}'
+    if records:  # the engine as Ray Serve replicas (--ray): each has its own models and memory, the front none
+        if mine is not None:
+            held = any(model_id(mine) in record.models for record in records)
+            head = f"{_choice_text(mine)} · {'held by a replica' if held else 'loads on Generate'}"
+        return _bar_html(head, replicas_html(records), "", note)
     manager = ctx.engine.manager
     loaded = manager.current
     status = manager.status()
-    if loaded is None:
-        head = "not loaded yet: the model loads on first Generate"
-    else:
+    if mine is not None and loaded is not None and loaded.choice == mine:
         read = ", ".join(r.value for r in loaded.loaded_from_disk) or "nothing: all from cache"
-        parts = [f"<b>{html.escape(loaded.choice.name)}</b> loaded in {loaded.load_seconds:.2f} s (read {read})"]
-        for role in OVERRIDE_ROLES:
-            path = loaded.choice.override(role)
-            if path is not None:
-                parts.append(f"{choices.ROLE_LABELS[role]}: {html.escape(path.name)}")
-        for role, path in loaded.defaults.items():  # a no-VAE checkpoint's VAE, chosen by the library's rule
-            parts.append(f"{choices.ROLE_LABELS[role]}: {html.escape(path.name)} (default: the checkpoint has none)")
-        if loaded.variant is not None:
-            parts.append(f"{html.escape(loaded.variant.name)} UNet")
-        head = " · ".join(parts)
+        head = f"{_loaded_text(loaded)} loaded in {loaded.load_seconds:.2f} s (read {read})"
+    elif mine is not None:
+        head = f"{_choice_text(mine)} · loads on Generate"
+    engine = ""
+    if loaded is None:
+        engine = "the engine holds no model yet: it loads on first Generate"
+    elif mine is None or loaded.choice != mine:
+        engine = f"the engine holds {_loaded_text(loaded)} (the last job's)"
     items = "".join(
         f"<li>{html.escape(item['label'])} — {_mb(item['nbytes'])} ({item['dtype']}, {item['device']})</li>"
         for item in status["cached"]
@@ -97,7 +166,16 @@ def status_html(ctx: UiContext, note: str = "") -> str:
         f"<details><summary>cache: {len(status['cached'])} components, {_mb(status['cached_bytes'])} "
         f"on {html.escape(status['device'])}</summary><ul>{items}</ul></details>"
     )
-    return f'<div class="model-status-text">{head}</div>{cache}{extra}'
+    return _bar_html(head, engine, cache, note)
+
+
+def _bar_html(head: str, engine: str, cache: str, note: str) -> str:
+    """The bar's parts, each in its own block: the tab's model, what the engine holds, the cache, a note."""
+    lines = [f'<div class="model-status-text">{head}</div>' if head else ""]
+    lines.append(f'<div class="model-engine">{engine}</div>' if engine else "")
+    lines.append(cache)
+    lines.append(f'<div class="model-note">{html.escape(note)}</div>' if note else "")
+    return "".join(lines)
 
 
 def replicas_html(records: list[Any]) -> str:
@@ -118,7 +196,6 @@ def replicas_html(records: list[Any]) -> str:
         )
     summary = f"Ray Serve: {len(alive)} of {len(records)} replicas up; jobs go to the one holding their model"
     return f"<details><summary>{html.escape(summary)}</summary><ul>{''.join(items)}</ul></details>"
-
 
 
 def override_updates(ctx: UiContext, checkpoint: str | None, current: dict[str, Any]) -> dict[str, Any]:
@@ -167,18 +244,42 @@ def checkpoint_choices(ctx: UiContext) -> list[str]:
     return [*choices.checkpoints(ctx.library), *([choices.NO_CHECKPOINT] if modular else [])]
 
 
-def load_selection(ctx: UiContext, values: dict[str, Any], request: Any) -> str:
+@contextmanager
+def noting_refusal(ctx: UiContext, request: Any) -> Iterator[None]:
+    """Remember, for this browser session, the component a refused model load blames (ModelLoadError.role,
+    carried by JobFailed), so that `after_load` resets it; the error goes on as it was."""
+    try:
+        yield
+    except (runner.JobFailed, ValueError) as error:
+        role = getattr(error, "role", None)
+        if role is not None:
+            ctx.note_refusal(getattr(request, "session_hash", None), role.value)
+        raise
+
+
+def load_selection(ctx: UiContext, values: dict[str, Any], request: Any) -> None:
     """Load the selected model now, as a job of the shared queue (a checkpoint pick, the Components tab's
-    Load now); a mismatch is refused with the engine's reason (ModelLoadError)."""
-    with adapter.shown_in_ui("Loading the model"):
+    Load now); a refused choice is a toast with the engine's reason (ModelLoadError)."""
+    with adapter.shown_in_ui("Loading the model"), noting_refusal(ctx, request):
         choice = adapter.model_choice(values, ctx.library)
 
         def load(engine: Any, _progress: Any, _cancel: Any) -> None:
             with engine.gpu_lock:
                 engine.manager.load(choice)
 
-        runner.call(ctx.queue, load, owner_of(request), "load", model=choice)
-    return status_html(ctx)
+        runner.call(ctx.queue, load, owner_of(request), "load", session_of(request), model=choice)
+
+
+def after_load(ctx: UiContext, values: dict[str, Any], request: Any) -> list[Any]:
+    """After a load, whatever its outcome: the status for this tab's choice, and the refused override (if the
+    load was refused for one) back at "From checkpoint"."""
+    refused = ctx.take_refusal(getattr(request, "session_hash", None))
+    resets = [
+        gr.update(value=choices.FROM_CHECKPOINT) if role.value == refused else gr.skip() for role in OVERRIDE_ROLES
+    ]
+    if refused is not None:
+        values = {**values, refused: choices.FROM_CHECKPOINT}
+    return [status_html(ctx, values), *resets]
 
 
 def empty_updates(ctx: UiContext) -> tuple[Any, Any, Any]:
@@ -226,51 +327,54 @@ def build(ctx: UiContext, app: gr.Blocks) -> ModelBar:
     selection = {"checkpoint": checkpoint, **overrides}
     names, widgets = list(selection), list(selection.values())
 
-    def refresh_library() -> str:
+    def refresh_library(values: dict[str, Any], _request: Any) -> str:
         with adapter.shown_in_ui("Refreshing the model list"):
             library.refresh()
         changes = library.last_changes
         note = f"{len(changes.added)} added, {len(changes.changed)} changed, {len(changes.removed)} removed"
-        return status_html(ctx, note=f"model list refreshed: {note}")
+        return status_html(ctx, values, note=f"model list refreshed: {note}")
 
     def sync(values: dict[str, Any], _request: Any) -> list[Any]:
-        """Choices after a checkpoint change, a refresh or a page load."""
+        """Choices after a checkpoint change, a refresh or a page load; the status for the tab's choice."""
         available = checkpoint_choices(ctx)
         current = values.get("checkpoint")
         real = choices.checkpoints(library)  # a vanished pick falls back to a checkpoint, never to "None"
         value = current if current in available else (real[0] if real else None)
         updates = override_updates(ctx, value, values)
+        shown = {**values, "checkpoint": value}
+        shown.update({name: update["value"] for name, update in updates.items() if "value" in update})
         return [
             gr.update(choices=available) if value == current else gr.update(choices=available, value=value),
             badge_html(ctx, value, values.get("unet")),
             *(updates[name] for name in overrides),
+            status_html(ctx, shown),
             *empty_updates(ctx),
         ]
 
+    quiet = {"api_visibility": "private", "queue": False, "show_progress": "hidden"}
     refreshed = gr.on(
-        [refresh.click, empty_refresh.click], refresh_library, outputs=status, api_name="refresh_models"
+        [refresh.click, empty_refresh.click],
+        adapter.by_name(names, refresh_library),
+        inputs=widgets,
+        outputs=status,
+        api_name="refresh_models",
     )
     bar = ModelBar(checkpoint, overrides, badge, status, refreshed, app)
     built_with = initial_checkpoint(ctx)
 
-    def page_load() -> list[Any]:
+    def page_load() -> Any:
         """The checkpoint list as it is now; the checkpoint itself only if Settings changed it since start."""
         wanted = initial_checkpoint(ctx)
         update = gr.update(choices=checkpoint_choices(ctx))
         if wanted != built_with:
             update["value"] = wanted
-        return [update, status_html(ctx)]
+        return update
 
-    app.load(
-        page_load,
-        outputs=[checkpoint, status],
-        api_visibility="private",
-        queue=False,
-    )
+    app.load(page_load, outputs=checkpoint, **quiet)
     bar.on_models_changed(
         adapter.by_name(names, sync),
         inputs=widgets,
-        outputs=[checkpoint, badge, *overrides.values(), bar_row, empty_panel, empty_text],
+        outputs=[checkpoint, badge, *overrides.values(), status, bar_row, empty_panel, empty_text],
     )
     overrides["unet"].change(
         lambda checkpoint_name, unet: badge_html(ctx, checkpoint_name, unet),
@@ -279,13 +383,13 @@ def build(ctx: UiContext, app: gr.Blocks) -> ModelBar:
         api_visibility="private",
         queue=False,
     )
-    checkpoint.input(
-        adapter.by_name(names, lambda values, request: load_selection(ctx, fitting_overrides(ctx, values), request)),
-        inputs=widgets,
-        outputs=status,
-        api_name="load_model",
-        concurrency_id=GPU,
-        concurrency_limit=1,
-        show_progress="minimal",
-    )
+    for override in overrides.values():  # a component picked on the Components tab: "loads on Generate"
+        override.change(
+            adapter.by_name(names, lambda values, _request: status_html(ctx, values)),
+            inputs=widgets,
+            outputs=status,
+            **quiet,
+        )
+    bar.loaded = gr.State(None)
+    bar.load_events(ctx, checkpoint.input, "load_model", fit=True)
     return bar

@@ -56,11 +56,11 @@ def _entry(library: ModelLibrary, value: str | None) -> ModelEntry | None:
         return None
 
 
-def details_of(library: ModelLibrary, value: str | None) -> tuple[dict[str, Any], Any, str]:
-    """(details JSON, the convert button's update, the trigger-word line) for one file."""
+def details_of(library: ModelLibrary, value: str | None) -> tuple[str, Any, str]:
+    """(the details as readable tables, the convert button's update, the trigger-word line) for one file."""
     entry = _entry(library, value)
     if entry is None:
-        return {}, gr.update(visible=False), ""
+        return "", gr.update(visible=False), ""
     data = model_info.details(entry)
     words = data.get("trigger_words") or []
     line = f"**Trigger words:** {', '.join(words)}" if words else ""
@@ -69,7 +69,7 @@ def details_of(library: ModelLibrary, value: str | None) -> tuple[dict[str, Any]
     if "merge_summary" in data:
         line = f"**Merged:** {data['merge_summary']}"
     convertible = entry.format is FileFormat.PICKLE or (entry.format is FileFormat.DIFFUSERS and entry.usable)
-    return data, gr.update(visible=convertible), line
+    return model_info.details_html(entry), gr.update(visible=convertible), line
 
 
 def build_tab(ctx: UiContext, bar: ModelBar) -> gr.Tab:
@@ -97,7 +97,7 @@ def build_tab(ctx: UiContext, bar: ModelBar) -> gr.Tab:
                 )
                 convert_note = gr.Markdown("", elem_id="models-convert-note")
             with gr.Column(scale=3, min_width=300):
-                details = gr.JSON(label="File details and metadata", elem_id="models-details", open=True)
+                details = gr.HTML("", label="File details and metadata", elem_id="models-details")
 
     def refreshed(current: str | None) -> tuple[Any, Any]:
         with adapter.shown_in_ui("Refreshing the model list"):
@@ -129,7 +129,7 @@ def build_tab(ctx: UiContext, bar: ModelBar) -> gr.Tab:
 
     table.select(on_row, outputs=file, api_visibility="private", queue=False)
 
-    def show(value: str | None) -> tuple[dict[str, Any], Any, str, str]:
+    def show(value: str | None) -> tuple[str, Any, str, str]:
         with adapter.shown_in_ui("Reading the file"):
             data, button, line = details_of(library, value)
         return data, button, line, ""
@@ -139,7 +139,7 @@ def build_tab(ctx: UiContext, bar: ModelBar) -> gr.Tab:
     def run_convert(value: str | None) -> tuple[str, list[list[Any]], Any]:
         entry = _entry(library, value)
         if entry is None:
-            raise gr.Error("Pick a file first.")
+            raise gr.Error("Pick a file first.", print_exception=False)
         with adapter.shown_in_ui("Converting"):
             target = convert_to_safetensors(entry)
             rows = library_rows(library)

@@ -22,15 +22,20 @@ def parsed_view(text: str | None) -> dict[str, Any]:
     return {"prompt": prompt, "negative_prompt": negative, "parameters": params}
 
 
+PARAMETERS_HINT = "The image's generation parameters appear here."
+
+
 def read_image(path: str | None) -> tuple[str, dict[str, Any], str, Any]:
-    """(infotext, its parsed fields, other tools' metadata as text, the Send button's update)."""
+    """(infotext, its parsed fields, other tools' metadata as text, the Send button's update). An image without
+    parameters is said so in a toast; the other tools' box holds only their metadata."""
     if not path:
         return "", {}, "", gr.update(interactive=False)
     with adapter.shown_in_ui("Reading the image"):
         metadata = read_image_metadata(path)
     other = "\n\n".join(f"# {label}\n{text}" for label, text in metadata.other.items())
-    if not metadata.parameters and not other:
-        other = f"No generation parameters in this {metadata.format or 'image'} file."
+    if not metadata.parameters:
+        where = " (its ComfyUI/InvokeAI metadata is shown below)" if other else ""
+        gr.Info(f"No generation parameters in this {metadata.format or 'image'} file{where}.", title="PNG Info")
     return (
         metadata.parameters or "",
         parsed_view(metadata.parameters),
@@ -57,6 +62,7 @@ def build_tab(ctx: UiContext, txt2img: Txt2ImgTab, tabs: gr.Tabs, img2img: Img2I
             with gr.Column(scale=1, min_width=300):
                 infotext = gr.Textbox(
                     label="Parameters (infotext)",
+                    placeholder=PARAMETERS_HINT,
                     lines=6,
                     interactive=False,
                     elem_id="pnginfo-parameters",
@@ -75,7 +81,8 @@ def build_tab(ctx: UiContext, txt2img: Txt2ImgTab, tabs: gr.Tabs, img2img: Img2I
     def send_to_txt2img(text: str) -> dict[Any, Any]:
         """Every field the infotext names, the model and components when the library has them, the LoRAs."""
         if not text:
-            raise gr.Error("No parameters to send: drop an image made by this app or A1111 first.")
+            message = "No parameters to send: drop an image made by this app or A1111 first."
+            raise gr.Error(message, print_exception=False)
         return updates_from_infotext(ctx, txt2img, tabs, text, "parameters")
 
     outputs = [*fields.values(), *(row.group for row in stack.rows), stack.shown, tabs]

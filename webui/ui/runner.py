@@ -15,7 +15,12 @@ MIN_UPDATE_SECONDS = 0.2  # browsers need no more; each update is a message over
 
 
 class JobFailed(RuntimeError):
-    """A queued job raised; the message is the queue's account of it (the engine's own message)."""
+    """A queued job raised; the message is the queue's account of it (the engine's own message). `role`: the
+    component override a refused model load blames (see ModelLoadError), else None."""
+
+    def __init__(self, message: str, role: Any = None) -> None:
+        super().__init__(message)
+        self.role = role
 
 
 def stream(job: Job, poll_seconds: float = 0.05) -> Iterator[Job]:
@@ -35,7 +40,7 @@ def stream(job: Job, poll_seconds: float = 0.05) -> Iterator[Job]:
                 yield job
         finished = True
         if job.state is JobState.FAILED:
-            raise JobFailed(job.error or "the job failed")
+            raise JobFailed(job.error or "the job failed", job.error_role)
         yield job
     finally:
         if not finished:
@@ -68,11 +73,17 @@ def job_updates(
 
 
 def call(
-    queue: JobQueue, fn: JobCall, owner: str, kind: str, model: Any = None, placement: Placement = Placement.ANY
+    queue: JobQueue,
+    fn: JobCall,
+    owner: str,
+    kind: str,
+    session: str | None = None,
+    model: Any = None,
+    placement: Placement = Placement.ANY,
 ) -> Any:
-    """Run `fn(engine, progress, cancel)` as a job of the shared queue and wait for its result (`model` and
-    `placement`: see `JobQueue.submit_call`)."""
-    job = queue.submit_call(fn, owner, kind, model=model, placement=placement)
+    """Run `fn(engine, progress, cancel)` as a job of the shared queue and wait for its result (`session`, `model`
+    and `placement`: see `JobQueue.submit_call`)."""
+    job = queue.submit_call(fn, owner, kind, model=model, placement=placement, session=session)
     for _ in stream(job):
         pass
     return job.result

@@ -13,7 +13,7 @@ from webui.engine.jobs import Placement
 from webui.engine.request import MAX_STEPS
 from webui.engine.samplers import SCHEDULE_TYPES
 from webui.ui import adapter, choices, runner
-from webui.ui.context import GPU, UiContext, apply_engine_preferences, owner_of
+from webui.ui.context import GPU, UiContext, apply_engine_preferences, owner_of, session_of
 from webui.ui.preferences import FAMILY_SAMPLER, PREFERENCE_NAMES, preferences_from_widgets
 from webui.ui.txt2img_tab import MAX_SIDE_UI, SAMPLER_CHOICES
 
@@ -90,15 +90,14 @@ def _widgets(ctx: UiContext) -> dict[str, Any]:
                 elem_id="settings-fp8-storage",
             )
         with gr.Row():
+            # No `minimum`: Gradio's own check would refuse -5 with a message naming no field; ours names it.
             w["ram_budget_gb"] = gr.Number(
                 value=current.ram_budget_gb,
-                minimum=0,
                 label="RAM for cached models, GB (0: half the RAM)",
                 elem_id="settings-ram-budget",
             )
             w["vram_budget_gb"] = gr.Number(
                 value=current.vram_budget_gb,
-                minimum=0,
                 label="VRAM for cached models, GB (0: 80% of the GPU)",
             )
     return w
@@ -116,6 +115,18 @@ def _file_note(ctx: UiContext) -> str:
         f" as `NNNNN-SEED.{ctx.prefs.samples_format}`."
     )
     return "\n\n".join(lines)
+
+
+def preferences_with_labels(values: dict[str, Any], labels: dict[str, str]) -> Any:
+    """Preferences from the widgets' values; a bad value's error names the field as the page labels it
+    ("RAM for cached models, GB (0: half the RAM): -5.0 is negative; ..."), not by its internal name."""
+    try:
+        return preferences_from_widgets(values)
+    except ValueError as error:
+        name, _, rest = str(error).partition(":")
+        if name in labels and rest:
+            raise ValueError(f"{labels[name]}:{rest}") from None
+        raise
 
 
 def build_tab(ctx: UiContext, app: gr.Blocks) -> gr.Tab:
@@ -141,15 +152,18 @@ def build_tab(ctx: UiContext, app: gr.Blocks) -> gr.Tab:
     assert names[0] == "checkpoint"
     app.load(page_load, outputs=[*widgets.values(), result], api_visibility="private", queue=False)
 
+    labels = {name: widget.label for name, widget in widgets.items()}
+
     def save_settings(values: dict[str, Any], request: Any) -> str:
         """Validate, apply to the engine between two jobs of the queue, then save."""
         with adapter.shown_in_ui("Saving settings"):
-            preferences = preferences_from_widgets(values)
+            preferences = preferences_with_labels(values, labels)
             changes = runner.call(
                 ctx.queue,
                 lambda engine, _progress, _cancel: apply_engine_preferences(engine, preferences),
                 owner_of(request),
                 "settings",
+                session=session_of(request),
                 placement=Placement.EVERY,  # each replica of a spread-out engine has its own device and memory
             )
             ctx.preferences.save(preferences)

@@ -20,6 +20,11 @@ CSS = """
 .empty-folders td { padding: 2px 10px 2px 0; vertical-align: top; }
 .empty-folders code, .empty-state pre { word-break: break-all; white-space: pre-wrap; }
 .empty-state pre { font-size: 0.8rem; margin: 4px 0; }
+.model-engine { color: var(--body-text-color-subdued); font-style: italic; }
+#queue-bar { align-items: center; gap: 8px; min-height: 0; }
+.queue-status { font-size: 0.82rem; color: var(--body-text-color-subdued); }
+.queue-status.busy { color: #b45309; }
+.queue-status.mine { color: var(--primary-600); font-weight: 600; }
 
 .token-counter {
   display: block; text-align: right; font-size: 0.78rem; color: var(--body-text-color-subdued);
@@ -44,6 +49,12 @@ CSS = """
 .trigger-words label { font-size: 0.8rem; }
 
 #txt2img-gallery { min-height: 240px; }
+
+table.model-details { width: 100%; font-size: 0.82rem; border-collapse: collapse; margin-bottom: 8px; }
+table.model-details th { text-align: left; vertical-align: top; white-space: nowrap; padding: 2px 10px 2px 0;
+  color: var(--body-text-color-subdued); font-weight: 500; width: 1%; }
+table.model-details td { padding: 2px 0; word-break: break-all; }
+table.model-details pre { margin: 0; max-height: 240px; overflow: auto; font-size: 0.75rem; white-space: pre-wrap; }
 
 @media (max-width: 640px) {
   #model-bar { flex-wrap: wrap; }

@@ -9,14 +9,15 @@ from typing import Any
 
 import gradio as gr
 
+from webui.engine.lora import LoraReport, lora_warnings
 from webui.engine.progress import Progress
 from webui.engine.prompt_plan import count_prompt_tokens
 from webui.engine.request import MAX_STEPS, MIN_SIDE, GenerationResult
 from webui.engine.samplers import DISTILLED_PRESET, SAMPLER_NAMES, SAMPLERS, SCHEDULE_TYPES, supported_schedules
 from webui.ui import adapter, choices, families, lora_stack, runner, second_pass_widgets
-from webui.ui.context import GPU, UiContext, owner_of
+from webui.ui.context import GPU, UiContext, owner_of, session_of
 from webui.ui.lora_stack import LoraStack
-from webui.ui.model_bar import ModelBar, initial_checkpoint, status_html
+from webui.ui.model_bar import ModelBar, after_load, initial_checkpoint, noting_refusal, status_html
 from webui.ui.preferences import FAMILY_SAMPLER, REQUEST_DEFAULTS, Preferences
 
 MAX_SIDE_UI = adapter.MAX_SIDE_UI
@@ -319,18 +320,26 @@ def build_tab(ctx: UiContext, bar: ModelBar) -> Txt2ImgTab:
 
     def run(values: dict[str, Any], request: gr.Request | None) -> Any:
         """Generate, as a job of the shared queue: progress and previews while it runs, then the saved images."""
+        missing: list[LoraReport] = []  # stack rows naming a LoRA no longer in the library: reported, not fatal
         with adapter.shown_in_ui("Generation"):
-            generation = adapter.build_request(values, ctx.library, ctx.styles)
-            job = ctx.queue.submit(generation, owner_of(request), "txt2img", preview_every=ctx.prefs.preview_every)
-        with adapter.shown_in_ui("Generation"):
+            generation = adapter.build_request(values, ctx.library, ctx.styles, missing)
+            job = ctx.queue.submit(
+                generation,
+                owner_of(request),
+                "txt2img",
+                preview_every=ctx.prefs.preview_every,
+                session=session_of(request),
+            )
+        with adapter.shown_in_ui("Generation"), noting_refusal(ctx, request):
             yield from runner.job_updates(
                 job,
                 progress,
                 preview,
                 lambda report: runner.progress_html(report if isinstance(report, Progress) else None),
-                lambda current: _finished(ctx, values, current.result, stack, outputs),
+                lambda current: _finished(ctx, values, current.result, stack, outputs, missing),
             )
 
+    selection = list(bar.selection)
     generate.click(
         adapter.by_name(list(fields), run),
         inputs=list(fields.values()),
@@ -340,6 +349,12 @@ def build_tab(ctx: UiContext, bar: ModelBar) -> Txt2ImgTab:
         concurrency_limit=1,
         show_progress="minimal",
         show_progress_on=[progress],
+    ).then(  # a component the load refused goes back to "From checkpoint"; the bar shows where things stand
+        adapter.by_name(selection, lambda values, request: after_load(ctx, values, request)),
+        inputs=list(bar.selection.values()),
+        outputs=[bar.status, *bar.overrides.values()],
+        api_visibility="private",
+        queue=False,
     )
 
     def stop(request: gr.Request) -> str:
@@ -354,14 +369,23 @@ def build_tab(ctx: UiContext, bar: ModelBar) -> Txt2ImgTab:
 
 
 def _finished(
-    ctx: UiContext, values: dict[str, Any], result: GenerationResult | None, stack: LoraStack, outputs: list[Any]
+    ctx: UiContext,
+    values: dict[str, Any],
+    result: GenerationResult | None,
+    stack: LoraStack,
+    outputs: list[Any],
+    missing: list[LoraReport],
 ) -> dict[Any, Any]:
-    """The outputs once a job has ended; `result` is None for a job interrupted before it started."""
+    """The outputs once a job has ended; `result` is None for a job interrupted before it started. A LoRA that
+    was not applied (or only in part) is a warning toast, as on the CLI's stderr and in the API's warnings."""
     gallery, saved, infotext, progress, preview, other_loras, bar_status, results, selected, *reports = outputs
     if result is None:
         return {progress: runner.done_html(None), preview: gr.update(visible=False, value=None)}
+    loras = (*missing, *result.loras)
+    for line in lora_warnings(loras):
+        gr.Warning(html.escape(line, quote=False), title="LoRA not applied")
     items = [{"path": str(i.path), "seed": i.seed, "infotext": i.infotext} for i in result.images]
-    row_reports, rest = stack.match_reports(values, result.loras, ctx.library)
+    row_reports, rest = stack.match_reports(values, loras, ctx.library)
     prompt_loras = "".join(
         f'<div class="prompt-lora"><b>{html.escape(r.name)}</b> (prompt tag) {lora_stack.report_html(r)}</div>'
         for r in rest
@@ -381,7 +405,7 @@ def _finished(
         progress: runner.done_html(result),
         preview: gr.update(visible=False, value=None),
         other_loras: prompt_loras,
-        bar_status: status_html(ctx),
+        bar_status: status_html(ctx, values),
         results: items,
         selected: 0,
         **{widget: lora_stack.report_html(r) for widget, r in zip(reports, row_reports, strict=True)},
@@ -419,15 +443,36 @@ def _wire_helpers(
         **quiet,
     )
 
-    def presets_for(checkpoint: str | None) -> Any:
+    def preset_value(sizes: tuple[tuple[int, int], ...], w: Any, h: Any) -> str | None:
+        """The preset's label when the size is one of them (else blank: a size of one's own)."""
+        try:
+            size = (int(w), int(h))
+        except (TypeError, ValueError):
+            return None
+        return families.size_label(size) if size in sizes else None
+
+    def presets_for(checkpoint: str | None, w: Any, h: Any) -> Any:
         sizes = families.size_presets(choices.checkpoint_entry(ctx.library, checkpoint))
-        return gr.update(choices=[families.size_label(s) for s in sizes], value=None)
+        return gr.update(choices=[families.size_label(s) for s in sizes], value=preset_value(sizes, w, h))
 
     bar.on_models_changed(
-        adapter.by_name(["checkpoint"], lambda values, _r: presets_for(values["checkpoint"])),
-        inputs=[bar.checkpoint],
+        adapter.by_name(
+            ["checkpoint", "width", "height"],
+            lambda values, _r: presets_for(values["checkpoint"], values["width"], values["height"]),
+        ),
+        inputs=[bar.checkpoint, width, height],
         outputs=[preset],
     )
+    for side in (width, height):
+        side.change(
+            lambda checkpoint, w, h: preset_value(
+                families.size_presets(choices.checkpoint_entry(ctx.library, checkpoint)), w, h
+            ),
+            inputs=[bar.checkpoint, width, height],
+            outputs=preset,
+            trigger_mode="always_last",
+            **quiet,
+        )
 
     def on_checkpoint_picked(
         checkpoint: str | None, w: int, h: int, distilled_on: bool, sampler: str | None, schedule: str | None
