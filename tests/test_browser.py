@@ -1,10 +1,16 @@
 """The UI in a real browser (headless Chromium via Playwright) over the tiny models: generate, LoRA stack, VAE
-swap, PNG Info round trip, interrupt, and a screenshot of every tab (test-artifacts/, desktop and phone)."""
+swap, PNG Info round trip, interrupt, and a screenshot of every tab (test-artifacts/, desktop and phone; the
+README's in tests/screenshots/).
+
+They need Playwright and Chromium at /usr/bin/chromium; without them they are skipped, except under CI=true,
+where they fail: a CI run that drew no browser test must not pass."""
 
 from __future__ import annotations
 
 import json
+import os
 import re
+import shutil
 from pathlib import Path
 
 import pytest
@@ -15,10 +21,25 @@ from webui.ui.context import apply_engine_preferences
 from webui.ui.preferences import Preferences
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
-playwright_api = pytest.importorskip("playwright.sync_api")
+IN_CI = os.environ.get("CI", "").lower() == "true"
+
+
+def missing(reason: str) -> None:
+    """Skip for want of the browser stack; fail under CI=true."""
+    if IN_CI:
+        pytest.fail(f"{reason} (CI=true: the browser tests must run; install it, see the README)", pytrace=False)
+    pytest.skip(reason, allow_module_level=True)
+
+
+try:
+    import playwright.sync_api as playwright_api
+except ImportError:
+    missing("no Playwright: pip install -e '.[test]'")
 expect = playwright_api.expect
 
 CHROMIUM = Path("/usr/bin/chromium")
+README_SHOTS = Path(__file__).resolve().parent / "screenshots"  # the README's pictures, retaken by these tests
+VAE_ALT = "tiny-sd1-vae-alt.safetensors (SD-family VAE: SD1/SD2/SDXL)"  # as the VAE dropdown labels the file
 CHROMIUM_ARGS = [
     "--headless",
     "--no-sandbox",
@@ -43,7 +64,7 @@ def app(tiny_models_dir, tmp_path_factory):
 def browser():
     expect.set_options(timeout=SLOW)
     if not CHROMIUM.is_file():
-        pytest.skip(f"no Chromium at {CHROMIUM}")
+        missing(f"no Chromium at {CHROMIUM} (Debian/Ubuntu: apt-get install chromium)")
     with playwright_api.sync_playwright() as playwright:
         chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         yield chromium
@@ -62,9 +83,12 @@ def page(browser, app):
     context.close()
 
 
-def shot(page, name: str, full_page: bool = True) -> None:
+def shot(page, name: str, full_page: bool = True, readme: bool = False) -> None:
+    """A screenshot in test-artifacts/; with `readme`, also the README's copy in tests/screenshots/."""
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=full_page)
+    if readme:
+        shutil.copyfile(ARTIFACTS / f"{name}.png", README_SHOTS / f"{name}.png")
 
 
 def pick(page, elem_id: str, option: str) -> None:
@@ -116,7 +140,7 @@ def test_typed_prompt_generates_an_image_shown_and_saved_with_infotext(page, app
     with Image.open(path) as image:
         assert image.size == (32, 32) and image.text["parameters"] == infotext
     expect(page.locator("#model-status")).to_contain_text("cache: 3 components")
-    shot(page, "txt2img")
+    shot(page, "txt2img", readme=True)
 
 
 def test_lora_row_weight_and_trigger_words_apply_and_stay_set(page):
@@ -142,7 +166,7 @@ def test_lora_row_weight_and_trigger_words_apply_and_stay_set(page):
 def test_vae_swap_shows_in_infotext_and_model_bar_and_a_mismatch_is_refused(page):
     small_sd1(page)
     page.get_by_role("tab", name="Components").click()
-    pick(page, "component-vae", "tiny-sd1-vae-alt.safetensors")
+    pick(page, "component-vae", VAE_ALT)
     shot(page, "components")
     page.get_by_role("tab", name="txt2img").click()
     page.locator("#txt2img-prompt textarea").fill("vae swap")
@@ -170,7 +194,7 @@ def test_png_info_round_trip_fills_every_field(page, app):
     page.locator("#lora-add").click()
     pick(page, "lora-1", "tiny-sd1-kohya.safetensors")
     page.get_by_role("tab", name="Components").click()
-    pick(page, "component-vae", "tiny-sd1-vae-alt.safetensors")
+    pick(page, "component-vae", VAE_ALT)
     page.get_by_role("tab", name="txt2img").click()
     infotext = generate(page)
     png = saved_file(page)
@@ -194,7 +218,7 @@ def test_png_info_round_trip_fills_every_field(page, app):
     expect(page.locator("#model-checkpoint input")).to_have_value(TINY_SD1)
     expect(page.locator("#lora-1 input")).to_have_value("tiny-sd1-kohya.safetensors")
     page.get_by_role("tab", name="Components").click()
-    expect(page.locator("#component-vae input")).to_have_value("tiny-sd1-vae-alt.safetensors")
+    expect(page.locator("#component-vae input")).to_have_value(VAE_ALT)
     page.get_by_role("tab", name="txt2img").click()
     again = generate(page)
     assert again.split("Version:")[0] == infotext.split("Version:")[0]  # the same request, reproduced

@@ -6,12 +6,11 @@ from __future__ import annotations
 import re
 
 import pytest
+import test_browser  # skips (fails under CI=true) without Playwright
+from test_browser import PHONE, expect, pick, set_number, shot
 from ui_server import TINY_SD1, running_app
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
-pytest.importorskip("playwright.sync_api")
-import test_browser  # noqa: E402  (after the skip: it needs Playwright)
-from test_browser import PHONE, expect, pick, set_number, shot  # noqa: E402
 
 TINY_SD2 = "tiny-sd2.safetensors"
 browser, page = test_browser.browser, test_browser.page  # its fixtures: Chromium, and a page of the `app` below
@@ -56,7 +55,7 @@ def test_checkpoints_by_cfg_grid_cells_slider_and_send_back(page):
     expect(page.locator("#compare-slider img")).to_have_count(2)
     page.locator("#compare-cells .thumbnail-item").nth(3).click()
     expect(page.locator("#compare-cell-infotext textarea")).to_have_value(re.compile(r"CFG scale: 7,.*Model: tiny-sd2"))
-    shot(page, "compare")
+    shot(page, "compare", readme=True)
     page.locator("#compare-send-txt2img").click()
     expect(page.get_by_role("tab", name="txt2img")).to_have_attribute("aria-selected", "true")
     expect(page.locator("#txt2img-cfg input[type=number]")).to_have_value("7")

@@ -43,7 +43,7 @@ class ModelBar:
         first reset the overrides the checkpoint's family cannot take (a checkpoint picked by hand)."""
         names = list(self.selection)
         widgets = list(self.selection.values())
-        quiet = {"api_visibility": "private", "queue": False}
+        quiet = {"api_visibility": "private", "queue": False, "show_progress": "hidden"}
 
         def load(values: dict[str, Any], request: Any) -> None:
             load_selection(ctx, fitting_overrides(ctx, values) if fit else values, request)
@@ -51,28 +51,43 @@ class ModelBar:
         def loading(values: dict[str, Any], _request: Any) -> str:
             return status_html(ctx, values, note="loading…")
 
-        return (
-            trigger(adapter.by_name(names, loading), inputs=widgets, outputs=self.status, **quiet)
-            .then(
-                adapter.by_name(names, load),
-                inputs=widgets,
-                outputs=self.loaded,
-                api_name=api_name,
-                concurrency_id=GPU,
-                concurrency_limit=1,
-                show_progress="hidden",
-            )
-            .then(
-                adapter.by_name(names, lambda values, request: after_load(ctx, values, request)),
-                inputs=widgets,
-                outputs=[self.status, *self.overrides.values()],
-                **quiet,
-            )
+        loaded = trigger(adapter.by_name(names, loading), inputs=widgets, outputs=self.status, **quiet).then(
+            adapter.by_name(names, load),
+            inputs=widgets,
+            outputs=self.loaded,
+            api_name=api_name,
+            concurrency_id=GPU,
+            concurrency_limit=1,
+            show_progress="hidden",
         )
+        self.after(ctx, loaded, fit=fit)
+        return loaded
+
+    def after(self, ctx: UiContext, event: Any, fit: bool = False) -> None:
+        """After `event` (a load, a generation), whether it succeeded or failed (Gradio's `.then` runs on success
+        only, `.failure` on failure): the status for the tab's choice, and a refused component reset (with `fit`,
+        also those the checkpoint's family cannot take, as the load left them out)."""
+        names = list(self.selection)
+        options = {
+            "inputs": list(self.selection.values()),
+            "outputs": [self.status, *self.overrides.values()],
+            "api_visibility": "private",
+            "queue": False,
+            "show_progress": "hidden",
+        }
+        handler = adapter.by_name(names, lambda values, request: after_load(ctx, values, request, fit))
+        event.then(handler, **options)
+        event.failure(handler, **options)
 
     def on_models_changed(self, fn: Any, inputs: list[Any], outputs: list[Any]) -> None:
         """Run `fn` when the checkpoint changes, after Refresh, and on every page load (choices go stale)."""
-        options = {"inputs": inputs, "outputs": outputs, "api_visibility": "private", "queue": False}
+        options = {
+            "inputs": inputs,
+            "outputs": outputs,
+            "api_visibility": "private",
+            "queue": False,
+            "show_progress": "hidden",  # quick; a spinner would only flash over the status
+        }
         self.checkpoint.change(fn, **options)
         self.refreshed.then(fn, **options)
         self.app.load(fn, **options)
@@ -270,16 +285,19 @@ def load_selection(ctx: UiContext, values: dict[str, Any], request: Any) -> None
         runner.call(ctx.queue, load, owner_of(request), "load", session_of(request), model=choice)
 
 
-def after_load(ctx: UiContext, values: dict[str, Any], request: Any) -> list[Any]:
+def after_load(ctx: UiContext, values: dict[str, Any], request: Any, fit: bool = False) -> list[Any]:
     """After a load, whatever its outcome: the status for this tab's choice, and the refused override (if the
-    load was refused for one) back at "From checkpoint"."""
-    refused = ctx.take_refusal(getattr(request, "session_hash", None))
-    resets = [
-        gr.update(value=choices.FROM_CHECKPOINT) if role.value == refused else gr.skip() for role in OVERRIDE_ROLES
-    ]
-    if refused is not None:
-        values = {**values, refused: choices.FROM_CHECKPOINT}
-    return [status_html(ctx, values), *resets]
+    load was refused for one) back at "From checkpoint"; with `fit`, also every override the checkpoint's
+    family cannot take."""
+    refused = {ctx.take_refusal(getattr(request, "session_hash", None))}
+    if fit:
+        fitted = fitting_overrides(ctx, values)
+        refused |= {role.value for role in OVERRIDE_ROLES if fitted[role.value] != values.get(role.value)}
+    reset = [role.value in refused and values.get(role.value) != choices.FROM_CHECKPOINT for role in OVERRIDE_ROLES]
+    cleared = {role.value: choices.FROM_CHECKPOINT for role, r in zip(OVERRIDE_ROLES, reset, strict=True) if r}
+    values = {**values, **cleared}
+    updates = [gr.update(value=choices.FROM_CHECKPOINT) if r else gr.skip() for r in reset]
+    return [status_html(ctx, values), *updates]
 
 
 def empty_updates(ctx: UiContext) -> tuple[Any, Any, Any]:

@@ -17,7 +17,7 @@ from webui.engine.samplers import DISTILLED_PRESET, SAMPLER_NAMES, SAMPLERS, SCH
 from webui.ui import adapter, choices, families, lora_stack, runner, second_pass_widgets
 from webui.ui.context import GPU, UiContext, owner_of, session_of
 from webui.ui.lora_stack import LoraStack
-from webui.ui.model_bar import ModelBar, after_load, initial_checkpoint, noting_refusal, status_html
+from webui.ui.model_bar import ModelBar, initial_checkpoint, noting_refusal, status_html
 from webui.ui.preferences import FAMILY_SAMPLER, REQUEST_DEFAULTS, Preferences
 
 MAX_SIDE_UI = adapter.MAX_SIDE_UI
@@ -339,8 +339,7 @@ def build_tab(ctx: UiContext, bar: ModelBar) -> Txt2ImgTab:
                 lambda current: _finished(ctx, values, current.result, stack, outputs, missing),
             )
 
-    selection = list(bar.selection)
-    generate.click(
+    generated = generate.click(
         adapter.by_name(list(fields), run),
         inputs=list(fields.values()),
         outputs=outputs,
@@ -349,13 +348,8 @@ def build_tab(ctx: UiContext, bar: ModelBar) -> Txt2ImgTab:
         concurrency_limit=1,
         show_progress="minimal",
         show_progress_on=[progress],
-    ).then(  # a component the load refused goes back to "From checkpoint"; the bar shows where things stand
-        adapter.by_name(selection, lambda values, request: after_load(ctx, values, request)),
-        inputs=list(bar.selection.values()),
-        outputs=[bar.status, *bar.overrides.values()],
-        api_visibility="private",
-        queue=False,
     )
+    bar.after(ctx, generated)  # a component the load refused goes back to "From checkpoint"
 
     def stop(request: gr.Request) -> str:
         """Interrupt this user's jobs (running or waiting); other users' jobs go on."""
@@ -465,9 +459,7 @@ def _wire_helpers(
     )
     for side in (width, height):
         side.change(
-            lambda checkpoint, w, h: preset_value(
-                families.size_presets(choices.checkpoint_entry(ctx.library, checkpoint)), w, h
-            ),
+            presets_for,
             inputs=[bar.checkpoint, width, height],
             outputs=preset,
             trigger_mode="always_last",
