@@ -86,3 +86,26 @@ def test_generate_names_the_file_it_picks_reports_lora_problems_and_shows_progre
     assert len(result["images"]) == 1 and [r["name"] for r in result["loras"]] == ["nope"]
     assert result["loras"][0]["error"] and "warning: LoRA nope was not applied" in err
     assert "note:" not in err and "txt2img" not in err  # the full file name picks one; --json: no bar
+
+
+def test_the_api_lists_lora_problems_in_its_warnings_as_the_cli_and_ui_do(tiny_models_dir):
+    from webui.api.translate import Txt2ImgPlan, txt2img_info
+    from webui.engine.lora import LoraReport, lora_warnings
+    from webui.engine.pipelines import ModelChoice
+    from webui.engine.request import GenerationRequest, GenerationResult
+
+    request = GenerationRequest(model=ModelChoice(tiny_models_dir / "checkpoints" / "tiny-sd1.safetensors"))
+    reports = (
+        LoraReport("nope", error="no lora model named 'nope'"),
+        LoraReport("half", applied=3, unapplied=2, examples=("lora_unet_x",)),
+        LoraReport("fine", applied=5),
+    )
+    result = GenerationResult(images=(), loras=reports)
+    info = txt2img_info(Txt2ImgPlan(request, "DPM++ 2M", warnings=("s_churn: ignored",)), result, 0.0)
+    lines = lora_warnings(reports)
+    assert lines == [
+        "LoRA nope was not applied: no lora model named 'nope'",
+        "LoRA half: 2 of its modules matched nothing in this model and were not applied (e.g. lora_unet_x); 3 were",
+    ]
+    assert info["warnings"] == ["s_churn: ignored", *lines]
+    assert [r["name"] for r in info["loras"]] == ["nope", "half", "fine"]
