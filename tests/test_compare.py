@@ -291,7 +291,7 @@ def test_a_mismatched_component_becomes_an_error_cell(tiny_models_dir, resolve, 
     job = CompareJob(base, parse_axis("text-encoder=Automatic,tiny-sd2-open-clip-h"))
     done, mismatched = run_compare(engine, job, resolve).cells
     assert done.status is CellStatus.DONE
-    assert mismatched.status is CellStatus.ERROR and "clip_l" in mismatched.error and mismatched.load_seconds >= 0
+    assert mismatched.status is CellStatus.ERROR and "CLIP-L" in mismatched.error and mismatched.load_seconds >= 0
 
 
 def test_compare_command_prints_grids_and_cells_as_json(tiny_models_dir, tmp_path, capsys):

@@ -289,8 +289,8 @@ def test_kohya_lora_names_and_metadata_follow_sd_scripts(tiny_models_dir):
         k.startswith("lora_te") for k in load_file(tiny_models_dir / "loras/tiny-sdxl-kohya-unet-only.safetensors")
     )
     sd1 = load_file(tiny_models_dir / "loras/tiny-sd1-kohya.safetensors")
-    assert "lora_unet_down_blocks_1_attentions_0_proj_in.lora_down.weight" in sd1
-    assert sd1["lora_unet_down_blocks_1_attentions_0_proj_in.lora_down.weight"].ndim == 4  # 1x1 conv in SD1
+    assert "lora_unet_down_blocks_0_attentions_0_proj_in.lora_down.weight" in sd1
+    assert sd1["lora_unet_down_blocks_0_attentions_0_proj_in.lora_down.weight"].ndim == 4  # 1x1 conv in SD1
     assert "lora_te_text_model_encoder_layers_0_self_attn_k_proj.lora_up.weight" in sd1
     with safe_open(tiny_models_dir / "loras/tiny-sdxl-kohya.safetensors", "pt") as f:
         meta = f.metadata()
@@ -298,7 +298,7 @@ def test_kohya_lora_names_and_metadata_follow_sd_scripts(tiny_models_dir):
     assert json.loads(meta["ss_tag_frequency"])["10_dataset"]["tinytrigger"] == 12
     peft = load_file(tiny_models_dir / "loras/tiny-sd1-peft.safetensors")
     assert "text_encoder.text_model.encoder.layers.0.self_attn.q_proj.lora_A.weight" in peft
-    assert "unet.down_blocks.1.attentions.0.transformer_blocks.0.attn2.to_k.lora_B.weight" in peft
+    assert "unet.down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_k.lora_B.weight" in peft
 
 
 def test_embeddings_have_the_a1111_and_sdxl_shapes(tiny_models_dir):

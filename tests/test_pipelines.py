@@ -141,7 +141,7 @@ def test_mismatched_component_is_refused_and_the_previous_model_still_generates(
     sd1 = ModelChoice(tiny_models_dir / "checkpoints/tiny-sd1.safetensors")
     engine.manager.load(sd1)
     wrong_te = ModelChoice(sd1.checkpoint, text_encoder=tiny_models_dir / "text_encoders/tiny-sdxl-clip-g.safetensors")
-    with pytest.raises(ModelLoadError, match="tiny-sdxl-clip-g.*(open_clip_g|clip_l)"):
+    with pytest.raises(ModelLoadError, match="tiny-sdxl-clip-g.*(OpenCLIP-bigG|CLIP-L)"):
         engine.manager.load(wrong_te)
     wrong_unet = ModelChoice(sd1.checkpoint, unet=tiny_models_dir / "diffusion_models/tiny-sdxl-unet.safetensors")
     with pytest.raises(ModelLoadError, match="SD1"):

@@ -13,7 +13,7 @@ from webui.families import Family
 from webui.testing.tiny_models import tiny_pipeline
 
 STEPS = 4
-SIZE = 32
+SIZE = 64
 SEED = 3
 
 

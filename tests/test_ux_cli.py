@@ -15,11 +15,11 @@ from webui.cli import main
 FAST = ["--width", "32", "--height", "32", "--steps", "2", "--seed", "5"]
 
 
-def test_bad_flags_are_refused_by_name_before_torch_loads(tiny_models_dir):
+def test_bad_flags_are_refused_by_name_before_torch_loads(tiny_models_dir, tmp_path):
     cases = [
         (["--steps", "0"], "--steps: 0 is out of range"),
         (["--width", "8"], "--width: 8 is out of range; allowed 16..4096"),
-        (["--cfg", "99"], "--cfg: 99.0 is out of range"),
+        (["--cfg", "101"], "--cfg: 101.0 is out of range"),
         (["--sampler", "Eulr"], "--sampler: unknown sampler 'Eulr'; did you mean 'Euler'?"),
         (["--schedule", "Fancy"], "--schedule: unknown 'Fancy'"),
         (["--lora", "tiny-sd1-kohya:20"], "--lora tiny-sd1-kohya: unet_weight 20.0 is out of range"),
@@ -31,14 +31,15 @@ def test_bad_flags_are_refused_by_name_before_torch_loads(tiny_models_dir):
         "for flags in json.loads(sys.argv[1]):\n"
         "    err = io.StringIO()\n"
         "    with contextlib.redirect_stderr(err):\n"
-        "        code = main(['generate', '--models-dir', sys.argv[2], '--checkpoint', 'tiny-sd1', *flags])\n"
+        "        code = main(['generate', '--models-dir', sys.argv[2], '--outputs-dir', sys.argv[3],\n"
+        "                     '--checkpoint', 'tiny-sd1', *flags])\n"
         "    out.append([code, err.getvalue()])\n"
         "loaded = {name: name in sys.modules for name in ('torch', 'diffusers')}\n"
         "print(json.dumps({'results': out, **loaded}))\n"
     )
     flags = json.dumps([case[0] for case in cases])
     done = subprocess.run(
-        [sys.executable, "-c", script, flags, str(tiny_models_dir)],
+        [sys.executable, "-c", script, flags, str(tiny_models_dir), str(tmp_path)],
         capture_output=True,
         text=True,
         check=True,

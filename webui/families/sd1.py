@@ -86,11 +86,11 @@ UNET_BLOCKS = (
 # A1111's default sampler and schedule since 1.9 ("DPM++ 2M", whose Automatic schedule is Karras), for every SD family.
 A1111_SAMPLING = SchedulerSpec(default_sampler="DPM++ 2M", default_schedule="Karras")
 SD1_SIZES = ((512, 512), (512, 768), (768, 512), (640, 512), (512, 640))
-# The tiny UNet's blocks (TINY_SPEC.md): attention on the second level only. With the VAE's real 8x factor a
-# 512x512 image has a 64x64 latent; self-attention over its 4096 positions would cost 6x the whole rest of a step.
+# The tiny UNet's blocks (TINY_SPEC.md): attention on the first level, as SD1/SD2 attend at the latent's full
+# resolution (prompts then act on the last steps' detail too, as they do in the real models).
 TINY_SD_BLOCKS = frozen(
-    down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-    up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+    down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+    up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
 )
 TINY_WRITER = "webui.testing.tiny:write_unet_family"
 # Real SD1 configs narrowed and made shallower: about 230 M parameters, a 460 MB fp16 checkpoint.

@@ -268,7 +268,7 @@ def noting_refusal(ctx: UiContext, request: Any) -> Iterator[None]:
     except (runner.JobFailed, ValueError) as error:
         role = getattr(error, "role", None)
         if role is not None:
-            ctx.note_refusal(getattr(request, "session_hash", None), role.value)
+            ctx.note_refusal(session_of(request), role.value)
         raise
 
 
@@ -289,7 +289,7 @@ def after_load(ctx: UiContext, values: dict[str, Any], request: Any, fit: bool =
     """After a load, whatever its outcome: the status for this tab's choice, and the refused override (if the
     load was refused for one) back at "From checkpoint"; with `fit`, also every override the checkpoint's
     family cannot take."""
-    refused = {ctx.take_refusal(getattr(request, "session_hash", None))}
+    refused = {ctx.take_refusal(session_of(request))}
     if fit:
         fitted = fitting_overrides(ctx, values)
         refused |= {role.value for role in OVERRIDE_ROLES if fitted[role.value] != values.get(role.value)}
