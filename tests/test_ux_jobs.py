@@ -89,6 +89,48 @@ def test_the_queue_line_tells_mine_from_anothers_and_counts_the_running_job_firs
         queue.stop(timeout=10)
 
 
+class TwoEngineQueue(JobQueue):
+    """A queue as a spread-out engine has it (`webui.cluster`): one worker per replica, here two."""
+
+    @property
+    def workers(self) -> int:
+        return 2
+
+
+def test_the_queue_line_with_two_replicas_names_each_running_job_and_counts_both_first():
+    queue = TwoEngineQueue(engine=None)
+    release = threading.Event()
+    mine = queue.submit_call(blocking(release), "me", "txt2img")
+    theirs = queue.submit_call(blocking(release), "bob", "compare")
+    queue.start()
+    try:
+        while not (mine.state is theirs.state is JobState.RUNNING):
+            time.sleep(0.01)
+        queue.submit_call(blocking(release), "me", "compare")
+        text, interruptible = queue_text(queue, "me")
+        assert text == "Studio: running your txt2img; busy with another user's job; your Compare grid is #3 in line"
+        assert interruptible
+        assert queue_text(queue, "carol") == ("Studio: busy with 2 jobs of other users", False)
+    finally:
+        release.set()
+        queue.stop(timeout=10)
+
+
+def test_with_replicas_the_bar_shows_the_tabs_choice_and_whether_a_replica_holds_it(context, tiny_models_dir):
+    from webui.cluster.control import ReplicaRecord
+    from webui.cluster.routing import model_id
+    from webui.ui.model_bar import status_html
+
+    now = time.time()
+    held = model_id(ModelChoice(tiny_models_dir / "checkpoints" / "tiny-sd2.safetensors"))
+    records = [ReplicaRecord("4kq2m0xv", "10.0.0.5", "a", now, now, models=[held], loads=1)]
+    front = SimpleNamespace(library=context.library, queue=SimpleNamespace(replicas=lambda: records))
+    text = status_html(front, {"checkpoint": "tiny-sd2.safetensors"})
+    head, replicas = text.split('<div class="model-engine">')
+    assert "<b>tiny-sd2</b> · held by a replica" in head and "4kq2m0xv on 10.0.0.5: holds tiny-sd2" in replicas
+    assert "<b>tiny-sd1</b> · loads on Generate" in status_html(front, {"checkpoint": "tiny-sd1.safetensors"})
+
+
 def test_the_bar_shows_the_tabs_choice_and_apart_what_the_engine_holds(context, tiny_models_dir):
     from webui.ui.model_bar import status_html
 
