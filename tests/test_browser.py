@@ -140,6 +140,7 @@ def test_typed_prompt_generates_an_image_shown_and_saved_with_infotext(page, app
     with Image.open(path) as image:
         assert image.size == (32, 32) and image.text["parameters"] == infotext
     expect(page.locator("#model-status")).to_contain_text("cache: 3 components")
+    expect(page.locator("#queue-status")).to_have_text("Studio idle")  # the queue line follows within a second
     shot(page, "txt2img", readme=True)
 
 

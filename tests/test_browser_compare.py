@@ -55,6 +55,7 @@ def test_checkpoints_by_cfg_grid_cells_slider_and_send_back(page):
     expect(page.locator("#compare-slider img")).to_have_count(2)
     page.locator("#compare-cells .thumbnail-item").nth(3).click()
     expect(page.locator("#compare-cell-infotext textarea")).to_have_value(re.compile(r"CFG scale: 7,.*Model: tiny-sd2"))
+    expect(page.locator("#queue-status")).to_have_text("Studio idle")
     shot(page, "compare", readme=True)
     page.locator("#compare-send-txt2img").click()
     expect(page.get_by_role("tab", name="txt2img")).to_have_attribute("aria-selected", "true")
