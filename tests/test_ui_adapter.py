@@ -203,3 +203,40 @@ def test_img2img_values_carry_the_input_image_and_name_a_missing_one(library):
     assert request.img2img.resize_mode == "Resize and fill" and request.img2img.denoising_strength == 0.3
     with pytest.raises(ValueError, match="init_image"):
         adapter.build_request(request_values({**VALUES, **tab, "init_image": None}), library)
+
+
+def test_a_users_mistake_is_one_log_line_and_a_bug_keeps_its_traceback(library, caplog):
+    """No model, a refused component (through the queue), an out-of-range setting: one warning line each, no
+    traceback, from the UI or the queue; an unexpected error is logged with its traceback."""
+    import logging
+
+    from webui.engine.jobs import JobQueue
+    from webui.engine.pipelines import ModelLoadError
+    from webui.models.kinds import Role
+    from webui.ui import runner
+
+    def refused(_engine, _progress, _cancel):
+        raise ModelLoadError("tiny-sd2-open-clip-h.safetensors: SD1.x models take CLIP-L", Role.TEXT_ENCODER)
+
+    queue = JobQueue(engine=None)
+    queue.start()
+    caplog.set_level(logging.INFO)
+    try:
+        mistakes = {
+            "Generation": lambda: adapter.model_choice({"checkpoint": None}, library),
+            "Loading the model": lambda: runner.call(queue, refused, "me", "load"),
+            "Saving settings": lambda: (_ for _ in ()).throw(ValueError("RAM for cached models (GB): -5 < 0")),
+        }
+        for action, mistake in mistakes.items():
+            caplog.clear()
+            with pytest.raises(gr.Error), adapter.shown_in_ui(action):
+                mistake()
+            records = [r for r in caplog.records if r.levelno >= logging.WARNING]
+            assert len(records) == 1 and records[0].exc_info is None, (action, records)
+            assert records[0].getMessage().startswith(f"{action} failed: ")
+        caplog.clear()
+        with pytest.raises(gr.Error), adapter.shown_in_ui("Generation"):
+            raise RuntimeError("boom")
+        assert [r.exc_info is not None for r in caplog.records if r.levelno >= logging.WARNING] == [True]
+    finally:
+        queue.stop(timeout=10)
