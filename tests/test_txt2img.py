@@ -104,8 +104,12 @@ def test_batch_image_equals_the_same_seed_generated_alone(engine, tiny_models_di
     alone = engine.generate(
         GenerationRequest(model=sd1(tiny_models_dir), prompt="red hat", steps=2, width=32, height=32, seed=12)
     )
-    assert np.array_equal(pixels(batch.images[2].path), pixels(alone.images[0].path))
-    assert not np.array_equal(pixels(batch.images[0].path), pixels(batch.images[1].path))
+    # The same seed, the same image: equal up to float rounding, since a CPU runs a batch of 2 through kernels
+    # blocked differently from a batch of 1 (one 8-bit level at a few pixels); another seed differs everywhere.
+    difference = np.abs(pixels(batch.images[2].path).astype(int) - pixels(alone.images[0].path).astype(int))
+    assert difference.max() <= 1 and (difference > 0).mean() < 0.01
+    other = np.abs(pixels(batch.images[0].path).astype(int) - pixels(batch.images[1].path).astype(int))
+    assert other.mean() > 5
     names = [i.path.name for i in batch.images]
     assert names == sorted(names) and len(set(names)) == 4  # numbered, never overwriting
 
