@@ -3,6 +3,7 @@ Generate, the image and its infotext (Distilled CFG Scale, the components)."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -47,12 +48,16 @@ def pick_component(page, elem_id: str, option: str) -> None:
 def test_modular_flux_from_the_components_tab_generates_with_forge_infotext(page, app):
     pick(page, "model-checkpoint", "None: components only")
     page.locator("#tab-components-button, button:has-text('Components')").first.click()
-    pick_component(page, "component-unet", "tiny-flux-dev.safetensors")
-    pick_component(page, "component-text-encoder", "tiny-flux-clip-l.safetensors")
-    pick_component(page, "component-text-encoder-2", "tiny-flux-t5xxl-fp16.safetensors")
-    pick_component(page, "component-vae", "tiny-flux-ae.safetensors")
+    # each option is labelled with what the file is (the UNet's family, the encoder, the VAE's latent space)
+    pick_component(page, "component-unet", "tiny-flux-dev.safetensors (FLUX.1)")
+    pick_component(page, "component-text-encoder", "tiny-flux-clip-l.safetensors (CLIP-L)")
+    pick_component(page, "component-text-encoder-2", "tiny-flux-t5xxl-fp16.safetensors (T5)")
+    pick_component(page, "component-vae", "tiny-flux-ae.safetensors (16-channel VAE: SD3/FLUX.1)")
     page.locator("#components-apply").click()
-    expect(page.locator("#model-status")).to_contain_text("tiny-flux-dev loaded")
+    expect(page.locator("#model-status")).to_contain_text(
+        re.compile(r"^\s*tiny-flux-dev · Text encoder: tiny-flux-clip-l\.safetensors · .* loaded in")
+    )
+    expect(page.locator("[data-testid='toast-body']")).to_have_count(0)  # "None" alone loaded nothing, no error
     page.locator("button:has-text('txt2img')").first.click()
     expect(page.locator("#txt2img-distilled-cfg")).to_be_visible()  # guidance-distilled: Forge's slider
     expect(page.locator("#txt2img-cfg input[type=number]")).to_have_value("1")  # FLUX.1 starts at CFG 1

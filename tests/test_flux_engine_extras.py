@@ -26,7 +26,7 @@ def test_live_previews_and_interrupt(tiny_models_dir, tmp_path):
     result = engine.generate(request(tiny_models_dir, 3), progress=seen.append, preview_every=1)
     previews = [p.preview for p in seen if p.preview is not None]
     assert len(previews) == 3 and len(result.images) == 1
-    assert previews[0].size == (24, 16)  # the unpacked latent (48x32 over the tiny VAE's 2x), not the 2x2 packing
+    assert previews[0].size == (6, 4)  # the unpacked latent (48x32 over the VAE's 8x), not the 2x2 packing (3x2)
     for partial, images in ((True, 1), (False, 0)):
         cancel, steps = CancelToken(), []
 

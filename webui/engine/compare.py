@@ -8,7 +8,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -21,6 +21,7 @@ from webui.engine.infotext import format_infotext
 from webui.engine.outputs import day_folder
 from webui.engine.progress import CancelToken, Progress
 from webui.engine.request import GenerationRequest
+from webui.engine.samplers import default_sampling, is_family_default
 
 if TYPE_CHECKING:
     from webui.engine.txt2img import Engine
@@ -203,6 +204,7 @@ def _run_cell(
         if merges is not None and request.model.checkpoint is not None:
             if not merges.ensure(request.model.checkpoint, cancel):
                 return CellResult(cell, CellStatus.INTERRUPTED, load_seconds=time.perf_counter() - started)
+        request = _family_sampling(engine, request)
         result = engine.generate(request, callback, cancel, preview_every, strict_loras=True, partial=False)
     except CELL_ERRORS as error:  # a failed load or a refused LoRA: the time spent finding out counts as loading
         return _failed(cell, error, load_seconds=time.perf_counter() - started)
@@ -211,6 +213,19 @@ def _run_cell(
         return CellResult(cell, CellStatus.INTERRUPTED, load_seconds=load_seconds)
     image = result.images[0]
     return CellResult(cell, CellStatus.DONE, image.path, image.infotext, result.timings.get("total"), load_seconds)
+
+
+def _family_sampling(engine: Engine, request: GenerationRequest) -> GenerationRequest:
+    """A cell left at a family's default sampler and schedule takes its own model's family default (an SD1 cell
+    A1111's DPM++ 2M with Karras, a FLUX.1 cell Euler), as the txt2img tab switches with the checkpoint; a sampler
+    the user chose stays, and a model that cannot take it says so. Raises ModelLoadError for a choice no family
+    fits (the cell's error)."""
+    if not is_family_default(request.sampler, request.schedule):
+        return request
+    sampler, schedule = default_sampling(engine.manager.family_of(request.model))
+    if (sampler, schedule) == (request.sampler, request.schedule):
+        return request
+    return replace(request, sampler=sampler, schedule=schedule)
 
 
 def _failed(cell: Cell, error: Exception, load_seconds: float) -> CellResult:

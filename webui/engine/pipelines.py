@@ -180,6 +180,11 @@ class PipelineManager:
             )
         return ComponentSource(path)
 
+    def family_of(self, choice: ModelChoice) -> Family:
+        """The family `choice` loads as (its UNet/transformer file's, else its checkpoint's), from file headers
+        alone. Raises ModelLoadError as `load` would for a choice it cannot plan."""
+        return self._plan(choice)[0]
+
     def _plan(
         self, choice: ModelChoice
     ) -> tuple[Family, Identity | None, dict[Role, ComponentSource], dict[Role, Path], ModelChoice]:

@@ -162,6 +162,13 @@ def default_sampling(family: Family | None) -> tuple[str, str]:
     return spec.default_sampler or "DPM++ 2M", spec.default_schedule
 
 
+def is_family_default(sampler: str | None, schedule: str | None) -> bool:
+    """Whether (sampler, schedule) is some registered family's default (so not a user's own pick)."""
+    from webui.families import registered
+
+    return (sampler, schedule) in {default_sampling(family) for family in registered()}
+
+
 def _choices(values: Sequence[str]) -> str:
     return ", ".join(repr(v) for v in values)
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import re
 
-from webui.engine.samplers import LCM_PRESET, TURBO_PRESET, DistilledPreset, default_sampling
-from webui.families import DESCRIPTIONS, Family, registered
+from webui.engine.samplers import LCM_PRESET, TURBO_PRESET, DistilledPreset
+from webui.families import DESCRIPTIONS, Family
 from webui.models.kinds import Prediction
 from webui.models.library import ModelEntry
 
@@ -93,8 +93,3 @@ def badge(entry: ModelEntry | None) -> str:
     if distilled_preset(entry) is not None:
         parts.append("distilled")
     return " · ".join(parts)
-
-
-def is_family_default(sampler: str | None, schedule: str | None) -> bool:
-    """Whether (sampler, schedule) is some registered family's default (so not a user's own pick)."""
-    return (sampler, schedule) in {default_sampling(family) for family in registered()}

@@ -46,6 +46,9 @@ class ModelBar:
         quiet = {"api_visibility": "private", "queue": False, "show_progress": "hidden"}
 
         def load(values: dict[str, Any], request: Any) -> None:
+            unet = values.get("unet")
+            if values.get("checkpoint") == choices.NO_CHECKPOINT and unet in (None, "", choices.FROM_CHECKPOINT):
+                return  # components only, none picked yet: nothing to load, the status says what to choose
             load_selection(ctx, fitting_overrides(ctx, values) if fit else values, request)
 
         def loading(values: dict[str, Any], _request: Any) -> str:
@@ -122,7 +125,7 @@ def _choice_text(choice: Any) -> str:
     parts = [f"<b>{html.escape(choice.name)}</b>"]
     for role in OVERRIDE_ROLES:
         path = choice.override(role)
-        if path is not None:
+        if path is not None and not (role is Role.UNET and choice.checkpoint is None):  # the UNet names the model
             parts.append(f"{choices.ROLE_LABELS[role]}: {html.escape(path.name)}")
     return " · ".join(parts)
 

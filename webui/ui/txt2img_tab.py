@@ -13,7 +13,14 @@ from webui.engine.lora import LoraReport, lora_warnings
 from webui.engine.progress import Progress
 from webui.engine.prompt_plan import count_prompt_tokens
 from webui.engine.request import MAX_STEPS, MIN_SIDE, GenerationResult
-from webui.engine.samplers import DISTILLED_PRESET, SAMPLER_NAMES, SAMPLERS, SCHEDULE_TYPES, supported_schedules
+from webui.engine.samplers import (
+    DISTILLED_PRESET,
+    SAMPLER_NAMES,
+    SAMPLERS,
+    SCHEDULE_TYPES,
+    is_family_default,
+    supported_schedules,
+)
 from webui.ui import adapter, choices, families, lora_stack, runner, second_pass_widgets
 from webui.ui.context import GPU, UiContext, owner_of, session_of
 from webui.ui.lora_stack import LoraStack
@@ -488,7 +495,7 @@ def _wire_helpers(
         if distilled_on:
             updates[2] = False
             return updates + sampling_values(*wanted, prefs.steps, prefs.cfg_scale)
-        if prefs.sampler == FAMILY_SAMPLER and (sampler, schedule) != wanted and families.is_family_default(
+        if prefs.sampler == FAMILY_SAMPLER and (sampler, schedule) != wanted and is_family_default(
             sampler, schedule
         ):
             return updates + [*sampling_values(*wanted, 0, 0)[:2], gr.skip(), gr.skip()]
@@ -519,6 +526,23 @@ def _wire_helpers(
         picker.input(
             adapter.by_name(["checkpoint", "unet"], family_start), inputs=hint_inputs, outputs=start_outputs, **quiet
         )
+
+    def unet_picked(values: dict[str, Any], _request: Any) -> list[Any]:
+        """A UNet / transformer picked by hand in Components (a FLUX.1 model of split files): its family's
+        sampler and schedule when the page still shows a family default, as for a checkpoint pick."""
+        entry = choices.model_entry(ctx.library, values.get("checkpoint"), values.get("unet"))
+        wanted = ctx.prefs.sampling_for(entry.family if entry is not None else None)
+        shown = (values.get("sampler"), values.get("schedule"))
+        if ctx.prefs.sampler == FAMILY_SAMPLER and shown != wanted and is_family_default(*shown):
+            return sampling_values(*wanted, 0, 0)[:2]
+        return [gr.skip(), gr.skip()]
+
+    bar.overrides["unet"].input(
+        adapter.by_name(["checkpoint", "unet", "sampler", "schedule"], unet_picked),
+        inputs=[bar.checkpoint, bar.overrides["unet"], sampler, schedule],
+        outputs=[sampler, schedule],
+        **quiet,
+    )
 
     preset_outputs = [fields[name] for name in DISTILLED_FIELDS]
     bar.checkpoint.input(
