@@ -100,3 +100,22 @@ def test_tiny_models_generate_at_the_ui_default_size_and_steps(context):
         pixels = np.asarray(png)
     assert png.size == (defaults["width"], defaults["height"]) and pixels.std() > 1
     assert "Steps: 20, Sampler: DPM++ 2M, Schedule type: Karras," in image.infotext
+
+
+def test_a_compare_cell_at_a_family_default_takes_its_own_models_default(tiny_models_dir):
+    """An SD1 and a FLUX.1 checkpoint in one grid: the base's A1111 default (DPM++ 2M, Karras) becomes Euler for
+    the FLUX.1 cell; a sampler the user chose is kept (and the cell then says it does not apply)."""
+    from types import SimpleNamespace
+
+    from webui.engine.compare import cell_sampling
+    from webui.engine.pipelines import PipelineManager
+
+    engine = SimpleNamespace(manager=PipelineManager(tiny_models_dir))
+    sd1 = ModelChoice(tiny_models_dir / "checkpoints/tiny-sd1.safetensors")
+    flux = ModelChoice(tiny_models_dir / "checkpoints/tiny-flux-dev-aio.safetensors")
+    base = GenerationRequest(model=sd1, prompt="a hat", sampler="DPM++ 2M", schedule="Karras", steps=2)
+    assert cell_sampling(engine, base) is base
+    flux_cell = cell_sampling(engine, GenerationRequest(**{**vars(base), "model": flux}))
+    assert (flux_cell.sampler, flux_cell.schedule) == default_sampling(Family.FLUX) == ("Euler", "Automatic")
+    chosen = GenerationRequest(model=flux, prompt="a hat", sampler="Euler a", schedule="Karras", steps=2)
+    assert cell_sampling(engine, chosen) is chosen

@@ -204,7 +204,7 @@ def _run_cell(
         if merges is not None and request.model.checkpoint is not None:
             if not merges.ensure(request.model.checkpoint, cancel):
                 return CellResult(cell, CellStatus.INTERRUPTED, load_seconds=time.perf_counter() - started)
-        request = _family_sampling(engine, request)
+        request = cell_sampling(engine, request)
         result = engine.generate(request, callback, cancel, preview_every, strict_loras=True, partial=False)
     except CELL_ERRORS as error:  # a failed load or a refused LoRA: the time spent finding out counts as loading
         return _failed(cell, error, load_seconds=time.perf_counter() - started)
@@ -215,7 +215,7 @@ def _run_cell(
     return CellResult(cell, CellStatus.DONE, image.path, image.infotext, result.timings.get("total"), load_seconds)
 
 
-def _family_sampling(engine: Engine, request: GenerationRequest) -> GenerationRequest:
+def cell_sampling(engine: Engine, request: GenerationRequest) -> GenerationRequest:
     """A cell left at a family's default sampler and schedule takes its own model's family default (an SD1 cell
     A1111's DPM++ 2M with Karras, a FLUX.1 cell Euler), as the txt2img tab switches with the checkpoint; a sampler
     the user chose stays, and a model that cannot take it says so. Raises ModelLoadError for a choice no family

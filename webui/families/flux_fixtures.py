@@ -3,7 +3,7 @@
 Interface widths stay real: 16 latent channels packed 2×2 into `img_in` (64), CLIP-L 768 into `vector_in`,
 T5 4096 into `txt_in`, 128-wide attention heads with rope axes (16, 56, 56). Everything else is tiny: two
 heads (width 256), one double and two single blocks, a one-layer T5 with two heads and a 32-wide gated MLP,
-a two-level 16-channel VAE without quant convs (as the `ae`). Transformer and T5 weights are rounded to
+a four-level (8x) 16-channel VAE without quant convs (as the `ae`). Transformer and T5 weights are rounded to
 fp8-e4m3fn-exact values, so the bf16, fp16, fp8 and scaled-fp8 files (scales are powers of two) hold the
 same numbers and give the same pixels; GGUF Q8_0 files are compared with their own dequantised weights.
 """
