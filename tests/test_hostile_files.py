@@ -101,7 +101,7 @@ def test_the_app_opens_over_a_models_folder_of_broken_files(tmp_path):
     context.library.refresh()  # the Refresh button
 
 
-def test_the_cli_says_what_went_wrong_for_an_unexpected_error(monkeypatch, capsys):
+def test_the_cli_says_what_went_wrong_for_an_unexpected_error(monkeypatch, capsys, tmp_path):
     from webui import cli
     from webui.models import library
 
@@ -109,7 +109,7 @@ def test_the_cli_says_what_went_wrong_for_an_unexpected_error(monkeypatch, capsy
         raise KeyError(5)
 
     monkeypatch.setattr(library.ModelLibrary, "scan", broken_scan)
-    assert cli.main(["models", "--models-dir", "nowhere"]) == 2
+    assert cli.main(["models", "--models-dir", str(tmp_path)]) == 2  # a folder that exists: the scan is reached
     error = capsys.readouterr().err
     assert "KeyError" in error and error.strip() != "error: 5"
 

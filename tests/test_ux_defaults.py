@@ -14,6 +14,9 @@ from webui.engine.pipelines import ModelChoice
 from webui.engine.request import GenerationRequest
 from webui.engine.samplers import SCHEDULE_TYPES, default_sampling, supported_schedules
 from webui.families import Family, registered
+from webui.families.base import SchedulerKind
+from webui.ui import choices, families
+from webui.ui.model_bar import initial_checkpoint
 from webui.ui.preferences import FAMILY_SAMPLER, Preferences, PreferencesStore
 
 A1111_DEFAULT = ("DPM++ 2M", "Karras")  # A1111 1.9+: DPM++ 2M, whose Automatic schedule is Karras
@@ -32,19 +35,24 @@ def context(tiny_models_dir, tmp_path_factory):
 
 def test_every_noise_prediction_family_starts_from_a1111s_default_sampler_and_schedule():
     supported = [f for f in registered() if f.supported]
-    assert {Family.SD1, Family.SD2, Family.SDXL} <= set(supported)
-    for family in supported:
+    noise = [f for f in supported if f.description.scheduler.kind is SchedulerKind.NOISE_PREDICTION]
+    assert {Family.SD1, Family.SD2, Family.SDXL} <= set(noise)
+    for family in noise:
         assert default_sampling(family) == A1111_DEFAULT, family
     assert default_sampling(None) == A1111_DEFAULT
+    assert default_sampling(Family.FLUX) == ("Euler", "Automatic")  # flow matching: Forge's FLUX.1 default
 
 
 def test_a_fresh_txt2img_page_shows_the_familys_sampler_with_every_schedule_it_takes(context):
     from webui.ui.txt2img_tab import SAMPLER_CHOICES, field_defaults, schedule_update
 
     defaults = field_defaults(context)
-    assert (defaults["sampler"], defaults["schedule"]) == A1111_DEFAULT
+    family = choices.family_of(context.library, initial_checkpoint(context))
+    assert (defaults["sampler"], defaults["schedule"]) == default_sampling(family)
+    start = families.family_settings(choices.checkpoint_entry(context.library, initial_checkpoint(context)))
+    assert all(defaults[name] == start[name] for name in ("steps", "cfg_scale") if name in start)  # FLUX.1: CFG 1
     assert defaults["sampler"] in SAMPLER_CHOICES and FAMILY_SAMPLER not in SAMPLER_CHOICES
-    offered = schedule_update(defaults["sampler"], defaults["schedule"])
+    offered = schedule_update(*A1111_DEFAULT)
     assert offered["value"] == "Karras" and set(offered["choices"]) == set(SCHEDULE_TYPES)
     assert set(supported_schedules("DPM++ 2M")) == set(SCHEDULE_TYPES)
 
@@ -84,7 +92,6 @@ def test_progress_counts_the_steps_as_set_whatever_the_samplers_model_calls(cont
 def test_tiny_models_generate_at_the_ui_default_size_and_steps(context):
     """What `python launch.py` over `make-tiny-models` gives a new user: the page's defaults, unchanged."""
     from webui.ui import adapter
-    from webui.ui.model_bar import initial_checkpoint
     from webui.ui.txt2img_tab import field_defaults
 
     defaults = field_defaults(context)
@@ -92,6 +99,7 @@ def test_tiny_models_generate_at_the_ui_default_size_and_steps(context):
     family = context.library.find(checkpoint).family
     assert (defaults["width"], defaults["height"]) == family.description.defaults.sizes[0]
     assert defaults["steps"] == 20 and defaults["width"] >= 512
+    sampler, _schedule = default_sampling(family)
     values = {**defaults, "checkpoint": checkpoint, "prompt": "a cat", "seed": 1}
     request = adapter.build_request(values, context.library)
     result = context.engine.generate(request)
@@ -99,7 +107,7 @@ def test_tiny_models_generate_at_the_ui_default_size_and_steps(context):
     with Image.open(image.path) as png:
         pixels = np.asarray(png)
     assert png.size == (defaults["width"], defaults["height"]) and pixels.std() > 1
-    assert "Steps: 20, Sampler: DPM++ 2M, Schedule type: Karras," in image.infotext
+    assert f"Steps: 20, Sampler: {sampler}," in image.infotext
 
 
 def test_a_compare_cell_at_a_family_default_takes_its_own_models_default(tiny_models_dir):

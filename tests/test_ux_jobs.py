@@ -180,8 +180,10 @@ def test_lists_sort_by_name_whatever_the_case_and_every_component_says_what_it_i
     for role in (Role.VAE, Role.UNET, Role.TEXT_ENCODER):
         labels = [label for label, value in choices.component_choices(library, role, family)[1:]]
         assert labels and all(label.endswith(")") and " (" in label for label in labels), role
-    vaes = [label for label, _ in choices.component_choices(library, Role.VAE, family)[1:]]
-    assert all(label.endswith("(SD-family VAE: SD1/SD2/SDXL)") for label in vaes)
+    vaes = dict((value, label) for label, value in choices.component_choices(library, Role.VAE, family)[1:])
+    fitting = choices.fitting_components(library, Role.VAE, family)
+    assert fitting and all(vaes[name].endswith("(SD-family VAE: SD1/SD2/SDXL)") for name in fitting)
+    assert vaes["tiny-flux-ae.safetensors"].endswith("(16-channel VAE: SD3/FLUX.1)")  # listed after, as a misfit
 
 
 def test_a_settings_error_names_the_field_as_the_page_labels_it():
