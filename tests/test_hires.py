@@ -75,26 +75,26 @@ def test_hires_pass_equals_plain_diffusers_img2img_at_the_target_on_the_upscaled
     engine, tiny_models_dir, upscaler
 ):
     hires = HiresFix(upscaler=upscaler, scale=2.0, denoising_strength=0.6, steps=4)
-    request = GenerationRequest(model=sd1(tiny_models_dir), prompt="red hat", steps=3, width=16, height=16,
-                                seed=SEED, hires=hires)  # fmt: skip
+    request = GenerationRequest(model=sd1(tiny_models_dir), prompt="red hat", steps=3, width=32, height=32,
+                                seed=SEED, hires=hires)  # fmt: skip (4x4 latents over the VAE's 8x, then 8x8)
     result = engine.generate(request)
     (image,) = result.images
     loaded = engine.manager.current
     first = plain(loaded, "StableDiffusionPipeline")
-    run = {"prompt": "red hat", "guidance_scale": 7.0, "width": 16, "height": 16, "generator": generators()}
+    run = {"prompt": "red hat", "guidance_scale": 7.0, "width": 32, "height": 32, "generator": generators()}
     if upscaler == "Lanczos":
         low = first(num_inference_steps=3, output_type="pil", **run).images[0]
-        start = encoded(loaded, low.resize((32, 32), Image.Resampling.LANCZOS))
+        start = encoded(loaded, low.resize((64, 64), Image.Resampling.LANCZOS))
     else:
         latents = first(num_inference_steps=3, output_type="latent", **run).images
-        start = torch.nn.functional.interpolate(latents, size=(16, 16), mode="bicubic", antialias=True)
+        start = torch.nn.functional.interpolate(latents, size=(8, 8), mode="bicubic", antialias=True)
     second = plain(loaded, "StableDiffusionImg2ImgPipeline")
     # A1111 runs all 4 hires steps, on a schedule stretched by the strength: 7 steps of which the last 60 % run.
     expected = second(prompt="red hat", image=start, strength=0.6, num_inference_steps=7, guidance_scale=7.0,
                       generator=generators(), output_type="pil").images[0]  # fmt: skip
-    assert Image.open(image.path).size == (32, 32)
+    assert Image.open(image.path).size == (64, 64)
     assert np.abs(pixels(image.path) - pixels(expected)).max() <= 1
-    assert f"Hires upscaler: {upscaler}" in image.infotext and "Size: 16x16" in image.infotext
+    assert f"Hires upscaler: {upscaler}" in image.infotext and "Size: 32x32" in image.infotext
     assert "Denoising strength: 0.6" in image.infotext and "Hires upscale: 2" in image.infotext
 
 
@@ -134,16 +134,16 @@ def test_img2img_at_strength_zero_returns_the_input(engine, tiny_models_dir):
 
 
 def test_img2img_equals_plain_diffusers_img2img_on_the_fitted_input(engine, tiny_models_dir):
-    source = Image.fromarray(np.random.default_rng(4).integers(0, 256, (20, 30, 3), dtype=np.uint8))
+    source = Image.fromarray(np.random.default_rng(4).integers(0, 256, (40, 60, 3), dtype=np.uint8))
     request = GenerationRequest(
-        model=sd1(tiny_models_dir), prompt="blue", steps=4, width=16, height=16, seed=SEED, sampler="Euler a",
+        model=sd1(tiny_models_dir), prompt="blue", steps=4, width=32, height=32, seed=SEED, sampler="Euler a",
         img2img=Img2Img((source,), resize_mode="Crop and resize", denoising_strength=0.5),
     )  # fmt: skip
     (image,) = engine.generate(request).images
     loaded = engine.manager.current
-    # A1111's "Crop and resize": scale to cover 16x16 (24x16 here), paste centred, the overflow cropped.
-    fitted = Image.new("RGB", (16, 16))
-    fitted.paste(source.resize((24, 16), Image.Resampling.LANCZOS), box=(-4, 0))
+    # A1111's "Crop and resize": scale to cover 32x32 (48x32 here), paste centred, the overflow cropped.
+    fitted = Image.new("RGB", (32, 32))
+    fitted.paste(source.resize((48, 32), Image.Resampling.LANCZOS), box=(-8, 0))
     second = plain(loaded, "StableDiffusionImg2ImgPipeline")
     from diffusers import EulerAncestralDiscreteScheduler
 
