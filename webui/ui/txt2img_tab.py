@@ -101,16 +101,10 @@ def sampling_for(ctx: UiContext, checkpoint: str | None) -> tuple[str, str]:
 
 def field_defaults(ctx: UiContext) -> dict[str, Any]:
     """The txt2img fields' values on a fresh page: the saved preferences (read again at every page load), the
-    family's sampler and schedule when the preference is the family default, and the steps and CFG of a family
-    that sets its own (FLUX.1: CFG 1) where Settings leave them at their defaults."""
+    family's sampler and schedule when the preference is the family default."""
     prefs = ctx.prefs
     width, height = default_size(ctx, prefs)
     values = {name: getattr(prefs, name) for name in REQUEST_DEFAULTS}
-    start = families.family_settings(choices.checkpoint_entry(ctx.library, initial_checkpoint(ctx)))
-    unchanged = Preferences()  # a default the user set in Settings wins over the family's
-    values.update(
-        {n: start[n] for n in ("steps", "cfg_scale") if n in start and values[n] == getattr(unchanged, n)}
-    )
     sampler, schedule = sampling_for(ctx, initial_checkpoint(ctx))
     return {**values, "sampler": sampler, "schedule": schedule, "width": width, "height": height}
 
