@@ -21,7 +21,6 @@ from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Any
 
-from webui.engine.samplers import SCHEDULE_TYPES, supported_schedules
 
 MAX_PROMPT_CHARS = 32_768
 MAX_PROMPT_CHUNKS = 32
@@ -108,6 +107,8 @@ def _check_range(name: str, value: float, low: float, high: float) -> None:
 def check_fields(values: Mapping[str, Any]) -> None:
     """Raise ValueError naming the first bad field among those present in `values` (request field names: those
     of RANGES, sampler, schedule)."""
+    from webui.engine.samplers import SCHEDULE_TYPES, supported_schedules  # samplers raises this module's errors
+
     for name, (low, high) in RANGES.items():
         if values.get(name) is not None:
             _check_range(name, values[name], low, high)
