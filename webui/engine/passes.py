@@ -278,8 +278,10 @@ def encode_images(
 ) -> torch.Tensor:
     """The latents (batch, C, h/8, w/8; CPU, float32) of same-sized RGB images, checked finite; a cancelled
     `cancel` raises Interrupted at the next VAE tile (or encode)."""
-    arrays = np.stack([np.asarray(image.convert("RGB"), dtype=np.float32) / 127.5 - 1.0 for image in images])
-    pixels = torch.from_numpy(arrays).permute(0, 3, 1, 2)
+    # diffusers' VaeImageProcessor arithmetic (x / 255, then 2x - 1), so the latents equal a stock pipeline's bit
+    # for bit: x / 127.5 - 1 rounds differently, and a VAE and a few sampler steps make that a visible difference.
+    arrays = np.stack([np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0 for image in images])
+    pixels = 2.0 * torch.from_numpy(arrays).permute(0, 3, 1, 2) - 1.0
     tile = _tiled(engine, images[0].width, images[0].height)
     vae = vae_item(engine, loaded)
     with interruptible([getattr(vae.module, "encoder", vae.module)], cancel):
