@@ -21,7 +21,6 @@ from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Any
 
-
 MAX_PROMPT_CHARS = 32_768
 MAX_PROMPT_CHUNKS = 32
 MAX_LORAS = 32
