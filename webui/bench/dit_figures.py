@@ -67,7 +67,8 @@ def tiny_figures(models_dir: Path, family: Family, steps: int, repeats: int, war
     plain.set_progress_bar_config(disable=True)
     guidance = engine.distilled_guidance(loaded, request)
     variant = description.variant(loaded.model_variant)
-    max_length = variant.max_sequence_length if variant is not None and variant.max_sequence_length else 512
+    max_length = variant.max_sequence_length if variant is not None and variant.max_sequence_length else None
+    max_length = max_length or description.conditioning.max_sequence_length
     results: dict[str, torch.Tensor] = {}
 
     def run_engine() -> None:
@@ -92,7 +93,15 @@ def tiny_figures(models_dir: Path, family: Family, steps: int, repeats: int, war
     cache = EmbeddingCache()
 
     def encode(prompt: str) -> None:
-        encode_with_pipeline(loaded.pipeline, prompt, "", use_negative=False, max_length=max_length, cache=cache)
+        encode_with_pipeline(
+            loaded.pipeline,
+            prompt,
+            "",
+            encode=description.conditioning.encoder(),
+            use_negative=False,
+            max_length=max_length,
+            cache=cache,
+        )
 
     encode(PROMPT)
     prompts = iter(f"{PROMPT} {i}" for i in range(10_000))

@@ -1,4 +1,4 @@
-"""Prompt embeddings from the pipeline's own `encode_prompt` (FLUX.1: T5 sequence + CLIP pooled), cached per prompt.
+"""Prompt embeddings from the pipeline's own `encode_prompt` (T5 / CLIP / LLM, as the family says), cached per prompt.
 
 Families whose description says `PipelineEncoding` take no A1111 weights or chunks: the text is what
 diffusers encodes, so the result equals plain diffusers'. The embeddings of a prompt are kept in a small
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,21 +19,35 @@ import torch
 DEFAULT_ENTRIES = 16
 
 
+Embeds = dict[str, Any]  # pipeline argument -> a tensor, or a list of tensors (one per prompt, Z-Image)
+
+
 @dataclass(frozen=True)
 class PlainConditioning:
-    """What the pipeline call takes instead of prompt strings; negatives only when true CFG uses them."""
+    """What the pipeline call takes instead of prompt strings, by its argument names (`prompt_embeds`,
+    `pooled_prompt_embeds`, `prompt_attention_mask`, ...); the negative's under `negative_<name>`, only when
+    CFG uses them."""
 
-    prompt_embeds: torch.Tensor
-    pooled_prompt_embeds: torch.Tensor
-    negative_prompt_embeds: torch.Tensor | None = None
-    negative_pooled_prompt_embeds: torch.Tensor | None = None
+    positive: Embeds
+    negative: Embeds | None = None
 
-    def as_pipeline_kwargs(self) -> dict[str, torch.Tensor]:
-        kwargs = {"prompt_embeds": self.prompt_embeds, "pooled_prompt_embeds": self.pooled_prompt_embeds}
-        if self.negative_prompt_embeds is not None:
-            kwargs["negative_prompt_embeds"] = self.negative_prompt_embeds
-            kwargs["negative_pooled_prompt_embeds"] = self.negative_pooled_prompt_embeds
+    def as_pipeline_kwargs(self) -> dict[str, Any]:
+        kwargs = dict(self.positive)
+        if self.negative is not None:
+            kwargs.update({f"negative_{name}": value for name, value in self.negative.items()})
         return kwargs
+
+
+def _moved(value: Any, device: Any) -> Any:
+    if isinstance(value, list | tuple):
+        return [item.to(device) for item in value]
+    return value.to(device)
+
+
+def _detached(value: Any) -> Any:
+    if isinstance(value, list | tuple):
+        return [item.detach().cpu() for item in value]
+    return value.detach().cpu()
 
 
 @dataclass
@@ -45,10 +59,10 @@ class EmbeddingCache:
     entries: int = DEFAULT_ENTRIES
     hits: int = 0
     misses: int = 0
-    _store: OrderedDict[Hashable, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=OrderedDict)
+    _store: OrderedDict[Hashable, Embeds] = field(default_factory=OrderedDict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def get(self, key: Hashable) -> tuple[torch.Tensor, torch.Tensor] | None:
+    def get(self, key: Hashable) -> Embeds | None:
         with self._lock:
             found = self._store.get(key)
             if found is None:
@@ -58,7 +72,7 @@ class EmbeddingCache:
             self.hits += 1
             return found
 
-    def put(self, key: Hashable, value: tuple[torch.Tensor, torch.Tensor]) -> None:
+    def put(self, key: Hashable, value: Embeds) -> None:
         with self._lock:
             self._store[key] = value
             self._store.move_to_end(key)
@@ -70,21 +84,28 @@ class EmbeddingCache:
             self._store.clear()
 
 
+Encode = Callable[[Any, str, Any, int], Embeds]
+
+
 def _encode_one(
-    pipeline: Any, prompt: str, max_length: int, cache: EmbeddingCache | None, identity: Hashable
-) -> tuple[torch.Tensor, torch.Tensor]:
+    pipeline: Any, encode: Encode, prompt: str, max_length: int, cache: EmbeddingCache | None, identity: Hashable
+) -> Embeds:
     key = (identity, max_length, prompt)
     found = cache.get(key) if cache is not None else None
     device = pipeline._execution_device  # where diffusers itself runs the encoders (offload-aware)
     if found is not None:
-        return found[0].to(device), found[1].to(device)
+        return {name: _moved(value, device) for name, value in found.items()}
     with torch.no_grad():
-        embeds, pooled, _ids = pipeline.encode_prompt(
-            prompt=prompt, prompt_2=None, device=device, num_images_per_prompt=1, max_sequence_length=max_length
-        )
+        embeds = encode(pipeline, prompt, device, max_length)
     if cache is not None:
-        cache.put(key, (embeds.detach().cpu(), pooled.detach().cpu()))
-    return embeds, pooled
+        cache.put(key, {name: _detached(value) for name, value in embeds.items()})
+    return embeds
+
+
+def _repeated(value: Any, batch: int) -> Any:
+    if isinstance(value, list | tuple):
+        return list(value) * batch
+    return value.repeat(batch, *[1] * (value.ndim - 1))
 
 
 def encode_with_pipeline(
@@ -92,6 +113,7 @@ def encode_with_pipeline(
     prompt: str,
     negative_prompt: str,
     *,
+    encode: Encode,
     use_negative: bool,
     max_length: int,
     batch: int = 1,
@@ -100,17 +122,15 @@ def encode_with_pipeline(
 ) -> PlainConditioning:
     """Embeddings for `prompt` (and `negative_prompt` when `use_negative`), each repeated `batch` times.
 
-    The texts come without extra-network tags (the engine removes them: the LoRA stack reads them); `identity`
-    names the text encoders and their LoRA state in the cache key. `max_length`: the T5 sequence length
-    (FLUX.1 dev 512, schnell 256)."""
+    `encode(pipeline, prompt, device, max_length) -> {argument: tensor}` is the family's adapter over its
+    pipeline's `encode_prompt` (`PipelineEncoding.encode`). The texts come without extra-network tags (the
+    engine removes them: the LoRA stack reads them); `identity` names the text encoders and their LoRA state in
+    the cache key. `max_length`: the T5 / LLM sequence length (FLUX.1 dev 512, schnell 256, SD3 256)."""
     if batch < 1:
         raise ValueError(f"batch: {batch} is out of range; allowed 1 and more")
-    embeds, pooled = _encode_one(pipeline, prompt, max_length, cache, identity)
-    negative = negative_pooled = None
+    positive = _encode_one(pipeline, encode, prompt, max_length, cache, identity)
+    negative = None
     if use_negative:
-        negative, negative_pooled = _encode_one(pipeline, negative_prompt, max_length, cache, identity)
-
-    def repeat(tensor: torch.Tensor | None) -> torch.Tensor | None:
-        return None if tensor is None else tensor.repeat(batch, *[1] * (tensor.ndim - 1))
-
-    return PlainConditioning(repeat(embeds), repeat(pooled), repeat(negative), repeat(negative_pooled))
+        negative = _encode_one(pipeline, encode, negative_prompt, max_length, cache, identity)
+        negative = {name: _repeated(value, batch) for name, value in negative.items()}
+    return PlainConditioning({name: _repeated(value, batch) for name, value in positive.items()}, negative)

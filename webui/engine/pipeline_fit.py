@@ -77,6 +77,8 @@ def check_fit(
         )
     loader = description.denoiser_loader
     for attribute, role in loader.fits if loader is not None else ():
+        if role not in modules:
+            continue  # an optional encoder left out (SD3 without T5): the pipeline feeds zeros of the right width
         wanted, given = getattr(unet.config, attribute), _width(modules[role])
         if wanted != given:
             raise ModelLoadError(

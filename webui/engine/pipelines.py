@@ -29,7 +29,7 @@ from webui.engine.memory import device_total_bytes, system_ram_bytes
 from webui.engine.memory_plan import FP8_STORAGE, apply_group_offload, estimated_bytes, store_in_fp8, wants_fp8
 from webui.engine.pipeline_fit import ModelLoadError, check_fit, encoder_roles
 from webui.families import Family
-from webui.families.base import UnetVariant
+from webui.families.base import RoleSpec, UnetVariant
 from webui.families.encoders import ENCODERS
 from webui.models.derive import bundled_config
 from webui.models.identity import Identity
@@ -41,7 +41,7 @@ from webui.models.loading import (
     checkpoint_prefix,
     load_component,
 )
-from webui.models.tokenizers import CLIPPromptTokenizer, load_clip_tokenizer, load_t5_tokenizer
+from webui.models.tokenizers import TokenizerKind, load_tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +55,7 @@ class ModelChoice:
     vae: Path | None = None
     text_encoder: Path | None = None
     text_encoder_2: Path | None = None
+    text_encoder_3: Path | None = None  # SD3's T5
 
     def override(self, role: Role) -> Path | None:
         """The file chosen for `role`; `unet` holds any denoiser (a UNet or a DiT transformer)."""
@@ -113,6 +114,15 @@ def _identify_version(path: str, _size: int, _mtime_ns: int):  # noqa: ANN202
     identity = identify(header)
     check_widths(header, identity, path)
     return identity
+
+
+def _holds(checkpoint: Path | None, identity: Identity | None, spec: RoleSpec) -> bool:
+    """Whether the checkpoint (a file or a diffusers folder) holds the part `spec` describes."""
+    if checkpoint is None or identity is None:
+        return False
+    if checkpoint.is_dir():
+        return (checkpoint / spec.role.value).is_dir()
+    return spec.encoder is None or spec.encoder in identity.text_encoders
 
 
 def default_budgets(device: torch.device) -> dict[str, int]:
@@ -212,8 +222,11 @@ class PipelineManager:
         overrides = encoder_roles(choice, family, _identify)
         if overrides:
             choice = dataclasses.replace(choice, **{role.value: path for role, path in overrides.items()})
-        for role in family.description.role_names:
+        for spec in family.description.roles:
+            role = spec.role
             override = overrides.get(role, choice.override(role))
+            if override is None and spec.optional and not _holds(choice.checkpoint, base, spec):
+                continue  # an optional part (SD3's T5) the checkpoint does not hold and nobody chose: left out
             if override is None and base is not None and role in base.lacks and choice.checkpoint is not None:
                 override = defaults[role] = self._default_part(family, role, choice.checkpoint)
             if override is not None:
@@ -362,25 +375,21 @@ class PipelineManager:
         module = module.to(self.home)
         return store_in_fp8(module, dtype) if fp8 else module
 
-    def _tokenizer(self, checkpoint: Path, subfolder: str, pad: str, encoder: TextEncoderType) -> Any:
-        """A diffusers folder's own tokenizer for that folder; else models/tokenizers/<kind>/ or the bundled one."""
+    def _tokenizer(self, checkpoint: Path, subfolder: str, encoder: TextEncoderType) -> Any:
+        """A diffusers folder's own tokenizer for that folder; else models/tokenizers/<kind>/ or the bundled one
+        (the kind, pad token and length cap are the encoder architecture's: webui.families.encoders)."""
+        spec = ENCODERS[encoder]
         own = checkpoint / subfolder
-        if encoder is TextEncoderType.T5:
-            key = (str(own) if own.is_dir() else str(self.models_dir), "t5")
-            if key not in self._tokenizers:
-                if own.is_dir():
-                    from transformers import T5TokenizerFast
-
-                    self._tokenizers[key] = T5TokenizerFast.from_pretrained(own, local_files_only=True)
-                else:  # the pipeline passes each variant's sequence length; this is only the tokenizer's cap
-                    self._tokenizers[key] = load_t5_tokenizer(self.models_dir, ENCODERS[encoder].max_length)
-            return self._tokenizers[key]
-        key = (str(own) if own.is_dir() else str(self.models_dir), pad)
+        key = (str(own) if own.is_dir() else str(self.models_dir), spec.tokenizer, spec.pad_token)
         if key not in self._tokenizers:
-            if own.is_dir():
-                self._tokenizers[key] = CLIPPromptTokenizer.from_pretrained(own, local_files_only=True)
-            else:
-                self._tokenizers[key] = load_clip_tokenizer(self.models_dir, pad_token=pad)
+            # the pipeline passes each variant's sequence length; max_length is only the tokenizer's cap
+            self._tokenizers[key] = load_tokenizer(
+                TokenizerKind(spec.tokenizer),
+                self.models_dir,
+                own if own.is_dir() else None,
+                pad_token=spec.pad_token,
+                max_length=spec.max_length,
+            )
         return self._tokenizers[key]
 
     def _assemble(
@@ -416,8 +425,11 @@ class PipelineManager:
         components["scheduler"] = scheduler
         for spec in description.text_encoders:
             if spec.tokenizer is not None and spec.role in modules:
-                pad = ENCODERS[spec.encoder].pad_token
-                components[spec.tokenizer] = self._tokenizer(checkpoint, spec.tokenizer, pad, spec.encoder)
+                components[spec.tokenizer] = self._tokenizer(checkpoint, spec.tokenizer, spec.encoder)
+            elif spec.optional:  # an optional encoder left out (SD3 without T5): the pipeline takes None
+                components[spec.role.value] = None
+                if spec.tokenizer is not None:
+                    components[spec.tokenizer] = None
         spec = variant.pipeline if variant is not None else description.pipeline
         if spec is None:
             raise ModelLoadError(f"{family.label}: its description names no diffusers pipeline yet")

@@ -405,17 +405,19 @@ class Engine:
         pipeline = loaded.pipeline
         description = loaded.family.description
         pipeline.scheduler = make_scheduler(loaded.scheduler_config, request.sampler, request.schedule, seeds=seeds)
+        encoding = description.conditioning
         max_length = self.sequence_length(loaded)
         negative_text = parse_extra_networks(plan.negative_prompt).prompt
         conditioning = encode_with_pipeline(
             pipeline,
             plan.networks.prompt,
             negative_text,
-            use_negative=request.cfg_scale > 1 or not description.conditioning.negative_needs_cfg,
+            encode=encoding.encoder(),
+            use_negative=request.cfg_scale > 1 or not encoding.negative_needs_cfg,
             max_length=max_length,
             batch=len(seeds),
             cache=self.prompt_cache,
-            identity=(tuple(loaded.keys[spec.role] for spec in description.text_encoders), te_state),
+            identity=(tuple(loaded.keys.get(spec.role) for spec in description.text_encoders), te_state),
         )
         kwargs: dict[str, Any] = {description.pipeline.cfg_argument: request.cfg_scale}
         guidance = self.distilled_guidance(loaded, request)
@@ -460,9 +462,13 @@ class Engine:
 
     @staticmethod
     def sequence_length(loaded: LoadedModel) -> int:
-        """Tokens the sequence encoder (T5) reads for this model: its variant's max_sequence_length, else 512."""
-        variant = loaded.family.description.variant(loaded.model_variant)
-        return variant.max_sequence_length if variant and variant.max_sequence_length else 512
+        """Tokens the sequence encoder (T5, Qwen3) reads for this model: its variant's max_sequence_length, else its
+        family's (PipelineEncoding.max_sequence_length)."""
+        description = loaded.family.description
+        variant = description.variant(loaded.model_variant)
+        if variant and variant.max_sequence_length:
+            return variant.max_sequence_length
+        return description.conditioning.max_sequence_length
 
     @staticmethod
     def sequence_tokens(loaded: LoadedModel, text: str) -> int:

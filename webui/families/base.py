@@ -230,13 +230,22 @@ class DenoiserLoader:
 
 @dataclass(frozen=True)
 class PipelineEncoding:
-    """Conditioning by the pipeline's own `encode_prompt` (T5 sequence plus CLIP pooled, as FLUX.1): no
-    A1111 weights or 75-token chunks; the embeddings are cached per prompt so the encoders may leave the GPU.
+    """Conditioning by the pipeline's own `encode_prompt` (FLUX.1: T5 sequence plus CLIP pooled; SD3: CLIP-L +
+    CLIP-G + T5; Chroma: T5 with its mask; Z-Image: Qwen3): no A1111 weights or 75-token chunks; the embeddings
+    are cached per prompt so the encoders may leave the GPU.
 
-    `negative_needs_cfg`: a negative prompt is encoded and used only when true CFG > 1 (diffusers'
-    `true_cfg_scale`), since guidance-distilled models run one denoiser pass per step without it."""
+    `encode`: `module:function(pipeline, prompt, device, max_length) -> {call argument: tensor}`, the family's
+    adapter over its pipeline's `encode_prompt` (the negative prompt's go to `negative_<argument>`).
+    `negative_needs_cfg`: a negative prompt is encoded and used only when CFG > 1 (FLUX's `true_cfg_scale`,
+    the plain `guidance_scale` elsewhere), since without CFG the denoiser runs one pass per step.
+    `max_sequence_length`: the text sequence length the pipeline takes when the variant names none."""
 
+    encode: str
     negative_needs_cfg: bool = True
+    max_sequence_length: int = 512
+
+    def encoder(self) -> Callable[..., dict[str, Any]]:
+        return _resolve(self.encode)
 
 
 @dataclass(frozen=True)

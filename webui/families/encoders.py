@@ -24,7 +24,9 @@ class EncoderSpec:
     `max_length`: its tokenizer's. `ldm_prefix`: the single-file prefix under which diffusers' own CLIP
     loader (`create_diffusers_clip_model_from_ldm`) recognises it, used when loading any layout.
     `heads`, `hidden_act`, `projection_dim`: the real model's, kept by the tiny fixtures. `slug`: its part
-    of a file name (`tiny-sdxl-clip-g.safetensors`).
+    of a file name (`tiny-sdxl-clip-g.safetensors`). `tokenizer`: the tokenizer kind (`models/tokenizers/<kind>/`,
+    webui.models.tokenizers.TokenizerKind). `loader`: `module:function(state, bundled_config, dtype) -> model`
+    for an encoder that is not a CLIP (None: the CLIP loader, through diffusers' single-file CLIP code).
     """
 
     type: TextEncoderType
@@ -37,6 +39,8 @@ class EncoderSpec:
     heads: int = 0
     hidden_act: str = "gelu"
     projection_dim: int = 0
+    tokenizer: str = "clip"
+    loader: str | None = None
 
 
 ENCODERS: MappingProxyType[TextEncoderType, EncoderSpec] = MappingProxyType(
@@ -72,7 +76,16 @@ ENCODERS: MappingProxyType[TextEncoderType, EncoderSpec] = MappingProxyType(
             heads=20,
             projection_dim=1280,
         ),
-        TextEncoderType.T5: EncoderSpec(TextEncoderType.T5, "T5", "t5xxl", None, "<pad>", max_length=512),
+        TextEncoderType.T5: EncoderSpec(
+            TextEncoderType.T5,
+            "T5",
+            "t5xxl",
+            None,
+            "<pad>",
+            max_length=512,
+            tokenizer="t5",
+            loader="webui.models.loading_t5:load_t5",
+        ),
     }
 )
 ENCODER_BY_WIDTH: MappingProxyType[int, TextEncoderType] = MappingProxyType(

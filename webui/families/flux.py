@@ -161,7 +161,7 @@ DESCRIPTION = FamilyDescription(
         refuse=(NF4,),
     ),
     scheduler=SchedulerSpec(kind=SchedulerKind.FLOW_MATCHING, samplers=("Euler",), default_sampler="Euler"),
-    conditioning=PipelineEncoding(negative_needs_cfg=True),
+    conditioning=PipelineEncoding(encode="webui.families.encoding:flux"),
     defaults=DEV.defaults,
     variants=(DEV, SCHNELL),
     half_dtype="bfloat16",  # FLUX.1 and T5 overflow in fp16

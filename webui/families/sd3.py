@@ -1,33 +1,74 @@
-"""Stable Diffusion 3 / 3.5: recognised and listed as not supported yet.
+"""Stable Diffusion 3 / 3.5 (SD3 Medium, SD3.5 Large, Large Turbo, Medium): MMDiT, CLIP-L + CLIP-G + T5, flow matching.
 
-An MMDiT transformer (`joint_blocks.*`; diffusers `transformer_blocks.*` with `context_embedder`), CLIP-L +
-CLIP-G + T5-XXL (T5 optional), the 16-channel VAE with SD3's scaling 1.5305 and shift 0.0609, flow
-matching with shift 3.0. Single files as Stability's sd3_medium_incl_clips_t5xxlfp16.safetensors.
-Latent-to-RGB factors are ComfyUI's `SD3` latent format's.
+The transformer comes in Stability's names (`joint_blocks.N.x_block.*` / `context_block.*`, `x_embedder`,
+`pos_embed`), with or without `model.diffusion_model.`, or diffusers' (`transformer_blocks.*` with
+`context_embedder`); sd3_keys.py converts, widths from the file. Variants by the weights: SD3.5 Medium has a
+second image attention (`attn2`) in its first blocks, SD3.5 Large (and Large Turbo, the same shapes) RMS q/k
+norms, SD3 Medium neither. Text: CLIP-L and CLIP-G (both with projection; pooled 768 + 1280 = 2048) and
+T5-XXL, which is optional as in diffusers (without it the T5 part of the sequence is zeros). The 16-channel VAE
+has SD3's scaling 1.5305 and shift 0.0609 (the FLUX `ae` has the same shapes: see webui.families.vae_facts).
+Flow matching with shift 3.0 for every variant; real CFG with negative prompts. Single files as Stability
+ships them (sd3.5_large.safetensors: transformer only or with `text_encoders.clip_l.*`, `text_encoders.clip_g.*`
+(Hugging Face names under `transformer.`), `text_encoders.t5xxl.*`, `first_stage_model.*`), split files as
+ComfyUI keeps them, diffusers folders. Defaults are the model cards' (steps, CFG). Latent-to-RGB factors are
+ComfyUI's `SD3` latent format's.
 """
 
 from __future__ import annotations
 
 from webui.families.base import (
+    BenchSpec,
     Defaults,
+    DenoiserLoader,
     FamilyDescription,
+    FixtureSpec,
     LatentFormat,
+    LoraFacts,
     Part,
+    PipelineEncoding,
+    PipelineSpec,
     Recognition,
     RoleSpec,
     SchedulerKind,
     SchedulerSpec,
     SecondPass,
     Telltale,
+    Variant,
 )
 from webui.families.flux import CLIP_L_PREFIX, DIT_PREFIX, T5_PREFIX, VAE_16
 from webui.models.kinds import Role, TextEncoderType
+
+SIZES = ((1024, 1024), (896, 1152), (1152, 896), (832, 1216), (1216, 832), (768, 1344), (1344, 768))
+QK_NORM = "joint_blocks.0.x_block.attn.ln_q.weight|transformer_blocks.0.attn.norm_q.weight"
+DUAL_ATTENTION = "joint_blocks.0.x_block.attn2.qkv.weight|transformer_blocks.0.attn2.to_q.weight"
+T5_LENGTH = 256  # StableDiffusion3Pipeline's default max_sequence_length
+MEDIUM_35 = Variant(
+    "3.5-medium",
+    "SD3.5 Medium",
+    requires=(DUAL_ATTENTION,),
+    defaults=Defaults(sizes=SIZES, steps=40, cfg_scale=4.5),
+    max_sequence_length=T5_LENGTH,
+)
+LARGE_35 = Variant(
+    "3.5-large",
+    "SD3.5 Large",  # Large Turbo has the same weights' shapes: 4 steps at CFG 1 (its model card) are the user's
+    requires=(QK_NORM,),
+    defaults=Defaults(sizes=SIZES, steps=28, cfg_scale=3.5),
+    max_sequence_length=T5_LENGTH,
+)
+MEDIUM_3 = Variant(
+    "3-medium",
+    "SD3 Medium",
+    absent=(QK_NORM,),
+    defaults=Defaults(sizes=SIZES, steps=28, cfg_scale=7.0),
+    max_sequence_length=T5_LENGTH,
+)
 
 DESCRIPTION = FamilyDescription(
     id="sd3",
     member="SD3",
     label="SD3",
-    supported=False,
+    supported=True,
     roles=(
         RoleSpec(Role.TRANSFORMER, Part.DENOISER, "diffusers.SD3Transformer2DModel", DIT_PREFIX),
         RoleSpec(Role.VAE, Part.VAE, "diffusers.AutoencoderKL", "first_stage_model."),
@@ -95,7 +136,26 @@ DESCRIPTION = FamilyDescription(
         lora_blocks=("joint_blocks",),
         lora_transformer_widths=(1536, 2432),  # 3 Medium / 3.5 Medium: 24 heads × 64; 3.5 Large: 38 × 64
     ),
-    scheduler=SchedulerSpec(kind=SchedulerKind.FLOW_MATCHING),
-    defaults=Defaults(sizes=((1024, 1024),)),
+    scheduler=SchedulerSpec(kind=SchedulerKind.FLOW_MATCHING, samplers=("Euler",), default_sampler="Euler"),
+    conditioning=PipelineEncoding(encode="webui.families.encoding:sd3", max_sequence_length=T5_LENGTH),
+    defaults=LARGE_35.defaults,
+    variants=(MEDIUM_35, LARGE_35, MEDIUM_3),
+    half_dtype="bfloat16",  # T5 overflows in fp16
+    denoiser_loader=DenoiserLoader(
+        convert="webui.families.sd3_keys:original_to_diffusers",
+        derive="webui.families.sd3_keys:derive_config",
+        fits=(("joint_attention_dim", Role.TEXT_ENCODER_3),),
+    ),
+    pipeline=PipelineSpec("StableDiffusion3Pipeline", absent=("image_encoder", "feature_extractor")),
+    lora=LoraFacts(
+        kohya_text_encoders=(
+            (Role.TEXT_ENCODER, "lora_te1_"),
+            (Role.TEXT_ENCODER_2, "lora_te2_"),
+            (Role.TEXT_ENCODER_3, "lora_te3_"),
+        ),
+        base_model_version="sd3",
+    ),
     second_pass=SecondPass(latent_upscale=False),
+    fixtures=FixtureSpec(writer="webui.families.sd3_fixtures:write_sd3_family"),
+    bench=BenchSpec(),
 )

@@ -290,8 +290,12 @@ def _combine(
         no_vae = "no VAE inside: a VAE from vae/ is used unless one is chosen"
         notes = [unet.note + declared, encoder_label(encoders), "VAE" if vaes else no_vae]
         expected = description.encoder_types
-        if expected and set(encoders) != set(expected):
+        required = {spec.encoder for spec in description.text_encoders if not spec.optional}
+        if expected and not required <= set(encoders) <= set(expected):
             notes.append(f"expected text encoders {encoder_label(expected)}")
+        left_out = [s.encoder for s in description.text_encoders if s.optional and s.encoder not in encoders]
+        if encoders and left_out:
+            notes.append(f"without the optional {encoder_label(tuple(left_out))}")
         return Identity(
             Kind.CHECKPOINT,
             family,

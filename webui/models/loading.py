@@ -7,6 +7,7 @@ and real files and the tiny test models take the same code path.
 
 from __future__ import annotations
 
+import importlib
 import json
 import tempfile
 from collections.abc import Iterator
@@ -167,10 +168,11 @@ def load_component(
             return load_transformer(state, family, dtype)
         if role is Role.VAE:
             return _load_vae(state, family, dtype)
-        if expected_text_encoder(family, role) is TextEncoderType.T5:
-            from webui.models.loading_t5 import load_t5
-
-            return load_t5(state, bundled_config(family, role.value), dtype)
+        encoder = ENCODERS[expected_text_encoder(family, role)]
+        if encoder.loader is not None:  # not a CLIP: the architecture's own loader (T5, Qwen3)
+            module, _, function = encoder.loader.partition(":")
+            load = getattr(importlib.import_module(module), function)
+            return load(state, bundled_config(family, role.value), dtype)
         return _load_text_encoder(state, role, family, dtype)
     except ComponentLoadError as error:
         raise ComponentLoadError(f"{source.describe()}: {error}") from error

@@ -18,6 +18,7 @@ from webui.models.tokenizers.lookup import (
     load_clip_tokenizer,
     load_qwen3_tokenizer,
     load_t5_tokenizer,
+    load_tokenizer,
 )
 
 __all__ = [
@@ -35,4 +36,5 @@ __all__ = [
     "load_clip_tokenizer",
     "load_qwen3_tokenizer",
     "load_t5_tokenizer",
+    "load_tokenizer",
 ]

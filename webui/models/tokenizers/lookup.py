@@ -153,3 +153,23 @@ def load_qwen3_tokenizer(models_dir: Path) -> Any:
     config = _read_json(folder, "tokenizer_config.json") if (folder / "tokenizer_config.json").is_file() else {}
     keys = ("eos_token", "pad_token", "model_max_length", "additional_special_tokens", "add_bos_token", "errors")
     return Qwen2Tokenizer(tokenizer_object=backend, **{key: config[key] for key in keys if key in config})
+
+
+def load_tokenizer(
+    kind: TokenizerKind, models_dir: Path, own: Path | None = None, *, pad_token: str = CLIP_PAD, max_length: int = 512
+) -> Any:
+    """The tokenizer of `kind`: a diffusers folder's own `own` folder when given (its files are authoritative for
+    it), else `models_dir/tokenizers/<kind>/`, else the bundled copy. `pad_token` is CLIP's, `max_length` T5's.
+    Raises TokenizerNotFoundError (see `find_tokenizer`)."""
+    if own is not None:
+        if kind is TokenizerKind.CLIP:
+            return CLIPPromptTokenizer.from_pretrained(own, local_files_only=True)
+        from transformers import AutoTokenizer, T5TokenizerFast
+
+        loader = T5TokenizerFast if kind is TokenizerKind.T5 else AutoTokenizer
+        return loader.from_pretrained(own, local_files_only=True)
+    if kind is TokenizerKind.CLIP:
+        return load_clip_tokenizer(models_dir, pad_token=pad_token)
+    if kind is TokenizerKind.T5:
+        return load_t5_tokenizer(models_dir, max_length)
+    return load_qwen3_tokenizer(models_dir)
