@@ -152,7 +152,7 @@ def _modular_choice(library: Any, name: str, modules: Any, loc: tuple[str, ...])
         else:
             raise FieldError(where, f"forge_additional_modules: {module} is a {entry.kind.value}, not a text "
                              "encoder or VAE", module)
-    parts.update(zip(("text_encoder", "text_encoder_2"), encoders, strict=False))
+    parts.update(zip(("text_encoder", "text_encoder_2", "text_encoder_3"), encoders, strict=False))
     return ModelChoice(parts.pop("checkpoint", None), **parts)
 
 

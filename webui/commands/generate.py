@@ -23,8 +23,8 @@ def add_request_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--text-encoder",
         action="append",
-        help="text encoder file; repeat for a second one (e.g. CLIP-L and T5, in any order: each one's role "
-        "is found from its weights)",
+        help="text encoder file; repeat for a second and third one (e.g. CLIP-L and T5, or CLIP-L, CLIP-G and "
+        "T5, in any order: each one's role is found from its weights)",
     )
     parser.add_argument("--vae", help="VAE file (or checkpoint) to use instead of the checkpoint's")
     parser.add_argument("--prompt")
@@ -108,6 +108,7 @@ def engine_from_args(args: argparse.Namespace, library: Any) -> Any:
     return build_engine(library, args.outputs_dir, policy, budgets)
 
 
+_ENCODER_FIELDS = ("text_encoder", "text_encoder_2", "text_encoder_3")  # --text-encoder, given 1-3 times
 _FLAG_FIELDS = {
     "prompt": "prompt",
     "negative": "negative_prompt",
@@ -257,7 +258,7 @@ def resolve_request(args: argparse.Namespace, library: Any) -> ResolvedRequest:
             raise ValueError(f"infotext: not in the library: {', '.join(reproduction.missing)}")
         fields = {f.name for f in dataclasses.fields(GenerationRequest)} | set(SECOND_PASS_FIELDS)
         values.update({k: v for k, v in reproduction.values.items() if k in fields})
-        model = {k: reproduction.values.get(k) for k in ("checkpoint", "unet", "vae", "text_encoder", "text_encoder_2")}
+        model = {k: reproduction.values.get(k) for k in ("checkpoint", "unet", "vae", *_ENCODER_FIELDS)}
     if args.distilled:
         values.update(DISTILLED_PRESET.request_fields())
     flags = {field: getattr(args, flag) for flag, field in _FLAG_FIELDS.items()}
@@ -266,12 +267,13 @@ def resolve_request(args: argparse.Namespace, library: Any) -> ResolvedRequest:
     if args.refiner:
         values["refiner_checkpoint"] = _resolve(library, args.refiner, Kind.CHECKPOINT, notes)
     te = [_resolve(library, v, Kind.TEXT_ENCODER, notes) for v in args.text_encoder or []]
+    if len(te) > len(_ENCODER_FIELDS):
+        raise ValueError(f"--text-encoder: given {len(te)} times; a model takes at most {len(_ENCODER_FIELDS)}")
     given = {
         "checkpoint": _resolve(library, args.checkpoint, Kind.CHECKPOINT, notes),
         "unet": _resolve(library, args.unet, None, notes),
         "vae": _resolve(library, args.vae, None, notes),
-        "text_encoder": te[0] if te else None,
-        "text_encoder_2": te[1] if len(te) > 1 else None,
+        **dict(zip(_ENCODER_FIELDS, te + [None] * len(_ENCODER_FIELDS), strict=False)),
     }
     model.update({k: v for k, v in given.items() if v is not None})
     loras = list(values.pop("loras", ()))

@@ -32,7 +32,8 @@ _FIELDS: dict[str, tuple[str, Any]] = {
 }
 _SCHEDULES_BY_NAME = {name.lower(): name for name in SCHEDULE_TYPES} | {"sgm_uniform": "SGM Uniform"}
 # infotext key → ModelChoice field, for component overrides
-_COMPONENTS = {"VAE": "vae", "UNet": "unet", "Text encoder": "text_encoder", "Text encoder 2": "text_encoder_2"}
+_COMPONENTS = {"VAE": "vae", "UNet": "unet", "Text encoder": "text_encoder", "Text encoder 2": "text_encoder_2",
+               "Text encoder 3": "text_encoder_3"}
 
 
 @dataclass(frozen=True)

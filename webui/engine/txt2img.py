@@ -40,7 +40,12 @@ Hasher = Callable[[Path], str | None]
 LoraResolver = Callable[[str], Path]
 UpscalerResolver = Callable[[str], Path]  # an upscaler model's name -> its file (LookupError if none)
 # Our component overrides, written as extra infotext keys.
-OVERRIDE_KEYS = {Role.UNET: "UNet", Role.TEXT_ENCODER: "Text encoder", Role.TEXT_ENCODER_2: "Text encoder 2"}
+OVERRIDE_KEYS = {
+    Role.UNET: "UNet",
+    Role.TEXT_ENCODER: "Text encoder",
+    Role.TEXT_ENCODER_2: "Text encoder 2",
+    Role.TEXT_ENCODER_3: "Text encoder 3",
+}
 
 
 class LoraRefusedError(ValueError):

@@ -51,7 +51,8 @@ REQUEST_FIELDS = tuple(
     if f.name not in ("model", "loras", "hires", "refiner", "img2img")
 )
 MODEL_FIELDS = tuple(f.name for f in dataclasses.fields(ModelChoice))
-MODEL_KINDS = {"checkpoint": Kind.CHECKPOINT, "unet": None, "vae": None, "text_encoder": None, "text_encoder_2": None}
+MODEL_KINDS = {"checkpoint": Kind.CHECKPOINT, "unet": None, "vae": None, "text_encoder": None, "text_encoder_2": None,
+               "text_encoder_3": None}
 INTEGER_FIELDS = frozenset({"steps", "width", "height", "seed", "batch_size", "batch_count", "clip_skip", "subseed"})
 FLOAT_FIELDS = frozenset({"cfg_scale", "subseed_strength", "distilled_guidance"})
 OPTIONAL_FLOAT_FIELDS = frozenset({"eta"})  # empty: the sampler's default

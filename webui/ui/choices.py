@@ -24,6 +24,7 @@ ROLE_LABELS = {
     Role.VAE: "VAE",
     Role.TEXT_ENCODER: "Text encoder",
     Role.TEXT_ENCODER_2: "Text encoder 2",
+    Role.TEXT_ENCODER_3: "Text encoder 3",
 }
 
 

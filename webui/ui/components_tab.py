@@ -25,7 +25,7 @@ def build_tab(ctx: UiContext, bar: ModelBar) -> gr.Tab:
             for name in ("unet", "vae"):
                 bar.overrides[name].render()
         with gr.Row():
-            for name in ("text_encoder", "text_encoder_2"):
+            for name in ("text_encoder", "text_encoder_2", "text_encoder_3"):
                 bar.overrides[name].render()
         with gr.Row():
             apply = gr.Button("Load now", variant="primary", elem_id="components-apply", scale=0, min_width=160)

@@ -23,13 +23,13 @@ from webui.models.loading import Role
 from webui.ui import adapter, choices, empty_state, families, runner
 from webui.ui.context import GPU, UiContext, owner_of, session_of
 
-OVERRIDE_ROLES = (Role.UNET, Role.TEXT_ENCODER, Role.TEXT_ENCODER_2, Role.VAE)
+OVERRIDE_ROLES = (Role.UNET, Role.TEXT_ENCODER, Role.TEXT_ENCODER_2, Role.TEXT_ENCODER_3, Role.VAE)
 
 
 @dataclass
 class ModelBar:
     checkpoint: gr.Dropdown
-    overrides: dict[str, gr.Dropdown]  # by ModelChoice field name: unet, text_encoder, text_encoder_2, vae
+    overrides: dict[str, gr.Dropdown]  # by ModelChoice field name: unet, text_encoder(_2, _3), vae
     badge: gr.HTML
     status: gr.HTML
     refreshed: Any  # the Refresh button's event; `.then(...)` runs after the library is re-read
