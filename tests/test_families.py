@@ -125,7 +125,7 @@ def test_json_values_stay_the_strings_files_and_infotext_carry():
     assert [f.value for f in registered()] == [
         "sd1", "sd2", "sdxl", "sdxl_refiner", "flux", "sd3", "flux_fill", "flux_control", "chroma", "flux2"
     ]
-    assert [f.value for f in registered() if f.supported] == ["sd1", "sd2", "sdxl", "sdxl_refiner", "flux"]
+    assert [f.value for f in registered() if f.supported] == ["sd1", "sd2", "sdxl", "sdxl_refiner", "flux", "sd3"]
 
 
 def test_importing_the_families_package_imports_no_torch_or_diffusers():
