@@ -110,7 +110,7 @@ def test_chroma_is_recognised_and_never_filed_as_flux():
         "distilled_guidance_layer.out_proj.weight": (3072, 5120),
     }
     identity = ident(shapes)
-    assert (identity.family, identity.supported) == (Family.CHROMA, False)
+    assert (identity.family, identity.supported) == (Family.CHROMA, True)
     assert "not supported" not in identity.detail or identity.detail
 
 
