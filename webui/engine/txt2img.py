@@ -424,7 +424,8 @@ class Engine:
             cache=self.prompt_cache,
             identity=(tuple(loaded.keys.get(spec.role) for spec in description.text_encoders), te_state),
         )
-        kwargs: dict[str, Any] = {description.pipeline.cfg_argument: request.cfg_scale}
+        cfg = request.cfg_scale - description.pipeline.cfg_offset  # in what the pipeline's argument counts
+        kwargs: dict[str, Any] = {description.pipeline.cfg_argument: cfg}
         guidance = self.distilled_guidance(loaded, request)
         if guidance is not None and description.pipeline.guidance_argument:
             kwargs[description.pipeline.guidance_argument] = guidance

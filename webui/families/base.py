@@ -259,6 +259,9 @@ class PipelineSpec:
     absent: tuple[str, ...] = ()
     flags: Mapping[str, Any] = field(default_factory=frozen)
     cfg_argument: str = "guidance_scale"  # the call argument that takes the CFG scale
+    # What the pipeline's CFG argument counts from: Z-Image computes pos + g·(pos − neg), so A1111's CFG scale s
+    # (neg + s·(pos − neg)) is passed as g = s − 1 (cfg_offset 1); 0 for pipelines that take s itself.
+    cfg_offset: float = 0.0
     guidance_argument: str | None = None  # the call argument that takes distilled guidance (None: none)
     packed_latents: bool = False  # output_type="latent" returns packed 2x2 patches (FLUX): unpack to decode
 

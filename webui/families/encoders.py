@@ -2,7 +2,8 @@
 
 Each is named by what a header shows (the hidden width of a CLIP; T5 by its layout), and carries what
 loading, tokenizing and the tiny fixtures need. Widths, head counts and activations are those of the
-released models (openai/clip-vit-large-patch14, laion OpenCLIP ViT-H-14 and ViT-bigG-14, google T5 v1.1 XXL).
+released models (openai/clip-vit-large-patch14, laion OpenCLIP ViT-H-14 and ViT-bigG-14, google T5 v1.1 XXL,
+Qwen/Qwen3-4B).
 """
 
 from __future__ import annotations
@@ -85,6 +86,16 @@ ENCODERS: MappingProxyType[TextEncoderType, EncoderSpec] = MappingProxyType(
             max_length=512,
             tokenizer="t5",
             loader="webui.models.loading_t5:load_t5",
+        ),
+        TextEncoderType.QWEN3: EncoderSpec(
+            TextEncoderType.QWEN3,
+            "Qwen3",
+            "qwen3",
+            None,
+            "<|endoftext|>",
+            max_length=512,
+            tokenizer="qwen3",
+            loader="webui.models.loading_qwen3:load_qwen3",
         ),
     }
 )

@@ -10,7 +10,7 @@ from __future__ import annotations
 from enum import Enum
 from types import MappingProxyType
 
-from webui.families import chroma, flux, flux2, flux_tools, sd1, sd2, sd3, sdxl, sdxl_refiner
+from webui.families import chroma, flux, flux2, flux_tools, sd1, sd2, sd3, sdxl, sdxl_refiner, zimage
 from webui.families.base import FamilyDescription
 
 DESCRIPTIONS: tuple[FamilyDescription, ...] = (
@@ -24,6 +24,7 @@ DESCRIPTIONS: tuple[FamilyDescription, ...] = (
     flux_tools.CONTROL,
     chroma.DESCRIPTION,
     flux2.DESCRIPTION,
+    zimage.DESCRIPTION,
 )
 UNKNOWN_DESCRIPTION = FamilyDescription(id="unknown", member="UNKNOWN", label="unknown", supported=False)
 _BY_ID = MappingProxyType({d.id: d for d in (*DESCRIPTIONS, UNKNOWN_DESCRIPTION)})

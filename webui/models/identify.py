@@ -150,6 +150,8 @@ def _vae(shapes: Shapes) -> Component | None:
 
 
 def _text_encoder(shapes: Shapes) -> Component | None:
+    if _first(shapes, "layers.0.self_attn.q_norm.weight") and _first(shapes, "embed_tokens.weight"):
+        return Component(Kind.TEXT_ENCODER, Family.UNKNOWN, TextEncoderType.QWEN3, note="Qwen3 language model")
     if has_key_prefix(shapes, "encoder.block.", "transformer.encoder.block.") or "shared.weight" in shapes:
         return Component(Kind.TEXT_ENCODER, Family.UNKNOWN, TextEncoderType.T5, note="T5 encoder")
     if has_key_prefix(shapes, "enc.blk.") and "token_embd.weight" in shapes:  # llama.cpp names (city96's GGUF)
@@ -182,7 +184,7 @@ def _looked_for() -> tuple[str, ...]:
         f"from the attn2.to_k.weight width), {telltales}",
         "VAE (encoder.down.* or encoder.down_blocks.*)",
         "text encoders (embeddings.token_embedding.weight, OpenCLIP token_embedding.weight + "
-        "transformer.resblocks.*, T5 encoder.block.*)",
+        "transformer.resblocks.*, T5 encoder.block.*, Qwen3 layers.N.self_attn.q_norm + embed_tokens)",
     )
 
 

@@ -49,6 +49,7 @@ class TextEncoderType(str, Enum):
     OPEN_CLIP_H = "open_clip_h"  # 1024: SD2
     OPEN_CLIP_G = "open_clip_g"  # 1280: SDXL's second encoder, SDXL refiner
     T5 = "t5"  # SD3 / FLUX.1
+    QWEN3 = "qwen3"  # Z-Image: the Qwen3-4B language model
 
 
 class FileFormat(str, Enum):

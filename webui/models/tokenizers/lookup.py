@@ -151,7 +151,15 @@ def load_qwen3_tokenizer(models_dir: Path) -> Any:
     folder = find_tokenizer(models_dir, TokenizerKind.QWEN3).folder
     backend = Tokenizer.from_str(json.dumps(_read_json(folder, "tokenizer.json")))
     config = _read_json(folder, "tokenizer_config.json") if (folder / "tokenizer_config.json").is_file() else {}
-    keys = ("eos_token", "pad_token", "model_max_length", "additional_special_tokens", "add_bos_token", "errors")
+    keys = (
+        "eos_token",
+        "pad_token",
+        "model_max_length",
+        "additional_special_tokens",
+        "add_bos_token",
+        "errors",
+        "chat_template",  # Z-Image's pipeline wraps the prompt in it
+    )
     return Qwen2Tokenizer(tokenizer_object=backend, **{key: config[key] for key in keys if key in config})
 
 
