@@ -188,6 +188,16 @@ class PipelineManager:
             raise ModelLoadError(
                 f"{path}: {identity.family.label} {role.label} does not fit a {family.label} model", role
             )
+        theirs, ours = identity.family.description.latent, family.description.latent
+        same_shape = theirs is not None and ours is not None and theirs.channels == ours.channels
+        if expected is Kind.VAE and same_shape and not identity.fits(family):  # a known pairing of the wrong VAE
+            raise ModelLoadError(
+                f"{path}: this is the {identity.family.label} VAE ({identity.detail}); {family.label} models take "
+                f"latents scaled by {ours.scaling_factor:g} (shift {ours.shift_factor or 0:g}), it decodes latents "
+                f"scaled by {theirs.scaling_factor:g} (shift {theirs.shift_factor or 0:g}): the images would come "
+                f"out washed out. Choose a {family.label} VAE",
+                role,
+            )
         return ComponentSource(path)
 
     def family_of(self, choice: ModelChoice) -> Family:
@@ -459,4 +469,15 @@ class PipelineManager:
             "dtype": str(self.dtype).removeprefix("torch."),
             "cached": [vars(s) for s in self.cache.stats()],
             "cached_bytes": self.cache.total_bytes(),
+            "vae_scaling": None if current is None else vae_scaling(current),
         }
+
+
+def vae_scaling(loaded: LoadedModel) -> str | None:
+    """The latent scaling the loaded model decodes with, as the model bar shows it: the family's, which a
+    16-channel VAE file cannot show by its shapes (the SD3 VAE and FLUX's `ae` look alike)."""
+    latent = loaded.family.description.latent
+    if latent is None:
+        return None
+    shift = f", shift {latent.shift_factor:g}" if latent.shift_factor is not None else ""
+    return f"VAE scaling {latent.scaling_factor:g}{shift} ({loaded.family.label})"

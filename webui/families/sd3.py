@@ -132,7 +132,7 @@ DESCRIPTION = FamilyDescription(
                 excludes=("single_transformer_blocks.",),  # FLUX's diffusers names have both
             ),
         ),
-        metadata_hints=("stable-diffusion-3", "sd3"),
+        metadata_hints=("stable-diffusion-3", "stable-diffusion-v3", "sd3"),  # SAI model spec names
         lora_blocks=("joint_blocks",),
         lora_transformer_widths=(1536, 2432),  # 3 Medium / 3.5 Medium: 24 heads × 64; 3.5 Large: 38 × 64
     ),

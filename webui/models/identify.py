@@ -310,12 +310,17 @@ def _combine(
         )
     if vaes and not encoders:
         vae = vaes[0]
-        if hinted in vae.compatible:  # training metadata narrows an SD VAE to its family
+        if hinted in vae.compatible:  # training metadata narrows a shared VAE architecture to its family
+            latent = hinted.description.latent
+            same = tuple(f for f in vae.compatible if f.description.latent.scaling_factor == latent.scaling_factor
+                         and f.description.latent.shift_factor == latent.shift_factor)  # fmt: skip
+            scaling = f"scaling {latent.scaling_factor:g}" + (
+                f", shift {latent.shift_factor:g}" if latent.shift_factor is not None else "")  # fmt: skip
             return Identity(
                 Kind.VAE,
                 hinted,
-                detail=f"{vae.note}, metadata says {hinted.label}",
-                compatible=vae.compatible,
+                detail=f"{vae.note}, metadata says {hinted.label} ({scaling})",
+                compatible=same,  # only families with its latent scaling: another one washes images out
             )
         return Identity(Kind.VAE, vae.family, detail=vae.note, compatible=vae.compatible)
     if encoders and not vaes:

@@ -169,6 +169,8 @@ def status_html(ctx: UiContext, values: Mapping[str, Any] | None = None, note: s
     if mine is not None and loaded is not None and loaded.choice == mine:
         read = ", ".join(r.value for r in loaded.loaded_from_disk) or "nothing: all from cache"
         head = f"{_loaded_text(loaded)} loaded in {loaded.load_seconds:.2f} s (read {read})"
+        if status.get("vae_scaling"):  # which latent scaling decodes: a VAE of the wrong family washes images out
+            head += " · " + html.escape(status["vae_scaling"])
     elif mine is not None:
         head = f"{_choice_text(mine)} · loads on Generate"
     engine = ""
