@@ -15,10 +15,20 @@ from typing import TYPE_CHECKING, Any
 
 from PIL import Image
 
-from webui.engine.compare_plan import Cell, CompareJob, MergeTargets, Resolver, fix_seeds, plan, run_order
+from webui.engine.compare_plan import (
+    Cell,
+    CompareJob,
+    MergeTargets,
+    Resolver,
+    fix_seeds,
+    plan,
+    run_order,
+    with_family_semantics,
+)
 from webui.engine.grid import Tile, draw_grid, save_grid
 from webui.engine.infotext import format_infotext
 from webui.engine.outputs import day_folder
+from webui.engine.pipelines import family_of_choice
 from webui.engine.progress import CancelToken, Progress
 from webui.engine.request import GenerationRequest
 from webui.engine.samplers import default_sampling, is_family_default
@@ -158,7 +168,8 @@ def run_compare(
     A checkpoint axis' `merge α` values are written by `merges` just before the first cell that uses each (and
     reused after)."""
     job = fix_seeds(job)
-    cells = plan(job, resolve, merges)
+    # a merge α cell's file does not exist yet: its family is unknown and the cell is left as planned
+    cells = with_family_semantics(job, plan(job, resolve, merges), family_of_choice)
     order = run_order(cells)
     tracker = _JobProgress(progress, len(cells), sum(c.request.steps for c in cells if c.request))
 

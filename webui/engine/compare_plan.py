@@ -287,6 +287,36 @@ def plan(job: CompareJob, resolve: Resolver, merges: MergeTargets | None = None)
     return cells
 
 
+FamilyOf = Callable[[ModelChoice], Any]  # a model choice -> (its Family, its named variant), or None when unknown
+
+
+def with_family_semantics(job: CompareJob, cells: list[Cell], family_of: FamilyOf) -> list[Cell]:
+    """Cells whose model is of another family than the job's base model, run with that family's semantics (a
+    grid across SDXL, FLUX.1 and SD3 checkpoints): a sampler the family does not take becomes its default
+    sampler, and the CFG scale its (variant's) default CFG where it sets one (FLUX.1: 1 with its distilled
+    guidance, SD3.5 Large: 3.5); a value that is on an axis is kept as the axis says. Other cells are unchanged."""
+    varied = {axis.kind for axis in job.axes}
+    base = family_of(job.base.model)
+    out = []
+    for cell in cells:
+        request = cell.request
+        found = family_of(request.model) if request is not None else None
+        if request is None or found is None or base is None or found[0] is base[0]:
+            out.append(cell)
+            continue
+        family, variant = found
+        description = family.description
+        changes: dict[str, Any] = {}
+        allowed = description.scheduler.samplers
+        if AxisKind.SAMPLER not in varied and allowed is not None and request.sampler not in allowed:
+            changes["sampler"] = description.scheduler.default_sampler or allowed[0]
+        cfg = description.defaults_for(variant).cfg_scale
+        if AxisKind.CFG not in varied and cfg is not None:
+            changes["cfg_scale"] = cfg
+        out.append(replace(cell, request=replace(request, **changes)) if changes else cell)
+    return out
+
+
 def run_order(cells: Sequence[Cell]) -> list[int]:
     """Indices of `cells` in the order to run them: cells that cannot run first (they take no time), then the rest
     grouped by checkpoint and, within one, by the full choice of components, so that each model is assembled once

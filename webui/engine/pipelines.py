@@ -125,6 +125,17 @@ def _holds(checkpoint: Path | None, identity: Identity | None, spec: RoleSpec) -
     return spec.encoder is None or spec.encoder in identity.text_encoders
 
 
+def family_of_choice(choice: ModelChoice) -> tuple[Family, str | None] | None:
+    """The family and named variant of a choice's denoiser (its UNet file, else its checkpoint), from the file's
+    header (cached per file version); None when it cannot be read (loading it then says why)."""
+    path = choice.unet or choice.checkpoint
+    try:
+        identity = _identify(path) if path is not None else None
+    except ModelLoadError:
+        return None
+    return None if identity is None else (identity.family, identity.variant)
+
+
 def default_budgets(device: torch.device) -> dict[str, int]:
     budgets = {"cpu": int(system_ram_bytes() * 0.5)}
     if device.type == "cuda":
