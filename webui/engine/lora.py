@@ -248,7 +248,7 @@ class LoraStackApplier:
             identity = identify(read_header(spec.path))
             if identity.kind is not Kind.LORA:
                 return LoraReport(label, error=f"{spec.path.name} is a {identity.kind.value} file, not a LoRA")
-            if identity.family is not family and identity.family is not Family.UNKNOWN:
+            if not identity.fits(family) and identity.family is not Family.UNKNOWN:
                 return LoraReport(
                     label,
                     error=f"{spec.path.name} is a LoRA for {identity.family.label}; "

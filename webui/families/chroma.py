@@ -54,6 +54,7 @@ DESCRIPTION = FamilyDescription(
         denoiser=(Telltale(("distilled_guidance_layer.",), "Chroma transformer (distilled_guidance_layer)"),),
         metadata_hints=("chroma",),
         lora_blocks=("double_blocks", "single_blocks", "single_transformer_blocks"),
+        lora_transformer_widths=(flux.FLUX_WIDTH,),
         refuse=(flux.NF4,),
     ),
     scheduler=SchedulerSpec(kind=SchedulerKind.FLOW_MATCHING, samplers=("Euler",), default_sampler="Euler"),
@@ -66,7 +67,8 @@ DESCRIPTION = FamilyDescription(
         fits=(("joint_attention_dim", Role.TEXT_ENCODER),),
     ),
     pipeline=PipelineSpec("ChromaPipeline", absent=("image_encoder", "feature_extractor"), packed_latents=True),
-    lora=LoraFacts(base_model_version="chroma"),
+    # Chroma LoRAs name FLUX.1's blocks (kohya, ComfyUI/BFL, diffusers/PEFT): FLUX.1's converter places them
+    lora=LoraFacts(base_model_version="chroma", convert="webui.families.flux_lora:to_diffusers"),
     second_pass=SecondPass(latent_upscale=False),
     fixtures=FixtureSpec(writer="webui.families.chroma_fixtures:write_chroma_family"),
     bench=BenchSpec(),

@@ -154,6 +154,7 @@ DESCRIPTION = FamilyDescription(
             (Role.TEXT_ENCODER_3, "lora_te3_"),
         ),
         base_model_version="sd3",
+        convert="webui.families.sd3_lora:to_diffusers",
     ),
     second_pass=SecondPass(latent_upscale=False),
     fixtures=FixtureSpec(writer="webui.families.sd3_fixtures:write_sd3_family"),

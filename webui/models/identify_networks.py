@@ -154,8 +154,11 @@ def identify_lora(shapes: Shapes, metadata: dict[str, str]) -> Identity:
         None,
     )
     family, reason = _lora_family(modules, targets, context, te_width, metadata)
-    encoders = _touched_encoders(touched, te_width, family)
+    alike = _alike(family, list(modules))
     hinted = family_from_metadata(metadata)
+    if hinted in alike and hinted is not family:  # FLUX.1 and Chroma LoRAs name their modules alike
+        family, reason = hinted, f"{reason}, its metadata says {hinted.label}"
+    encoders = _touched_encoders(touched, te_width, family)
     notes = [reason]
     if hinted is not None and family is not Family.UNKNOWN and hinted is not family:
         notes.append(f"its metadata says {hinted.label}")
@@ -173,8 +176,25 @@ def identify_lora(shapes: Shapes, metadata: dict[str, str]) -> Identity:
         text_encoders=encoders,
         lora_touches_text_encoder=bool(touched),
         detail=detail,
-        compatible=(family,) if family is not Family.UNKNOWN else (),
+        compatible=alike,
     )
+
+
+def _alike(family: Family, names: list[str]) -> tuple[Family, ...]:
+    """`family` and every family whose LoRAs name their modules alike: the blocks it matched on (FLUX.1's and
+    Chroma's double/single blocks) or the same diffusers transformer width."""
+    if family is Family.UNKNOWN:
+        return ()
+    recognition = family.description.recognition
+    blocks = {b for b in recognition.lora_blocks if any(b in n for n in names)}
+    widths = set(recognition.lora_transformer_widths)
+    alike = [
+        family_of(d)
+        for d in DESCRIPTIONS
+        if d.supported
+        and (blocks & set(d.recognition.lora_blocks) or widths & set(d.recognition.lora_transformer_widths))
+    ]
+    return (family, *(f for f in alike if f is not family))
 
 
 def _lora_family(
