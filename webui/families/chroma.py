@@ -59,7 +59,7 @@ DESCRIPTION = FamilyDescription(
     ),
     scheduler=SchedulerSpec(kind=SchedulerKind.FLOW_MATCHING, samplers=("Euler",), default_sampler="Euler"),
     conditioning=PipelineEncoding(encode="webui.families.encoding:chroma", max_sequence_length=512),
-    defaults=Defaults(sizes=flux.SIZES, steps=26, cfg_scale=4.0),
+    defaults=Defaults(sizes=flux.SIZES, steps=26, cfg_scale=4.0, vae_names=("flux",)),
     half_dtype="bfloat16",  # as FLUX.1: the transformer and T5 overflow in fp16
     denoiser_loader=DenoiserLoader(
         convert="webui.families.chroma_keys:original_to_diffusers",

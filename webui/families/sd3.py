@@ -38,6 +38,7 @@ from webui.families.base import (
 from webui.families.flux import CLIP_L_PREFIX, DIT_PREFIX, T5_PREFIX, VAE_16
 from webui.models.kinds import Role, TextEncoderType
 
+VAE_NAMES = ("sd3",)  # sd3_vae, sd3.5_vae: a no-VAE file takes one of these before any 16-channel VAE
 SIZES = ((1024, 1024), (896, 1152), (1152, 896), (832, 1216), (1216, 832), (768, 1344), (1344, 768))
 QK_NORM = "joint_blocks.0.x_block.attn.ln_q.weight|transformer_blocks.0.attn.norm_q.weight"
 DUAL_ATTENTION = "joint_blocks.0.x_block.attn2.qkv.weight|transformer_blocks.0.attn2.to_q.weight"
@@ -46,21 +47,21 @@ MEDIUM_35 = Variant(
     "3.5-medium",
     "SD3.5 Medium",
     requires=(DUAL_ATTENTION,),
-    defaults=Defaults(sizes=SIZES, steps=40, cfg_scale=4.5),
+    defaults=Defaults(sizes=SIZES, steps=40, cfg_scale=4.5, vae_names=VAE_NAMES),
     max_sequence_length=T5_LENGTH,
 )
 LARGE_35 = Variant(
     "3.5-large",
     "SD3.5 Large",  # Large Turbo has the same weights' shapes: 4 steps at CFG 1 (its model card) are the user's
     requires=(QK_NORM,),
-    defaults=Defaults(sizes=SIZES, steps=28, cfg_scale=3.5),
+    defaults=Defaults(sizes=SIZES, steps=28, cfg_scale=3.5, vae_names=VAE_NAMES),
     max_sequence_length=T5_LENGTH,
 )
 MEDIUM_3 = Variant(
     "3-medium",
     "SD3 Medium",
     absent=(QK_NORM,),
-    defaults=Defaults(sizes=SIZES, steps=28, cfg_scale=7.0),
+    defaults=Defaults(sizes=SIZES, steps=28, cfg_scale=7.0, vae_names=VAE_NAMES),
     max_sequence_length=T5_LENGTH,
 )
 

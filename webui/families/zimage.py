@@ -61,7 +61,7 @@ DESCRIPTION = FamilyDescription(
     ),
     scheduler=SchedulerSpec(kind=SchedulerKind.FLOW_MATCHING, samplers=("Euler",), default_sampler="Euler"),
     conditioning=PipelineEncoding(encode="webui.families.encoding:z_image", max_sequence_length=512),
-    defaults=Defaults(sizes=flux.SIZES, steps=9, cfg_scale=1.0, negative_prompt=False),
+    defaults=Defaults(sizes=flux.SIZES, steps=9, cfg_scale=1.0, negative_prompt=False, vae_names=("flux",)),
     half_dtype="bfloat16",
     denoiser_loader=DenoiserLoader(
         convert="webui.families.zimage_keys:original_to_diffusers",
