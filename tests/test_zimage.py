@@ -162,3 +162,18 @@ def test_turbo_defaults_start_without_cfg(tiny_models_dir):
 
     choice = ModelChoice(None, unet=tiny_models_dir / "diffusion_models/tiny-zimage.safetensors")
     assert family_defaults(choice) == {"steps": 9, "cfg_scale": 1.0}
+
+
+@pytest.mark.parametrize("dtype", ["float8_e4m3fn", "scaled_fp8"])
+def test_qwen3_in_fp8_gives_the_same_pixels(engine, tiny_models_dir, tmp_path, dtype):
+    from safetensors.torch import load_file
+
+    from webui.families.flux_fixtures import FP8, scaled_fp8
+    from webui.models.ldm_writer import save_single_file
+
+    state = load_file(tiny_models_dir / QWEN3)
+    stored = scaled_fp8(state) if dtype == "scaled_fp8" else {k: v.to(FP8) for k, v in state.items()}
+    path = save_single_file(stored, tmp_path / f"qwen3-{dtype}.safetensors")
+    paths = {"unet": tiny_models_dir / "diffusion_models/tiny-zimage.safetensors", "vae": tiny_models_dir / AE}
+    ours, _ = generated(engine, ModelChoice(None, text_encoder=path, **paths))
+    assert_same_pixels(ours, reference())
