@@ -123,9 +123,11 @@ def test_every_description_is_a_family_member_with_its_id_and_label():
 
 def test_json_values_stay_the_strings_files_and_infotext_carry():
     assert [f.value for f in registered()] == [
-        "sd1", "sd2", "sdxl", "sdxl_refiner", "flux", "sd3", "flux_fill", "flux_control", "chroma", "flux2"
+        "sd1", "sd2", "sdxl", "sdxl_refiner", "flux", "sd3", "flux_fill", "flux_control", "chroma", "flux2",
+        "zimage",
     ]
-    assert [f.value for f in registered() if f.supported] == ["sd1", "sd2", "sdxl", "sdxl_refiner", "flux", "sd3"]
+    supported = ["sd1", "sd2", "sdxl", "sdxl_refiner", "flux", "sd3", "chroma", "zimage"]
+    assert [f.value for f in registered() if f.supported] == supported
 
 
 def test_importing_the_families_package_imports_no_torch_or_diffusers():
@@ -186,7 +188,7 @@ def test_metadata_hints_the_longest_match_wins(value, family):
 
 def test_lone_shared_parts_belong_to_the_first_registered_family_and_fit_all():
     assert family_tables.families_with_latent_channels(4)[0] is Family.SD1
-    assert family_tables.families_with_latent_channels(16) == (Family.FLUX, Family.SD3)
+    assert family_tables.families_with_latent_channels(16) == (Family.FLUX, Family.SD3, Family.CHROMA, Family.ZIMAGE)
     from webui.models.kinds import TextEncoderType as T
 
     assert family_tables.encoder_set_families(frozenset({T.OPEN_CLIP_G}))[0] is Family.SDXL

@@ -88,6 +88,10 @@ class VaeArchitecture:
 
     label: str  # what a lone VAE file is called, e.g. "SD-family VAE (SD1/SD2/SDXL)"
     latent_channels: int
+    # A file that names its family (metadata) fits only the families with that family's latent scaling: the SD3
+    # VAE and FLUX's `ae` share shapes but not weights or scaling, and the wrong pair washes images out. False
+    # where users swap VAEs across families of one architecture (SD1/SD2/SDXL, as A1111 lets them).
+    narrow_by_scaling: bool = False
 
 
 @dataclass(frozen=True)

@@ -38,7 +38,7 @@ from webui.families.base import (
 from webui.models.kinds import Role, TextEncoderType
 
 # The 16-channel KL VAE: FLUX's `ae` and the SD3 VAE share shapes; only weights and scaling differ.
-VAE_16 = VaeArchitecture("16-channel VAE (SD3/FLUX.1)", latent_channels=16)
+VAE_16 = VaeArchitecture("16-channel VAE (SD3/FLUX.1)", latent_channels=16, narrow_by_scaling=True)
 DIT_PREFIX = "model.diffusion_model."
 CLIP_L_PREFIX = "text_encoders.clip_l."
 T5_PREFIX = "text_encoders.t5xxl."

@@ -312,8 +312,9 @@ def _combine(
         vae = vaes[0]
         if hinted in vae.compatible:  # training metadata narrows a shared VAE architecture to its family
             latent = hinted.description.latent
-            same = tuple(f for f in vae.compatible if f.description.latent.scaling_factor == latent.scaling_factor
-                         and f.description.latent.shift_factor == latent.shift_factor)  # fmt: skip
+            same = tuple(f for f in vae.compatible if not latent.vae.narrow_by_scaling or (
+                f.description.latent.scaling_factor == latent.scaling_factor
+                and f.description.latent.shift_factor == latent.shift_factor))  # fmt: skip
             scaling = f"scaling {latent.scaling_factor:g}" + (
                 f", shift {latent.shift_factor:g}" if latent.shift_factor is not None else "")  # fmt: skip
             return Identity(
