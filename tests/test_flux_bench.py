@@ -31,3 +31,11 @@ def test_real_shape_step_code_runs_at_tiny_shape_in_bf16_and_fp8():
     assert rows["fp8"]["weights_bytes"] < rows["bf16"]["weights_bytes"]  # norms and embeddings stay bf16
     assert rows["bf16"]["parameters"] == rows["fp8"]["parameters"] > 0
     assert "CUDA" in full_figures(Family.FLUX, torch.device("cpu"))["skipped"]
+
+
+def test_every_transformer_family_gets_its_tiny_rows(tiny_models_dir):
+    """SD3, Chroma and Z-Image: the engine's latents equal their plain pipeline's at the bench's settings."""
+    assert {Family.SD3, Family.CHROMA, Family.ZIMAGE} <= set(dit_families())
+    for family in (Family.SD3, Family.CHROMA, Family.ZIMAGE):
+        figures = tiny_figures(tiny_models_dir, family, steps=1, repeats=1, warmup=0, device="cpu")
+        assert figures["latents_max_abs_difference"] < 1e-4, family

@@ -306,3 +306,11 @@ def test_forge_api_modules_fill_the_three_encoder_slots(tiny_models_dir):
     choice = _modular_choice(library, "tiny-sd3", modules, ("body",))
     assert choice.unet == tiny_models_dir / f"{DM}/tiny-sd3.safetensors"
     assert choice.text_encoder_3 == tiny_models_dir / T5 and choice.vae == tiny_models_dir / VAE
+
+
+def test_a_clip_l_saved_without_its_projection_serves_sd3_with_an_identity_projection(engine, tiny_models_dir):
+    """FLUX.1's clip_l.safetensors (CLIPTextModel, no text_projection) shared with SD3, as ComfyUI users do."""
+    choice = modular(tiny_models_dir, text_encoder="text_encoders/tiny-flux-clip-l.safetensors")
+    generated(engine, choice)
+    projection = engine.manager.current.pipeline.text_encoder.text_projection.weight
+    assert torch.equal(projection, torch.eye(768))

@@ -43,7 +43,9 @@ def tiny_choice(models_dir: Path, family: Family) -> Any:
 
     files = [f for f in read_manifest(models_dir) if f.family is family or f.kind is Kind.TEXT_ENCODER]
     denoiser = next(f for f in files if f.family is family and f.kind is Kind.UNET)
-    vae = next(f for f in files if f.family is family and f.kind is Kind.VAE)
+    latent = family.description.latent  # a family may share another's VAE files (Chroma, Z-Image: FLUX's `ae`)
+    vaes = [f for f in read_manifest(models_dir) if f.kind is Kind.VAE and f.family.description.latent == latent]
+    vae = next((f for f in vaes if f.family is family), None) or vaes[0]
     parts: dict[str, Path] = {"unet": models_dir / denoiser.path, "vae": models_dir / vae.path}
     for spec in family.description.text_encoders:
         match = next(f for f in files if f.kind is Kind.TEXT_ENCODER and f.text_encoder is spec.encoder)
@@ -77,6 +79,7 @@ def tiny_figures(models_dir: Path, family: Family, steps: int, repeats: int, war
 
     def run_plain() -> None:
         kwargs = {description.pipeline.guidance_argument: guidance} if guidance is not None else {}
+        kwargs[description.pipeline.cfg_argument] = request.cfg_scale - description.pipeline.cfg_offset
         results["plain"] = plain(
             prompt=PROMPT,
             num_inference_steps=steps,

@@ -247,6 +247,16 @@ def _load_text_encoder(
     base = bundled_config(family, role.value)
     max_layers = base["num_hidden_layers"] if spec.truncate_to_config_layers else None
     config = derive_clip_config(base, _shapes(state), max_layers=max_layers)
+    projection = _HF_PREFIX + "text_projection.weight"
+    hf_layout = any(key.startswith(_HF_PREFIX) for key in state)
+    if spec.component_class.endswith("WithProjection") and hf_layout and projection not in state:
+        # A CLIP-L saved without its projection (FLUX.1's clip_l.safetensors) serving a family that reads the
+        # projected pooled output (SD3): identity, as ComfyUI does, rather than weights left unset.
+        width = config["hidden_size"]
+        if config.get("projection_dim", width) != width:
+            dim = config["projection_dim"]
+            raise ComponentLoadError(f"no text_projection.weight, and projection_dim {dim} is not the width {width}")
+        state = {**state, projection: torch.eye(width, dtype=dtype)}
     with config_folder(role, config) as folder:
         return create_diffusers_clip_model_from_ldm(
             spec.component_type(), state, subfolder=role.value, config=folder, torch_dtype=dtype, local_files_only=True
