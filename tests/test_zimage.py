@@ -21,7 +21,7 @@ from webui.families import Family
 from webui.families.zimage_fixtures import build_components, pipeline
 from webui.families.zimage_keys import derive_config, diffusers_to_original, original_to_diffusers
 from webui.models.derive import bundled_config
-from webui.models.files import TensorHeader
+from webui.models.files import TensorHeader, read_header
 from webui.models.identify import identify
 from webui.models.kinds import FileFormat, Kind, TextEncoderType
 
@@ -177,3 +177,51 @@ def test_qwen3_in_fp8_gives_the_same_pixels(engine, tiny_models_dir, tmp_path, d
     paths = {"unet": tiny_models_dir / "diffusion_models/tiny-zimage.safetensors", "vae": tiny_models_dir / AE}
     ours, _ = generated(engine, ModelChoice(None, text_encoder=path, **paths))
     assert_same_pixels(ours, reference())
+
+
+def test_qwen3_as_gguf_is_identified_and_equals_diffusers_on_its_dequantised_weights(engine, tiny_models_dir, tmp_path):
+    """llama.cpp's names and Q8_0 matrices (as GGUF conversions of Qwen3-4B come); the reference gets the weights
+    dequantised by the gguf package itself."""
+    import gguf
+    from safetensors.torch import load_file
+
+    from webui.families.flux_fixtures import write_gguf
+    from webui.models.loading_qwen3 import GGUF_NAMES
+
+    names = {hf: cpp for cpp, hf in GGUF_NAMES}
+    state = {}
+    for key, value in load_file(tiny_models_dir / QWEN3).items():
+        key = key.removeprefix("model.")
+        if key == "embed_tokens.weight":
+            state["token_embd.weight"] = value
+        elif key == "norm.weight":
+            state["output_norm.weight"] = value
+        else:
+            _, index, rest = key.split(".", 2)
+            state[f"blk.{index}.{names[rest.removesuffix('.weight')]}.weight"] = value
+    path = tmp_path / "qwen3-4b-Q8_0.gguf"
+    write_gguf(path, state, "qwen3")
+    identity = identify(read_header(path))
+    assert identity.kind is Kind.TEXT_ENCODER and identity.text_encoders == (TextEncoderType.QWEN3,)
+    reader = gguf.GGUFReader(str(path))
+    dequantised = {
+        t.name: torch.from_numpy(np.array(gguf.quants.dequantize(t.data, t.tensor_type), dtype=np.float32)).reshape(
+            tuple(reversed([int(d) for d in t.shape])))
+        for t in reader.tensors
+    }  # fmt: skip
+    components = build_components()
+    hf = {}
+    for key, value in dequantised.items():
+        if key == "token_embd.weight":
+            hf["embed_tokens.weight"] = value
+        elif key == "output_norm.weight":
+            hf["norm.weight"] = value
+        else:
+            _, index, name, _ = key.split(".")
+            hf[f"layers.{index}.{dict(GGUF_NAMES)[name]}.weight"] = value
+    components["text_encoder"].load_state_dict(hf)
+    theirs = pipeline(components)(PROMPT, num_inference_steps=STEPS, width=SIZE, height=SIZE, guidance_scale=0.0,
+                                  generator=[torch.Generator("cpu").manual_seed(SEED)]).images[0]  # fmt: skip
+    paths = {"unet": tiny_models_dir / "diffusion_models/tiny-zimage.safetensors", "vae": tiny_models_dir / AE}
+    ours, _ = generated(engine, ModelChoice(None, text_encoder=path, **paths))
+    assert_same_pixels(ours, np.asarray(theirs, dtype=np.int16))

@@ -152,6 +152,9 @@ def _vae(shapes: Shapes) -> Component | None:
 def _text_encoder(shapes: Shapes) -> Component | None:
     if _first(shapes, "layers.0.self_attn.q_norm.weight") and _first(shapes, "embed_tokens.weight"):
         return Component(Kind.TEXT_ENCODER, Family.UNKNOWN, TextEncoderType.QWEN3, note="Qwen3 language model")
+    if "blk.0.attn_q_norm.weight" in shapes and "token_embd.weight" in shapes:  # llama.cpp names (GGUF)
+        note = "Qwen3 language model (GGUF names)"
+        return Component(Kind.TEXT_ENCODER, Family.UNKNOWN, TextEncoderType.QWEN3, note=note)
     if has_key_prefix(shapes, "encoder.block.", "transformer.encoder.block.") or "shared.weight" in shapes:
         return Component(Kind.TEXT_ENCODER, Family.UNKNOWN, TextEncoderType.T5, note="T5 encoder")
     if has_key_prefix(shapes, "enc.blk.") and "token_embd.weight" in shapes:  # llama.cpp names (city96's GGUF)

@@ -2,7 +2,9 @@
 
 Layouts: transformers' `Qwen3ForCausalLM` names (`model.layers.N.*`, `model.embed_tokens.weight`, `lm_head`
 dropped) or `Qwen3Model` names (`layers.N.*`), any prefix before them (ComfyUI's all-in-one
-`text_encoders.qwen3_4b.transformer.`), fp8 and ComfyUI scaled fp8 (folded). The config is the bundled
+`text_encoders.qwen3_4b.transformer.`), fp8 and ComfyUI scaled fp8 (folded), and GGUF files in llama.cpp's
+names (`blk.N.attn_q.weight`, `token_embd.weight`; the table is llama.cpp's Qwen3 tensor map, which keeps q and
+k unpermuted for Qwen models), dequantised on load. The config is the bundled
 Qwen3-4B one with what the tensors show: vocabulary, width, layers, head width (the q/k norm's length),
 query and key/value head counts, MLP width. The model is built by transformers' own
 `Qwen3Model.from_pretrained(None, config=..., state_dict=...)`.
@@ -18,6 +20,41 @@ import torch
 from webui.models.loading_dit import fold_scaled_fp8
 
 _ROOTS = ("layers.", "embed_tokens.", "norm.")
+# llama.cpp tensor names (under blk.N.) -> transformers' Qwen3Model names (under layers.N.)
+GGUF_NAMES = (
+    ("attn_norm", "input_layernorm"),
+    ("attn_q", "self_attn.q_proj"),
+    ("attn_k", "self_attn.k_proj"),
+    ("attn_v", "self_attn.v_proj"),
+    ("attn_output", "self_attn.o_proj"),
+    ("attn_q_norm", "self_attn.q_norm"),
+    ("attn_k_norm", "self_attn.k_norm"),
+    ("ffn_norm", "post_attention_layernorm"),
+    ("ffn_gate", "mlp.gate_proj"),
+    ("ffn_up", "mlp.up_proj"),
+    ("ffn_down", "mlp.down_proj"),
+)
+_GGUF_BLOCK = re.compile(r"^blk\.(\d+)\.([a-z_]+)\.weight$")
+
+
+def _from_gguf_names(state: dict[str, Any], dtype: torch.dtype) -> dict[str, Any]:
+    from diffusers.quantizers.gguf.utils import dequantize_gguf_tensor
+
+    names = dict(GGUF_NAMES)
+    out: dict[str, Any] = {}
+    for key, value in state.items():
+        value = dequantize_gguf_tensor(value).to(dtype) if hasattr(value, "quant_type") else value
+        if key == "token_embd.weight":
+            out["embed_tokens.weight"] = value
+        elif key == "output_norm.weight":
+            out["norm.weight"] = value
+        elif key == "output.weight":
+            continue  # the language-model head: not part of the encoder
+        elif (match := _GGUF_BLOCK.match(key)) and match.group(2) in names:
+            out[f"layers.{match.group(1)}.{names[match.group(2)]}.weight"] = value
+        else:
+            raise Qwen3LoadError(f"unknown GGUF Qwen3 tensor {key!r}")
+    return out
 
 
 class Qwen3LoadError(ValueError):
@@ -26,6 +63,8 @@ class Qwen3LoadError(ValueError):
 
 def normalise_qwen3(state: dict[str, Any], dtype: torch.dtype) -> dict[str, torch.Tensor]:
     """Any layout above as `Qwen3Model` names (`embed_tokens.weight`, `layers.N.*`, `norm.weight`)."""
+    if "token_embd.weight" in state:
+        state = _from_gguf_names(state, dtype)
     out: dict[str, torch.Tensor] = {}
     for key, value in fold_scaled_fp8(state, dtype).items():
         for root in _ROOTS:
