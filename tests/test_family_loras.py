@@ -177,3 +177,42 @@ def test_chroma_loras_load_whether_or_not_their_metadata_tells_them_from_flux(en
         patched, reports = run(engine, chroma_choice(tiny_models_dir), (LoraSpec(path, 1.0, 1.0),))
         assert (reports[0].applied, reports[0].unapplied, reports[0].error) == (sum(CHROMA_MODULES.values()), 0, None)
         assert np.abs(patched - base).max() > 0
+
+
+ZIMAGE_MODULES = {
+    "layers.0.attention.qkv": 3,
+    "layers.0.feed_forward.w2": 1,
+    "noise_refiner.0.attention.out": 1,
+    "noise_refiner.0.adaLN_modulation.0": 1,
+}
+
+
+def test_z_image_loras_patch_the_expected_modules_with_exact_fused_deltas(engine, tiny_models_dir, tmp_path):
+    from webui.families.zimage_fixtures import build_components, pipeline
+    from webui.families.zimage_keys import diffusers_to_original as z_original
+    from webui.families.zimage_keys import original_to_diffusers as z_diffusers
+
+    parts = build_components()
+    original = z_original(parts["transformer"].state_dict())
+    pairs = _factors(original, ZIMAGE_MODULES, 5)
+    te = kohya({"model.layers.0.self_attn.q_proj": _pair(torch.Generator().manual_seed(6), 256, 2560)}, "lora_te_")
+    files = {
+        "kohya": write(tmp_path / "z-kohya.safetensors", kohya(pairs) | te, {"ss_base_model_version": "zimage"}),
+        "comfyui": write(tmp_path / "z-comfy.safetensors", comfy(pairs)),
+    }
+    choice = ModelChoice(tiny_models_dir / "checkpoints/tiny-zimage-aio.safetensors")
+    assert identify(read_header(files["kohya"])).family is Family.ZIMAGE
+    base, _ = run(engine, choice)
+    for layout, path in files.items():
+        patched, reports = run(engine, choice, (LoraSpec(path, 1.0, 1.0),))
+        unapplied = 1 if layout == "kohya" else 0  # the Qwen3 module, named
+        assert (reports[0].applied, reports[0].unapplied, reports[0].error) == (sum(ZIMAGE_MODULES.values()),
+                                                                                unapplied, None)  # fmt: skip
+        assert np.abs(patched - base).max() > 0
+    for module, (down, up) in pairs.items():  # the deltas merged by hand, run by plain diffusers
+        original[f"{module}.weight"] = original[f"{module}.weight"] + up @ down * (ALPHA / RANK)
+    parts["transformer"].load_state_dict(z_diffusers(original))
+    theirs = pipeline(parts)("a cat", num_inference_steps=2, width=32, height=32, guidance_scale=0.0,
+                             generator=[torch.Generator("cpu").manual_seed(3)]).images[0]  # fmt: skip
+    ours, _ = run(engine, choice, (LoraSpec(files["comfyui"], 1.0, 1.0),))
+    assert np.abs(ours - np.asarray(theirs, dtype=np.int16)).max() <= 1

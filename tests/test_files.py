@@ -359,3 +359,19 @@ def test_truncated_gguf(tmp_path):
     path = tmp_path / "cut.gguf"
     path.write_bytes(b"GGUF" + struct.pack("<IQQ", 3, 5, 0))
     assert "truncated GGUF" in problem_of(path)
+
+
+def test_a_safetensors_header_whose_length_looks_like_a_pickle_protocol_is_safetensors(tmp_path):
+    """A header of 0x0280-0x05ff bytes starts the file with 80 02..05, a pickle's protocol marker."""
+    import json
+    import struct
+
+    from webui.models.files import sniff_format
+    from webui.models.kinds import FileFormat
+
+    header = json.dumps({"x": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}, "__metadata__": {"p": ""}})
+    header += " " * (0x0280 - len(header))
+    path = tmp_path / "lora.safetensors"
+    path.write_bytes(struct.pack("<Q", len(header)) + header.encode() + b"\0\0\0\0")
+    assert path.read_bytes()[:2] == b"\x80\x02"
+    assert sniff_format(path) is FileFormat.SAFETENSORS

@@ -58,6 +58,8 @@ DESCRIPTION = FamilyDescription(
             Telltale(("cap_embedder.",), "Z-Image transformer (cap_embedder, refiners)", requires=("cap_pad_token",)),
         ),
         metadata_hints=("z-image", "z_image", "zimage"),
+        lora_blocks=("noise_refiner", "context_refiner"),  # in every Z-Image LoRA that trains the refiners
+        lora_weak=("lora_unet_layers_",),
     ),
     scheduler=SchedulerSpec(kind=SchedulerKind.FLOW_MATCHING, samplers=("Euler",), default_sampler="Euler"),
     conditioning=PipelineEncoding(encode="webui.families.encoding:z_image", max_sequence_length=512),
@@ -69,7 +71,7 @@ DESCRIPTION = FamilyDescription(
         fits=(("cap_feat_dim", Role.TEXT_ENCODER),),
     ),
     pipeline=PipelineSpec("ZImagePipeline", cfg_offset=1.0),
-    lora=LoraFacts(base_model_version="zimage"),
+    lora=LoraFacts(base_model_version="zimage", convert="webui.families.zimage_lora:to_diffusers"),
     second_pass=SecondPass(latent_upscale=False),
     fixtures=FixtureSpec(writer="webui.families.zimage_fixtures:write_zimage_family"),
     bench=BenchSpec(),

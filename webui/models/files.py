@@ -84,12 +84,14 @@ def sniff_format(path: Path | str) -> FileFormat:
         )
     if head.startswith(b"PK\x03\x04"):
         return FileFormat.PICKLE  # torch.save's zip container
-    if head[:1] == b"\x80" and len(head) > 1 and 2 <= head[1] <= 5:
-        return FileFormat.PICKLE  # legacy torch.save: a bare pickle stream
     if head.startswith(b"GGUF"):
         return FileFormat.GGUF
+    # Before the bare-pickle test: a safetensors header of 0x0280-0x05ff bytes starts with 80 02..05 too (its
+    # little-endian length), while "{" at byte 8 is no pickle opcode.
     if len(head) > 8 and head[8:9] == b"{":
         return FileFormat.SAFETENSORS
+    if head[:1] == b"\x80" and len(head) > 1 and 2 <= head[1] <= 5:
+        return FileFormat.PICKLE  # legacy torch.save: a bare pickle stream
     return FileFormat.UNKNOWN
 
 
