@@ -385,3 +385,17 @@ def test_a_flux_model_starts_from_its_familys_cfg_when_the_body_sends_none(api):
     assert "CFG scale: 3," in png(sent.json()["images"][0]).info["parameters"]  # what the body sends wins
     sd1 = api.post("/sdapi/v1/txt2img", json=CAT)
     assert "CFG scale: 7," in png(sd1.json()["images"][0]).info["parameters"]  # A1111's default elsewhere
+
+
+def test_txt2img_runs_a_modular_sd3_model_with_three_text_encoders_and_cfg(api):
+    """SD3.5 as Forge clients send a split model: the three encoders (any order) and the VAE in
+    forge_additional_modules; real CFG with the negative prompt."""
+    modules = ["tiny-sd3-t5xxl-fp16.safetensors", "tiny-sd3-clip-g.safetensors", "tiny-sd3-clip-l.safetensors",
+               "tiny-sd3-vae.safetensors"]  # fmt: skip
+    body = {**CAT, "sampler_name": "Euler", "cfg_scale": 4, "negative_prompt": "blurry",
+            "override_settings": {"sd_model_checkpoint": "tiny-sd3", "forge_additional_modules": modules}}  # fmt: skip
+    response = api.post("/sdapi/v1/txt2img", json=body)
+    assert response.status_code == 200, response.text
+    infotext = png(response.json()["images"][0]).info["parameters"]
+    assert "Negative prompt: blurry" in infotext and "CFG scale: 4," in infotext and "Model: tiny-sd3," in infotext
+    assert "Text encoder 3: tiny-sd3-t5xxl-fp16.safetensors" in infotext
