@@ -314,3 +314,28 @@ def test_a_clip_l_saved_without_its_projection_serves_sd3_with_an_identity_proje
     generated(engine, choice)
     projection = engine.manager.current.pipeline.text_encoder.text_projection.weight
     assert torch.equal(projection, torch.eye(768))
+
+
+def test_gguf_transformer_equals_diffusers_on_its_dequantised_weights(engine, tiny_models_dir, tmp_path):
+    """city96-style GGUF (Stability's names, Q8_0 matrices) kept quantised; the reference gets the weights
+    dequantised by the gguf package itself."""
+    import gguf
+    from safetensors.torch import load_file
+
+    from webui.families.flux_fixtures import write_gguf
+
+    path = tmp_path / "tiny-sd3-Q8_0.gguf"
+    state = load_file(tiny_models_dir / f"{DM}/tiny-sd3.safetensors")
+    write_gguf(path, {k: v.float() for k, v in state.items()}, "sd3")
+    reader = gguf.GGUFReader(str(path))
+    dequantised = {
+        t.name: torch.from_numpy(np.array(gguf.quants.dequantize(t.data, t.tensor_type), dtype=np.float32)).reshape(
+            tuple(reversed([int(d) for d in t.shape])))
+        for t in reader.tensors
+    }  # fmt: skip
+    components = build_components()
+    components["transformer"].load_state_dict(original_to_diffusers(dequantised))
+    ours, _ = generated(engine, modular(tiny_models_dir, str(path)))  # an absolute path: root / path is path
+    loaded = engine.manager.current.pipeline.transformer
+    assert any(type(m).__name__ == "GGUFLinear" for m in loaded.modules()), "GGUF weights were dequantised on load"
+    assert_same_pixels(ours, reference(components))
