@@ -130,12 +130,13 @@ def test_real_single_files_with_and_without_t5_are_sd3_checkpoints(with_t5):
     assert "expected text encoders" not in identity.detail
 
 
-def test_real_transformer_with_vae_only_lacks_the_clips():
+def test_real_transformer_with_vae_only_lacks_the_clips_not_the_optional_t5():
     shapes = {f"model.diffusion_model.{k}": tuple(v.shape) for k, v in diffusers_to_original(
         real_transformer("3.5-medium")).items()}  # fmt: skip
     shapes |= {f"first_stage_model.{k}": v for k, v in real_parts()["vae"].items()}
     identity = ident(shapes)
-    assert identity.kind is Kind.UNET or set(identity.lacks) >= {Role.TEXT_ENCODER, Role.TEXT_ENCODER_2}
+    assert (identity.kind, identity.family, identity.variant) == (Kind.CHECKPOINT, Family.SD3, "3.5-medium")
+    assert identity.lacks == (Role.TEXT_ENCODER, Role.TEXT_ENCODER_2)
 
 
 def test_a_lone_clip_g_in_hugging_face_names_fits_sd3():
