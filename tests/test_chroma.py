@@ -161,3 +161,30 @@ def test_a_lone_t5_fits_chroma():
     t5 = {"encoder.block.0.layer.0.SelfAttention.q.weight": (4096, 4096), "shared.weight": (32128, 4096)}
     identity = ident(t5)
     assert identity.text_encoders == (TextEncoderType.T5,) and identity.fits(Family.CHROMA)
+
+
+def test_gguf_transformer_equals_chroma_pipeline_on_its_dequantised_weights(engine, tiny_models_dir, tmp_path):
+    """A GGUF Chroma (BFL-style names, Q8_0 matrices, as the community converts it) stays quantised; the reference
+    gets the weights dequantised by the gguf package itself."""
+    import gguf
+    from safetensors.torch import load_file
+
+    from webui.families.flux_fixtures import write_gguf
+
+    path = tmp_path / "tiny-chroma-Q8_0.gguf"
+    write_gguf(path, {k: v.float() for k, v in load_file(tiny_models_dir / "diffusion_models/tiny-chroma.safetensors")
+                      .items()}, "flux")  # fmt: skip
+    dequantised = {
+        t.name: torch.from_numpy(np.array(gguf.quants.dequantize(t.data, t.tensor_type), dtype=np.float32)).reshape(
+            tuple(reversed([int(d) for d in t.shape])))
+        for t in gguf.GGUFReader(str(path)).tensors
+    }  # fmt: skip
+    components = build_components()
+    components["transformer"].load_state_dict(original_to_diffusers(dequantised))
+    theirs = pipeline(components)(PROMPT, num_inference_steps=STEPS, width=SIZE, height=SIZE, guidance_scale=1.0,
+                                  generator=[torch.Generator("cpu").manual_seed(SEED)]).images[0]  # fmt: skip
+    choice = ModelChoice(None, unet=path, text_encoder=tiny_models_dir / T5, vae=tiny_models_dir / AE)
+    ours, _ = generated(engine, choice)
+    transformer = engine.manager.current.pipeline.transformer
+    assert any(type(m).__name__ == "GGUFLinear" for m in transformer.modules()), "dequantised on load"
+    assert_same_pixels(ours, np.asarray(theirs, dtype=np.int16))
