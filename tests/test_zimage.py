@@ -225,3 +225,30 @@ def test_qwen3_as_gguf_is_identified_and_equals_diffusers_on_its_dequantised_wei
     paths = {"unet": tiny_models_dir / "diffusion_models/tiny-zimage.safetensors", "vae": tiny_models_dir / AE}
     ours, _ = generated(engine, ModelChoice(None, text_encoder=path, **paths))
     assert_same_pixels(ours, np.asarray(theirs, dtype=np.int16))
+
+
+def test_gguf_transformer_equals_z_image_pipeline_on_its_dequantised_weights(engine, tiny_models_dir, tmp_path):
+    """A GGUF Z-Image transformer (original names, Q8_0 matrices) stays quantised; the reference gets the
+    weights dequantised by the gguf package itself."""
+    import gguf
+    from safetensors.torch import load_file
+
+    from webui.families.flux_fixtures import write_gguf
+
+    path = tmp_path / "tiny-zimage-Q8_0.gguf"
+    source = load_file(tiny_models_dir / "diffusion_models/tiny-zimage.safetensors")
+    write_gguf(path, {k: v.float() for k, v in source.items()}, "lumina2")
+    dequantised = {
+        t.name: torch.from_numpy(np.array(gguf.quants.dequantize(t.data, t.tensor_type), dtype=np.float32)).reshape(
+            tuple(reversed([int(d) for d in t.shape])))
+        for t in gguf.GGUFReader(str(path)).tensors
+    }  # fmt: skip
+    components = build_components()
+    components["transformer"].load_state_dict(original_to_diffusers(dequantised))
+    theirs = pipeline(components)(PROMPT, num_inference_steps=STEPS, width=SIZE, height=SIZE, guidance_scale=0.0,
+                                  generator=[torch.Generator("cpu").manual_seed(SEED)]).images[0]  # fmt: skip
+    choice = ModelChoice(None, unet=path, text_encoder=tiny_models_dir / QWEN3, vae=tiny_models_dir / AE)
+    ours, _ = generated(engine, choice)
+    transformer = engine.manager.current.pipeline.transformer
+    assert any(type(m).__name__ == "GGUFLinear" for m in transformer.modules()), "dequantised on load"
+    assert_same_pixels(ours, np.asarray(theirs, dtype=np.int16))
