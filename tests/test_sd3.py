@@ -340,3 +340,21 @@ def test_gguf_transformer_equals_diffusers_on_its_dequantised_weights(engine, ti
     loaded = engine.manager.current.pipeline.transformer
     assert any(type(m).__name__ == "GGUFLinear" for m in loaded.modules()), "GGUF weights were dequantised on load"
     assert_same_pixels(ours, reference(components))
+
+
+def test_large_turbo_has_large_shapes_and_is_told_by_its_name_or_metadata(engine, tiny_models_dir, tmp_path):
+    import shutil
+
+    from webui.commands.generate import family_defaults
+    from webui.models.files import read_header
+
+    turbo = tmp_path / "sd3.5_large_turbo.safetensors"
+    shutil.copyfile(tiny_models_dir / f"{DM}/tiny-sd3.safetensors", turbo)
+    assert identify(read_header(turbo), turbo.name).variant == "3.5-large-turbo"
+    assert identify(read_header(turbo)).variant == "3.5-large"  # the shapes alone say Large
+    tagged = TensorHeader(shapes=dict(read_header(turbo).shapes), dtypes={}, format=FileFormat.SAFETENSORS,
+                          metadata={"modelspec.architecture": "stable-diffusion-v3.5-large-turbo"})  # fmt: skip
+    assert identify(tagged).variant == "3.5-large-turbo"
+    assert family_defaults(ModelChoice(None, unet=turbo)) == {"steps": 4, "cfg_scale": 1.0}
+    generated(engine, modular(tiny_models_dir, str(turbo)), steps=1)
+    assert engine.manager.current.model_variant == "3.5-large-turbo"

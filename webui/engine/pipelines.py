@@ -111,7 +111,7 @@ def _identify_version(path: str, _size: int, _mtime_ns: int):  # noqa: ANN202
     from webui.models.widths import check_widths
 
     header = read_header(path)
-    identity = identify(header)
+    identity = identify(header, Path(path).name)
     check_widths(header, identity, path)
     return identity
 
@@ -357,6 +357,13 @@ class PipelineManager:
         description = family.description
         named = description.variant_of(dict.fromkeys(modules[description.denoiser.role].state_dict()))
         model_variant = named.name if named is not None else None
+        denoiser_file = choice.unet or choice.checkpoint
+        if model_variant is not None and denoiser_file is not None:  # a variant only its name tells (Large Turbo)
+            model_variant = description.refined(model_variant, (denoiser_file.name,))
+            identity = None if denoiser_file.is_dir() else _identify(denoiser_file)  # its metadata may tell too
+            told = description.variant(identity.variant) if identity is not None else None
+            if told is not None and told.refines == model_variant:
+                model_variant = told.name
         pipeline, scheduler_config = self._assemble(
             family, declared, choice.checkpoint, modules, variant, model_variant, companion
         )

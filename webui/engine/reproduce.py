@@ -176,7 +176,7 @@ def family_defaults(choice: Any) -> dict[str, Any]:
     if path is None or path.is_dir():
         return {}
     try:
-        identity = identify(read_header(path))
+        identity = identify(read_header(path), path.name)
     except ModelFileError:
         return {}
     description = identity.family.description

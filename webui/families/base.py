@@ -186,7 +186,9 @@ class Variant:
     scheduler config folder of the variant (`configs/<id>/<scheduler>/scheduler_config.json`); `defaults`:
     what a user of the variant starts from; `max_sequence_length`: the T5 sequence length its pipeline takes
     (diffusers' FLUX docs: 512 for dev, 256 for schnell); `distilled_guidance`: the denoiser takes the
-    guidance value as an input (guidance-distilled), rather than classifier-free guidance alone."""
+    guidance value as an input (guidance-distilled), rather than classifier-free guidance alone. `refines` /
+    `name_hints`: a variant with the same weights' shapes as the variant `refines` (SD3.5 Large Turbo and Large),
+    picked over it only when one of `name_hints` is in the file's name or `modelspec.architecture` / `.title`."""
 
     name: str
     label: str
@@ -196,6 +198,8 @@ class Variant:
     defaults: Defaults | None = None
     max_sequence_length: int | None = None
     distilled_guidance: bool = False
+    refines: str | None = None
+    name_hints: tuple[str, ...] = ()
 
     def matches(self, keys: Mapping[str, Any]) -> bool:
         return all(any(k in keys for k in key.split("|")) for key in self.requires) and not any(
@@ -528,8 +532,17 @@ class FamilyDescription:
         return next((v for v in self.variants if v.name == name), None)
 
     def variant_of(self, keys: Mapping[str, Any]) -> Variant | None:
-        """The first variant whose key rules hold for the denoiser's `keys` (prefix stripped)."""
-        return next((v for v in self.variants if v.matches(keys)), None)
+        """The first variant whose key rules hold for the denoiser's `keys` (prefix stripped); variants that only
+        names tell apart (`refines`) are left to `refined`."""
+        return next((v for v in self.variants if v.refines is None and v.matches(keys)), None)
+
+    def refined(self, variant: str | None, names: tuple[str, ...]) -> str | None:
+        """`variant`, or the variant refining it whose name hints one of `names` holds (lower-cased substrings)."""
+        lowered = [name.lower() for name in names if name]
+        for candidate in self.variants:
+            if candidate.refines == variant and any(h in n for h in candidate.name_hints for n in lowered):
+                return candidate.name
+        return variant
 
     def defaults_for(self, variant: str | None) -> Defaults:
         found = self.variant(variant)

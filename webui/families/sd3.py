@@ -52,10 +52,19 @@ MEDIUM_35 = Variant(
 )
 LARGE_35 = Variant(
     "3.5-large",
-    "SD3.5 Large",  # Large Turbo has the same weights' shapes: 4 steps at CFG 1 (its model card) are the user's
+    "SD3.5 Large",
     requires=(QK_NORM,),
     defaults=Defaults(sizes=SIZES, steps=28, cfg_scale=3.5, vae_names=VAE_NAMES),
     max_sequence_length=T5_LENGTH,
+)
+LARGE_TURBO_35 = Variant(
+    "3.5-large-turbo",
+    "SD3.5 Large Turbo",
+    requires=(QK_NORM,),
+    defaults=Defaults(sizes=SIZES, steps=4, cfg_scale=1.0, negative_prompt=False, vae_names=VAE_NAMES),
+    max_sequence_length=T5_LENGTH,
+    refines="3.5-large",  # Large's shapes: its model card's 4 steps without CFG, when its name says turbo
+    name_hints=("turbo",),
 )
 MEDIUM_3 = Variant(
     "3-medium",
@@ -140,7 +149,7 @@ DESCRIPTION = FamilyDescription(
     scheduler=SchedulerSpec(kind=SchedulerKind.FLOW_MATCHING, samplers=("Euler",), default_sampler="Euler"),
     conditioning=PipelineEncoding(encode="webui.families.encoding:sd3", max_sequence_length=T5_LENGTH),
     defaults=LARGE_35.defaults,
-    variants=(MEDIUM_35, LARGE_35, MEDIUM_3),
+    variants=(MEDIUM_35, LARGE_35, LARGE_TURBO_35, MEDIUM_3),
     half_dtype="bfloat16",  # T5 overflows in fp16
     denoiser_loader=DenoiserLoader(
         convert="webui.families.sd3_keys:original_to_diffusers",

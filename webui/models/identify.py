@@ -226,9 +226,10 @@ def classify(shapes: Shapes) -> Component | None:
     return None
 
 
-def identify(header: TensorHeader) -> Identity:
-    """Kind and family of a file from its header alone. Never raises: unknown inputs give Kind.UNKNOWN
-    with a detail naming the telltale keys that were looked for."""
+def identify(header: TensorHeader, name: str = "") -> Identity:
+    """Kind and family of a file from its header (and its file `name`, which may name a variant the weights'
+    shapes cannot: SD3.5 Large Turbo). Never raises: unknown inputs give Kind.UNKNOWN with a detail naming the
+    telltale keys that were looked for."""
     shapes, metadata = header.shapes, header.metadata
     if not shapes:
         return unknown("the file holds no tensors")
@@ -256,6 +257,12 @@ def identify(header: TensorHeader) -> Identity:
     identity = _combine(parts, declared_prediction(shapes, metadata), family_from_metadata(metadata))
     if identity.kind in (Kind.CHECKPOINT, Kind.UNET) and declares_zero_snr(shapes):
         identity = replace(identity, zero_snr=True, detail=f"{identity.detail}; zero terminal SNR (ztsnr)")
+    if identity.variant is not None:
+        names = (name, metadata.get("modelspec.architecture", ""), metadata.get("modelspec.title", ""))
+        refined = identity.family.description.refined(identity.variant, names)
+        if refined != identity.variant:
+            label = identity.family.description.variant(refined).label
+            identity = replace(identity, variant=refined, detail=f"{identity.detail}; {label} by its name")
     return identity
 
 

@@ -381,7 +381,7 @@ def _identify_safely(header: Any, path: Path, folder_kind: Kind) -> Identity:
             from webui.models.upscaler_files import identify_upscaler
 
             return identify_upscaler(path, header)
-        return identify(header)
+        return identify(header, path.name)
     except (
         IndexError,
         KeyError,
