@@ -168,16 +168,19 @@ def run_encoded_pass(
     pipeline = img2img_pipeline(loaded)
     pipeline.scheduler = make_scheduler(loaded.scheduler_config, work.sampler, work.schedule, seeds=seeds)
     variant = description.variant(loaded.model_variant)
-    max_length = variant.max_sequence_length if variant and variant.max_sequence_length else 512
+    encoding = description.conditioning
+    max_length = variant.max_sequence_length if variant and variant.max_sequence_length else None
+    max_length = max_length or encoding.max_sequence_length
     conditioning = encode_with_pipeline(
         pipeline,
         work.plan.networks.prompt,
         parse_extra_networks(work.plan.negative_prompt).prompt,
-        use_negative=work.cfg_scale > 1 or not description.conditioning.negative_needs_cfg,
+        encode=encoding.encoder(),
+        use_negative=work.cfg_scale > 1 or not encoding.negative_needs_cfg,
         max_length=max_length,
         batch=len(seeds),
         cache=cache,
-        identity=(tuple(loaded.keys[encoder.role] for encoder in description.text_encoders), te_state),
+        identity=(tuple(loaded.keys.get(encoder.role) for encoder in description.text_encoders), te_state),
     )
     kwargs: dict[str, Any] = {spec.cfg_argument: work.cfg_scale}
     if guidance is not None and spec.guidance_argument:
