@@ -167,6 +167,11 @@ def run_encoded_pass(
         return latents
     pipeline = img2img_pipeline(loaded)
     pipeline.scheduler = make_scheduler(loaded.scheduler_config, work.sampler, work.schedule, seeds=seeds)
+    channels = pipeline.vae.config.latent_channels
+    if pipeline.image_processor.config.vae_latent_channels != channels:
+        # Some img2img pipelines (Chroma's, Z-Image's) build their image processor with the SD default of 4
+        # latent channels, so it would resize our latents as if they were pixels; FLUX's passes its own.
+        pipeline.image_processor.register_to_config(vae_latent_channels=channels)
     variant = description.variant(loaded.model_variant)
     encoding = description.conditioning
     max_length = variant.max_sequence_length if variant and variant.max_sequence_length else None
@@ -182,7 +187,7 @@ def run_encoded_pass(
         cache=cache,
         identity=(tuple(loaded.keys.get(encoder.role) for encoder in description.text_encoders), te_state),
     )
-    kwargs: dict[str, Any] = {spec.cfg_argument: work.cfg_scale}
+    kwargs: dict[str, Any] = {spec.cfg_argument: work.cfg_scale - spec.cfg_offset}  # in what the pipeline counts
     if guidance is not None and spec.guidance_argument:
         kwargs[spec.guidance_argument] = guidance
     if reporter is not None:

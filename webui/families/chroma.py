@@ -69,7 +69,12 @@ DESCRIPTION = FamilyDescription(
     pipeline=PipelineSpec("ChromaPipeline", absent=("image_encoder", "feature_extractor"), packed_latents=True),
     # Chroma LoRAs name FLUX.1's blocks (kohya, ComfyUI/BFL, diffusers/PEFT): FLUX.1's converter places them
     lora=LoraFacts(base_model_version="chroma", convert="webui.families.flux_lora:to_diffusers"),
-    second_pass=SecondPass(latent_upscale=False),
+    second_pass=SecondPass(
+        latent_upscale=False,
+        img2img=PipelineSpec(
+            "ChromaImg2ImgPipeline", absent=("image_encoder", "feature_extractor"), packed_latents=True
+        ),
+    ),
     fixtures=FixtureSpec(writer="webui.families.chroma_fixtures:write_chroma_family"),
     bench=BenchSpec(),
 )

@@ -166,7 +166,10 @@ DESCRIPTION = FamilyDescription(
         base_model_version="sd3",
         convert="webui.families.sd3_lora:to_diffusers",
     ),
-    second_pass=SecondPass(latent_upscale=False),
+    second_pass=SecondPass(
+        latent_upscale=False,
+        img2img=PipelineSpec("StableDiffusion3Img2ImgPipeline", absent=("image_encoder", "feature_extractor")),
+    ),
     fixtures=FixtureSpec(writer="webui.families.sd3_fixtures:write_sd3_family"),
     bench=BenchSpec(),
 )

@@ -72,7 +72,7 @@ DESCRIPTION = FamilyDescription(
     ),
     pipeline=PipelineSpec("ZImagePipeline", cfg_offset=1.0),
     lora=LoraFacts(base_model_version="zimage", convert="webui.families.zimage_lora:to_diffusers"),
-    second_pass=SecondPass(latent_upscale=False),
+    second_pass=SecondPass(latent_upscale=False, img2img=PipelineSpec("ZImageImg2ImgPipeline", cfg_offset=1.0)),
     fixtures=FixtureSpec(writer="webui.families.zimage_fixtures:write_zimage_family"),
     bench=BenchSpec(),
 )
