@@ -141,7 +141,7 @@ def test_cfg_with_a_negative_prompt_is_real_cfg(engine, tiny_models_dir):
 
 def test_cli_runs_a_split_chroma_model_with_its_defaults(tiny_models_dir, tmp_path, capsys):
     from webui.cli import main
-    from webui.commands.generate import family_defaults
+    from webui.engine.reproduce import family_defaults
 
     choice = ModelChoice(None, unet=tiny_models_dir / "diffusion_models/tiny-chroma.safetensors")
     assert family_defaults(choice) == {"steps": 26, "cfg_scale": 4.0}

@@ -286,7 +286,7 @@ def test_cli_takes_three_text_encoders_in_any_order_and_the_infotext_reproduces(
 
 
 def test_cli_starts_from_the_variants_defaults(tiny_models_dir):
-    from webui.commands.generate import family_defaults
+    from webui.engine.reproduce import family_defaults
 
     assert family_defaults(ModelChoice(tiny_models_dir / "checkpoints/tiny-sd3-incl-clips.safetensors")) == {
         "steps": 28,
@@ -345,7 +345,7 @@ def test_gguf_transformer_equals_diffusers_on_its_dequantised_weights(engine, ti
 def test_large_turbo_has_large_shapes_and_is_told_by_its_name_or_metadata(engine, tiny_models_dir, tmp_path):
     import shutil
 
-    from webui.commands.generate import family_defaults
+    from webui.engine.reproduce import family_defaults
     from webui.models.files import read_header
 
     turbo = tmp_path / "sd3.5_large_turbo.safetensors"

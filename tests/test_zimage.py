@@ -158,7 +158,7 @@ def test_cfg_with_a_negative_prompt_counts_as_a1111_cfg(engine, tiny_models_dir)
 
 
 def test_turbo_defaults_start_without_cfg(tiny_models_dir):
-    from webui.commands.generate import family_defaults
+    from webui.engine.reproduce import family_defaults
 
     choice = ModelChoice(None, unet=tiny_models_dir / "diffusion_models/tiny-zimage.safetensors")
     assert family_defaults(choice) == {"steps": 9, "cfg_scale": 1.0}
